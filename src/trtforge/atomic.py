@@ -1,0 +1,66 @@
+"""Outputs appear complete or not at all.
+
+doit checks targets for existence only and never deletes a partial one (measured: an
+interrupted rerun of a task whose target was deleted leaves a half-written file that the
+next run trusts). So every output is written under a unique temporary name in the same
+folder and renamed into place when complete; rename is atomic on one filesystem. The
+temporary names share a recognisable prefix so the next run can sweep what a `kill -9`
+left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+TEMP_MARK = ".trtforge-tmp-"
+
+
+def temp_path_for(target: Path) -> Path:
+    """A unique temporary sibling of `target` (same folder, so rename stays atomic)."""
+    return target.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{target.name}")
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `target`, else it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(target)
+    try:
+        yield temp
+        if not temp.exists():
+            raise FileNotFoundError(f"{temp} was not written")
+        os.replace(temp, target)
+    finally:
+        remove_path(temp)
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    with atomic_output(target) as temp:
+        temp.write_text(text)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or folder if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """Remove temporaries an interrupted run left under `folder`; return what was removed.
+
+    Only called while this process holds the build lock, so no live writer owns them.
+    """
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(f"{TEMP_MARK}*")]
+    for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
+        remove_path(path)
+    return stale

@@ -1,0 +1,54 @@
+"""The product's user-facing error types.
+
+Every error a user can cause is one of these, and its message is one line that names
+the file (with line:column for YAML), the field or task, what is wrong and what to do.
+They are caught at one boundary: the task loader turns them into doit's
+`InvalidDodoFile` (a clean `ERROR:` line, exit 3); a task action lets doit report them
+as a task failure.
+"""
+
+from __future__ import annotations
+
+
+class TrtforgeError(Exception):
+    """Base class: an error the user can fix, with a one-line message."""
+
+
+class RecipeError(TrtforgeError):
+    """A recipe that cannot be loaded or does not validate."""
+
+    def __init__(self, file: str, message: str, *, field: str = "", line: int | None = None,
+                 column: int | None = None) -> None:
+        self.file, self.field, self.line, self.column = file, field, line, column
+        where = file if line is None else f"{file}:{line}:{column}"
+        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
+
+
+class ToolError(TrtforgeError):
+    """An external tool (trtexec) is missing, unknown or failed."""
+
+
+class StageError(TrtforgeError):
+    """A stage could not produce its outputs from its inputs."""
+
+
+class MissingDependencyError(TrtforgeError):
+    """An optional Python dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"{module} is not installed: pip install -e '.[{extra}]'")
+
+
+def require(module: str, extra: str):
+    """Import an optional heavy module inside the action that needs it.
+
+    Returns the module; a missing one becomes one line naming the extra to install.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and module.split(".")[0] != exc.name.split(".")[0]:
+            raise  # a broken install of something else: keep the real traceback
+        raise MissingDependencyError(module, extra) from exc

@@ -1,0 +1,440 @@
+"""The recipe model: one YAML file per model, validated into frozen dataclasses.
+
+A recipe states intent (precision, shape profiles, layers to keep in FP32), never
+trtexec flags; `render.py` maps intent to a TensorRT generation's argv. Paths in a recipe
+are relative to the project root (the folder holding dodo.py).
+
+Validation happens here and only here, so every later layer can trust its input; each
+error names `file:line:col`, the field path and what is allowed (see `yamldoc.py` for
+the YAML hazards refused before validation starts).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import RecipeError
+from .yamldoc import Document, FieldPath, parse_document
+
+PRECISIONS = ("fp32", "fp16")
+PRECISION_MODES = ("auto", "implicit", "explicit")
+MODEL_SOURCES = ("ultralytics", "torch", "onnx")
+HARDWARE_COMPATIBILITY = ("none", "ampere+")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)\s*$")
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+# Flags the renderer owns: setting them through extra_args would contradict the recipe.
+RENDERER_FLAGS = frozenset({
+    "onnx", "saveEngine", "loadEngine", "timingCacheFile", "fp16", "bf16", "int8", "fp8", "int4",
+    "best", "calib", "stronglyTyped", "precisionConstraints", "layerPrecisions", "minShapes",
+    "optShapes", "maxShapes", "profile", "memPoolSize", "workspace", "builderOptimizationLevel",
+    "versionCompatible", "hardwareCompatibilityLevel", "plugins", "staticPlugins",
+    "dynamicPlugins", "useDLACore", "allowGPUFallback",
+})
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the network comes from: an Ultralytics model, a torch factory, or an ONNX file."""
+
+    source: str
+    arch: str | None = None  # Ultralytics architecture yaml, e.g. yolov8n.yaml
+    weights: Path | None = None  # trained checkpoint; None means untrained + seeded
+    factory: str | None = None  # torch: "package.module:function" returning an nn.Module
+    path: Path | None = None  # onnx: an existing model file
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    dynamic_axes: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One surgery pass and its parameters, as the recipe lists it."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Builder intent shared by all variants unless a variant overrides a field."""
+
+    profiles: tuple[tuple[tuple[str, ShapeRange], ...], ...] = ()
+    workspace_bytes: int | None = None
+    optimization_level: int | None = None
+    timing_cache: bool = True
+    keep_fp32: tuple[str, ...] = ()
+    plugins: tuple[Path, ...] = ()
+    dla_core: int | None = None
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    precision_mode: str = "auto"
+    extra_args: tuple[str, ...] = ()
+    timeout_s: int = 2 * 3600
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str
+    build: BuildOptions
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    file: Path
+    model: ModelSource
+    input: InputSpec
+    opset: int
+    surgery: tuple[PassSpec, ...]
+    variants: tuple[Variant, ...]
+    description: str = ""
+    build: BuildOptions = field(default_factory=BuildOptions)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+# ----------------------------------------------------------------------------- readers
+# Each reader takes the document, the field path and the value found there, and returns
+# the validated value or raises the document's one-line error.
+
+def _check_keys(doc: Document, path: FieldPath, value: Any, allowed: set[str],
+                required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, f"expected a mapping with keys {', '.join(sorted(allowed))}, "
+                              f"got {_describe(value)}")
+    for key in value:
+        if key not in allowed:
+            raise doc.unknown_key(path, key, allowed)
+    for key in required:
+        if key not in value:
+            raise doc.error(path, f"missing required key '{key}'")
+    return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _yaml11_hint(doc: Document, path: FieldPath, value: Any) -> str:
+    """Explain the YAML 1.1 readings that surprise people, using what they typed."""
+    text = doc.source_text(path)
+    if isinstance(value, bool) and text and text.lower() not in ("true", "false"):
+        return f" (YAML reads unquoted '{text}' as {str(value).lower()}; quote it)"
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return f" (YAML 1.1 reads '{value}' as text; write the number out in full)"
+    return ""
+
+
+def _text(doc: Document, path: FieldPath, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise doc.error(path, f"expected text, got {_describe(value)}{_yaml11_hint(doc, path, value)}")
+    return value
+
+
+def _integer(doc: Document, path: FieldPath, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise doc.error(path, f"expected a whole number from {lo} to {hi}, got "
+                              f"{_describe(value)}{_yaml11_hint(doc, path, value)}")
+    text = doc.source_text(path) or ""
+    if re.fullmatch(r"[-+]?0[0-7_]+|[-+]?0[xXoObB].*|.*_.*|.*:.*", text):
+        raise doc.error(path, f"'{text}' is read by YAML 1.1 as {value}; write it in plain decimal")
+    if not lo <= value <= hi:
+        raise doc.error(path, f"{value} is out of range; allowed {lo} to {hi}")
+    return value
+
+
+def _boolean(doc: Document, path: FieldPath, value: Any) -> bool:
+    text = doc.source_text(path)
+    if not isinstance(value, bool) or (text or "").lower() not in ("true", "false"):
+        raise doc.error(path, f"expected true or false, got {_describe(value)}"
+                              f"{_yaml11_hint(doc, path, value)}")
+    return value
+
+
+def _choice(doc: Document, path: FieldPath, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed or not isinstance(value, str):
+        raise doc.error(path, f"got {_describe(value)}{_yaml11_hint(doc, path, value)}; "
+                              f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def _list(doc: Document, path: FieldPath, value: Any, item: Callable[[FieldPath, Any], Any]) -> tuple:
+    if not isinstance(value, list):
+        raise doc.error(path, f"expected a list, got {_describe(value)}")
+    return tuple(item(path + (i,), v) for i, v in enumerate(value))
+
+
+def _shape(doc: Document, path: FieldPath, value: Any) -> tuple[int, ...]:
+    dims = _list(doc, path, value, lambda p, v: _integer(doc, p, v, 1, 1 << 20))
+    if not 1 <= len(dims) <= 8:
+        raise doc.error(path, f"expected a shape of 1 to 8 dimensions, got {len(dims)}")
+    return dims
+
+
+def _size_bytes(doc: Document, path: FieldPath, value: Any) -> int:
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise doc.error(path, f"got {_describe(value)}; write a size with a binary unit, "
+                              "e.g. 4GiB or 512MiB")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size == 0 or size % (1 << 20):
+        raise doc.error(path, f"'{value}' is not a whole, positive number of MiB "
+                              "(TensorRT 8.x takes the workspace in MiB)")
+    return size
+
+
+def _duration_s(doc: Document, path: FieldPath, value: Any) -> int:
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise doc.error(path, f"got {_describe(value)}; write a duration like 90s, 30m or 2h")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _project_file(doc: Document, path: FieldPath, value: Any, root: Path, under: str | None = None) -> Path:
+    rel = Path(_text(doc, path, value))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise doc.error(path, f"'{value}' must be a path inside the project, relative to its root")
+    if under and rel.parts[0] != under:
+        raise doc.error(path, f"'{value}' must be under {under}/")
+    if not (root / rel).is_file():
+        raise doc.error(path, f"file '{value}' does not exist (paths are relative to {root})")
+    return rel
+
+
+# ----------------------------------------------------------------------------- sections
+
+def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSource:
+    value = _check_keys(doc, path, value, {"source", "arch", "weights", "factory", "path", "seed"},
+                        required=("source",))
+    source = _choice(doc, path + ("source",), value["source"], MODEL_SOURCES)
+    needs = {"ultralytics": ("arch",), "torch": ("factory",), "onnx": ("path",)}[source]
+    for key in needs:
+        if key not in value:
+            raise doc.error(path, f"source '{source}' needs '{key}'")
+    for key in {"arch", "factory", "path"} - set(needs):
+        if key in value:
+            raise doc.error(path + (key,), f"'{key}' does not apply to source '{source}'")
+    factory = value.get("factory")
+    if factory is not None and not re.fullmatch(r"[\w.]+:\w+", _text(doc, path + ("factory",), factory)):
+        raise doc.error(path + ("factory",), f"'{factory}' is not 'package.module:function'")
+    return ModelSource(
+        source=source,
+        arch=_text(doc, path + ("arch",), value["arch"]) if "arch" in value else None,
+        weights=(_project_file(doc, path + ("weights",), value["weights"], root)
+                 if value.get("weights") is not None else None),
+        factory=factory,
+        path=_project_file(doc, path + ("path",), value["path"], root) if "path" in value else None,
+        seed=_integer(doc, path + ("seed",), value.get("seed", 0), 0, 2**31 - 1),
+    )
+
+
+def _input(doc: Document, path: FieldPath, value: Any) -> InputSpec:
+    value = _check_keys(doc, path, value, {"name", "shape", "dtype", "dynamic_axes"},
+                        required=("name", "shape"))
+    shape = _shape(doc, path + ("shape",), value["shape"])
+    axes = _list(doc, path + ("dynamic_axes",), value.get("dynamic_axes", [0]),
+                 lambda p, v: _integer(doc, p, v, 0, len(shape) - 1))
+    if len(set(axes)) != len(axes):
+        raise doc.error(path + ("dynamic_axes",), "lists an axis twice")
+    return InputSpec(
+        name=_text(doc, path + ("name",), value["name"]),
+        shape=shape,
+        dtype=_choice(doc, path + ("dtype",), value.get("dtype", "float32"), ("float32",)),
+        dynamic_axes=tuple(sorted(axes)),
+    )
+
+
+def _surgery(doc: Document, path: FieldPath, value: Any, known: Mapping[str, Any]) -> tuple[PassSpec, ...]:
+    def one(p: FieldPath, item: Any) -> PassSpec:
+        if isinstance(item, dict) and len(item) == 1:
+            (name, params), = item.items()
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise doc.error(p + (name,), f"parameters must be a mapping, got {_describe(params)}")
+        elif isinstance(item, str):
+            name, params = item, {}
+        else:
+            raise doc.error(p, "expected a pass name, or 'name: {param: value}'")
+        if name not in known:
+            raise doc.unknown_key(p[:-1], name, known)
+        return PassSpec(name, tuple(sorted(params.items())))
+
+    return _list(doc, path, value, one)
+
+
+def _profiles(doc: Document, path: FieldPath, value: Any, spec: InputSpec) -> tuple:
+    def profile(p: FieldPath, item: Any) -> tuple[tuple[str, ShapeRange], ...]:
+        item = _check_keys(doc, p, item, {spec.name}, required=(spec.name,))
+        return tuple((name, _shape_range(doc, p + (name,), rng, spec)) for name, rng in item.items())
+
+    if not spec.dynamic_axes:
+        raise doc.error(path, "the input is exported with static shapes (input.dynamic_axes is "
+                              "empty), so it takes no profiles; remove build.profiles")
+    profiles = _list(doc, path, value, profile)
+    if not profiles:
+        raise doc.error(path, "lists no profile; remove the key to use the default")
+    return profiles
+
+
+def _shape_range(doc: Document, path: FieldPath, value: Any, spec: InputSpec) -> ShapeRange:
+    value = _check_keys(doc, path, value, {"min", "opt", "max"}, required=("min", "opt", "max"))
+    rng = ShapeRange(*(_shape(doc, path + (k,), value[k]) for k in ("min", "opt", "max")))
+    for key, shape in zip(("min", "opt", "max"), (rng.min, rng.opt, rng.max)):
+        if len(shape) != len(spec.shape):
+            raise doc.error(path + (key,), f"has {len(shape)} dimensions; input "
+                                           f"'{spec.name}' has {len(spec.shape)}")
+        for axis, (got, fixed) in enumerate(zip(shape, spec.shape)):
+            if axis not in spec.dynamic_axes and got != fixed:
+                raise doc.error(path + (key,), f"axis {axis} is {got} but the input is exported "
+                                               f"with a fixed {fixed}; add {axis} to input.dynamic_axes")
+    if not all(a <= b <= c for a, b, c in zip(rng.min, rng.opt, rng.max)):
+        raise doc.error(path, "needs min <= opt <= max in every dimension")
+    return rng
+
+
+_BUILD_KEYS = {"profiles", "workspace", "optimization_level", "timing_cache", "keep_fp32", "plugins",
+               "dla_core", "hardware_compatibility", "version_compatible", "precision_mode",
+               "extra_args", "timeout"}
+
+
+def _build(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec: InputSpec,
+           root: Path) -> BuildOptions:
+    """Validate a `build:` mapping; fields it leaves out keep the values of `base`."""
+    value = _check_keys(doc, path, value, _BUILD_KEYS)
+    read: dict[str, Callable[[FieldPath, Any], Any]] = {
+        "profiles": lambda p, v: _profiles(doc, p, v, spec),
+        "workspace": lambda p, v: _size_bytes(doc, p, v),
+        "optimization_level": lambda p, v: _integer(doc, p, v, 0, 5),
+        "timing_cache": lambda p, v: _boolean(doc, p, v),
+        "keep_fp32": lambda p, v: _list(doc, p, v, lambda q, x: _text(doc, q, x)),
+        "plugins": lambda p, v: _list(doc, p, v, lambda q, x: _project_file(doc, q, x, root, "plugins")),
+        "dla_core": lambda p, v: _integer(doc, p, v, 0, 15),
+        "hardware_compatibility": lambda p, v: _choice(doc, p, v, HARDWARE_COMPATIBILITY),
+        "version_compatible": lambda p, v: _boolean(doc, p, v),
+        "precision_mode": lambda p, v: _choice(doc, p, v, PRECISION_MODES),
+        "extra_args": lambda p, v: _list(doc, p, v, lambda q, x: _extra_arg(doc, q, x)),
+        "timeout": lambda p, v: _duration_s(doc, p, v),
+    }
+    renamed = {"workspace": "workspace_bytes", "timeout": "timeout_s"}
+    return replace(base, **{renamed.get(k, k): read[k](path + (k,), v) for k, v in value.items()})
+
+
+def _extra_arg(doc: Document, path: FieldPath, value: Any) -> str:
+    arg = _text(doc, path, value)
+    match = re.fullmatch(r"--([A-Za-z][A-Za-z0-9]*)(=\S+)?", arg)
+    if not match:
+        raise doc.error(path, f"'{arg}' is not a trtexec flag; trtexec takes only --name or "
+                              "--name=value, with no spaces")
+    if match.group(1) in RENDERER_FLAGS:
+        raise doc.error(path, f"--{match.group(1)} is set by trtforge from the recipe; use the "
+                              "matching build field instead (see README.md, 'Recipe reference')")
+    return arg
+
+
+def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec: InputSpec,
+              root: Path) -> tuple[Variant, ...]:
+    if not isinstance(value, dict) or not value:
+        raise doc.error(path, "expected a mapping of variant names, e.g. fp16: {precision: fp16}")
+    variants = []
+    for name, body in value.items():
+        p = path + (name,)
+        if not NAME_PATTERN.match(name):
+            raise doc.error(p, f"variant name '{name}' must be lowercase letters, digits, '_', '.' or '-'")
+        body = _check_keys(doc, p, body, {"precision", "build"}, required=("precision",))
+        build = _build(doc, p + ("build",), body["build"], base, spec, root) if "build" in body else base
+        variants.append(Variant(name, _choice(doc, p + ("precision",), body["precision"], PRECISIONS), build))
+    return tuple(variants)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+_TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "variants"}
+
+
+def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
+    """Read and validate one recipe; every failure is a one-line RecipeError."""
+    shown = str(file.relative_to(root)) if file.is_relative_to(root) else str(file)
+    try:
+        raw = file.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(shown, f"cannot read: {exc}") from None
+    doc = parse_document(text, shown)
+    return recipe_from_document(doc, file, root, known_passes)
+
+
+def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
+    top = _check_keys(doc, (), doc.data, _TOP_KEYS, required=("model", "input", "variants"))
+    name = _text(doc, ("name",), top.get("name", file.stem))
+    if not NAME_PATTERN.match(name):
+        raise doc.error(("name",), f"'{name}' must be lowercase letters, digits, '_', '.' or '-'")
+    spec = _input(doc, ("input",), top["input"])
+    export = _check_keys(doc, ("export",), top.get("export", {}), {"opset"})
+    base = _build(doc, ("build",), top.get("build", {}), BuildOptions(), spec, root)
+    return Recipe(
+        name=name,
+        file=file,
+        description=_text(doc, ("description",), top["description"]) if "description" in top else "",
+        model=_model(doc, ("model",), top["model"], root),
+        input=spec,
+        opset=_integer(doc, ("export", "opset"), export.get("opset", 17), 13, 21),
+        surgery=_surgery(doc, ("surgery",), top.get("surgery", []), known_passes),
+        build=base,
+        variants=_variants(doc, ("variants",), top["variants"], base, spec, root),
+    )
+
+
+def load_recipes(folder: Path, root: Path, known_passes: Mapping[str, Any]) -> list[Recipe]:
+    """All recipes in `folder` (*.yaml, *.yml), refusing two with one name."""
+    recipes: dict[str, Recipe] = {}
+    for file in sorted(folder.glob("*.y*ml")):
+        recipe = load_recipe(file, root, known_passes)
+        if recipe.name in recipes:
+            other = recipes[recipe.name].file.name
+            raise RecipeError(str(file.relative_to(root)), f"recipe name '{recipe.name}' is already "
+                                                           f"used by {other}; rename one", field="name")
+        recipes[recipe.name] = recipe
+    return list(recipes.values())
+
+
+def jsonable(value: Any) -> Any:
+    """Recipe values as plain JSON data, for doit's config_changed and manifests."""
+    from dataclasses import fields, is_dataclass
+
+    if is_dataclass(value):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value

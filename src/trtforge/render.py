@@ -1,0 +1,179 @@
+"""Intent -> trtexec argv, per TensorRT generation.
+
+This is the one place that answers "how is FP16 rendered on TensorRT 11?". A recipe says
+what to build; `engine_intent` resolves it against a generation (refusing what that
+generation cannot do, before any work) and `render_argv` writes the flags in that
+generation's grammar. The facts behind the table are in ../shared/DESIGN.md, read from
+NVIDIA's trtexec source:
+
+- only `--name=value` parses; lists are comma separated; shapes are `name:1x3x640x640`;
+- 11.x removed --fp16/--int8/--calib/--precisionConstraints/--layerPrecisions (unknown
+  option, exit 1): precision comes from the ONNX (AutoCast / Q-DQ), built strongly typed;
+- `--workspace=<MiB>` exists only up to 8.x; 8.6 reads `--memPoolSize=workspace:<MiB>`;
+  10.x+ reads a one-letter suffix (B/K/M/G) off the last character, so `4GiB` would mean
+  4 bytes: this module never emits anything but an integer with one of those letters;
+- 8.x takes one optimization profile; 10.x+ several, each after `--profile=<i>`;
+- builder optimization level and version/hardware compatibility start at 8.6;
+- `--stronglyTyped` starts at 10 (a no-op in 11, so it is not emitted there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import TrtforgeError
+from .recipe import BuildOptions, ShapeRange
+from .trt_version import TrtVersion
+
+
+class RenderError(TrtforgeError):
+    """The recipe asks for something the target TensorRT generation cannot build."""
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What one generation of trtexec understands."""
+
+    precision_flags: bool  # --fp16 / --int8 / --calib exist
+    strongly_typed_flag: bool  # --stronglyTyped must be passed for Q/DQ or AutoCast ONNX
+    layer_precisions: bool  # --precisionConstraints / --layerPrecisions exist
+    several_profiles: bool
+    workspace: str  # "workspace" (MiB int), "mempool_mib", "mempool_suffix"
+    builder_options: bool  # --builderOptimizationLevel, --versionCompatible, --hardwareCompatibilityLevel
+    plugins_flag: str
+
+
+GRAMMARS = {
+    "8.2": Grammar(True, False, False, False, "workspace", False, "--plugins"),
+    "8.6": Grammar(True, False, True, False, "mempool_mib", True, "--plugins"),
+    "10": Grammar(True, True, True, True, "mempool_suffix", True, "--staticPlugins"),
+    "11": Grammar(False, False, False, True, "mempool_suffix", True, "--staticPlugins"),
+}
+
+
+@dataclass(frozen=True)
+class EngineIntent:
+    """What one engine build asks of trtexec, with paths relative to its work folder."""
+
+    precision: str  # fp32 | fp16
+    mode: str  # implicit (builder flags) | explicit (precision carried by the ONNX)
+    build: BuildOptions
+    onnx: str = "model.onnx"
+    engine: str = "engine.plan"
+    timing_cache: str | None = "timing.cache"
+    keep_fp32_layers: tuple[str, ...] = ()  # exact layer names (globs already expanded)
+    plugin_files: tuple[str, ...] = ()
+
+
+def resolve_mode(precision: str, requested: str, generation: str) -> str:
+    """Pick implicit (builder flags) or explicit (typed ONNX) for a precision, or refuse.
+
+    auto: FP16 by builder flag where one exists (8.x, 10.x), AutoCast ONNX on 11.x.
+    """
+    if precision == "fp32":
+        return "implicit"
+    grammar = GRAMMARS[generation]
+    if requested == "auto":
+        return "implicit" if grammar.precision_flags else "explicit"
+    if requested == "implicit" and not grammar.precision_flags:
+        raise RenderError(f"TensorRT {generation} removed --{precision}: set build.precision_mode "
+                          "to auto or explicit (precision then comes from the ONNX)")
+    if requested == "explicit" and precision == "fp16" and not (grammar.strongly_typed_flag or generation == "11"):
+        raise RenderError(f"TensorRT {generation} cannot build an FP16-typed ONNX strongly typed "
+                          "(needs 10.x or later); set build.precision_mode to auto or implicit")
+    return requested
+
+
+def check_intent(precision: str, build: BuildOptions, version: TrtVersion) -> str:
+    """Refuse, before any work, what `version` cannot build; return the resolved mode."""
+    generation = version.generation
+    grammar = GRAMMARS[generation]
+    mode = resolve_mode(precision, build.precision_mode, generation)
+    where = f"TensorRT {version}"
+    if len(build.profiles) > 1 and not grammar.several_profiles:
+        raise RenderError(f"{where} builds one optimization profile; build.profiles lists "
+                          f"{len(build.profiles)} (keep one, or build with TensorRT 10+)")
+    if build.keep_fp32 and precision != "fp32" and mode == "implicit" and not grammar.layer_precisions:
+        raise RenderError(f"{where} has no --layerPrecisions, so build.keep_fp32 cannot be honoured "
+                          "with builder flags; set build.precision_mode: explicit or drop keep_fp32")
+    if not grammar.builder_options:
+        for field, value, default in (("optimization_level", build.optimization_level, None),
+                                      ("version_compatible", build.version_compatible, False),
+                                      ("hardware_compatibility", build.hardware_compatibility, "none")):
+            if value != default:
+                raise RenderError(f"{where} has no option for build.{field} (added in 8.6); remove it")
+    return mode
+
+
+def render_argv(intent: EngineIntent, version: TrtVersion) -> list[str]:
+    """trtexec arguments (without the executable) for `intent` in `version`'s grammar."""
+    grammar = GRAMMARS[version.generation]
+    build = intent.build
+    argv = [f"--onnx={intent.onnx}", f"--saveEngine={intent.engine}"]
+    argv += _precision_flags(intent, grammar)
+    argv += _profile_flags(build.profiles, grammar)
+    if build.workspace_bytes:
+        argv.append(_workspace_flag(build.workspace_bytes, grammar))
+    if build.optimization_level is not None:
+        argv.append(f"--builderOptimizationLevel={build.optimization_level}")
+    if build.version_compatible:
+        argv.append("--versionCompatible")
+    if build.hardware_compatibility != "none":
+        argv.append(f"--hardwareCompatibilityLevel={build.hardware_compatibility}")
+    if intent.timing_cache:
+        argv.append(f"--timingCacheFile={intent.timing_cache}")
+    if intent.plugin_files:
+        argv.append(f"{grammar.plugins_flag}={','.join(intent.plugin_files)}")
+    if build.dla_core is not None:
+        argv += [f"--useDLACore={build.dla_core}", "--allowGPUFallback"]
+    return argv + list(build.extra_args)
+
+
+def _precision_flags(intent: EngineIntent, grammar: Grammar) -> list[str]:
+    if intent.precision == "fp32":
+        return []
+    if intent.mode == "explicit":
+        return ["--stronglyTyped"] if grammar.strongly_typed_flag else []
+    flags = [f"--{intent.precision}"]
+    if intent.keep_fp32_layers:
+        flags += ["--precisionConstraints=obey",
+                  "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in intent.keep_fp32_layers)]
+    return flags
+
+
+def _shape(name: str, dims: tuple[int, ...]) -> str:
+    return f"{name}:{'x'.join(str(d) for d in dims)}"
+
+
+def _profile_flags(profiles: tuple[tuple[tuple[str, ShapeRange], ...], ...], grammar: Grammar) -> list[str]:
+    flags: list[str] = []
+    for index, profile in enumerate(profiles):
+        if grammar.several_profiles and len(profiles) > 1:
+            flags.append(f"--profile={index}")
+        for key in ("min", "opt", "max"):
+            flags.append(f"--{key}Shapes=" + ",".join(_shape(n, getattr(r, key)) for n, r in profile))
+    return flags
+
+
+def _workspace_flag(size: int, grammar: Grammar) -> str:
+    mib = size >> 20
+    if grammar.workspace == "workspace":
+        return f"--workspace={mib}"
+    if grammar.workspace == "mempool_mib":
+        return f"--memPoolSize=workspace:{mib}"
+    for suffix, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size % (1 << shift) == 0:
+            return f"--memPoolSize=workspace:{size >> shift}{suffix}"
+    return f"--memPoolSize=workspace:{size}B"
+
+
+def default_profiles(name: str, shape: tuple[int, ...], dynamic_axes: tuple[int, ...]):
+    """The profiles used when a recipe gives none: batch 1 up to the export shape.
+
+    Only a dynamic batch axis (0) gets a range; other dynamic axes stay at the export
+    size. A fully static input gets no profile: trtexec refuses shapes for static inputs.
+    """
+    if not dynamic_axes:
+        return ()
+    low = tuple(1 if axis == 0 and axis in dynamic_axes else d for axis, d in enumerate(shape))
+    return (((name, ShapeRange(low, shape, shape)),),)

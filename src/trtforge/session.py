@@ -1,0 +1,83 @@
+"""One doit invocation on one project: its state DB, its lock, its signals.
+
+Measured with doit 0.37 (../shared/DESIGN.md): the `json` and `dbm` backends lose or
+corrupt records when two doit processes share them, so the state lives in `sqlite3`
+under artifacts/, and a command that runs tasks holds an exclusive lock for the whole
+invocation. doit writes its DB once, at exit, and only Ctrl-C leads there cleanly; SIGTERM
+(what `timeout` and CI send) would lose every success of the run, so it is turned into
+the same clean stop. Holding the lock also makes it safe to sweep the temporaries that
+an earlier, killed run left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .atomic import sweep_temporaries
+from .console import info
+from .errors import TrtforgeError
+
+# doit commands that only read the state: they neither take the lock nor sweep.
+READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
+_held_lock = None
+
+
+def doit_config(artifacts: Path) -> dict:
+    return {
+        "backend": "sqlite3",
+        "dep_file": str(artifacts / ".doit.db"),
+        "default_tasks": [],
+        "action_string_formatting": "new",
+    }
+
+
+def doit_command(argv: list[str]) -> str:
+    """The doit sub-command of this invocation (`run` when only task names are given)."""
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            return arg if arg in READ_ONLY_COMMANDS or arg in {"run", "forget", "clean", "ignore",
+                                                                "auto", "reset-dep", "strace"} else "run"
+    return "run"
+
+
+def begin(artifacts: Path, argv: list[str] | None = None) -> None:
+    """Prepare artifacts/ for this invocation; raise TrtforgeError if another one runs."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    if doit_command(argv if argv is not None else sys.argv) in READ_ONLY_COMMANDS:
+        return
+    _take_lock(artifacts / ".trtforge.lock")
+    swept = sweep_temporaries(artifacts)
+    if swept:
+        info(f"removed {len(swept)} temporary file(s) an interrupted run left in {artifacts}")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
+def _take_lock(path: Path) -> None:
+    global _held_lock
+    from filelock import FileLock, Timeout
+
+    if _held_lock is not None:
+        return
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = _read_pid(path.with_suffix(".pid"))
+        raise TrtforgeError(f"another build is running in this project{f' (pid {owner})' if owner else ''}; "
+                            "wait for it to finish or stop it") from None
+    path.with_suffix(".pid").write_text(str(os.getpid()))
+    _held_lock = lock
+
+
+def _read_pid(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _stop_on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    raise KeyboardInterrupt(f"stopped by signal {signum}")

@@ -1,0 +1,30 @@
+"""quantize (FP16): an FP16-typed ONNX from ModelOpt AutoCast, for strongly typed builds.
+
+TensorRT 11 removed `--fp16`; reduced precision must be in the ONNX itself. AutoCast
+decides per node whether FP16 is safe (ranges, reductions) and leaves the rest in FP32.
+Nodes the recipe keeps in FP32 (`build.keep_fp32`, globs over node names) are excluded.
+It runs on CPU through ONNX Runtime's CPU provider.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from ..atomic import atomic_output
+from ..errors import StageError, require
+
+
+def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> None:
+    """Write an FP16 mixed-precision copy of `source` to `output` (atomically)."""
+    onnx = require("onnx", "core")
+    autocast = require("modelopt.onnx.autocast", "quant")
+    # AutoCast takes regular expressions; recipes speak globs, the same as for --layerPrecisions.
+    exclude = [fnmatch.translate(pattern) for pattern in keep_fp32]
+    try:
+        model = autocast.convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
+                                                    nodes_to_exclude=exclude, providers=["cpu"])
+    except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot type
+        raise StageError(f"AutoCast could not convert {source.name} to FP16: {str(exc).splitlines()[0]}") from exc
+    with atomic_output(output) as temp:
+        onnx.save(model, str(temp))

@@ -1,0 +1,247 @@
+"""doit task generators: recipes in, task dicts out.
+
+Nothing here runs a stage; it only says, per recipe and variant, what each stage reads
+(file_dep + a `config_changed` of exactly the recipe fields and tool versions it uses),
+what it writes (targets) and which function does the work. Task names are
+`stage:recipe-variant`; `build:R-V` is what users type, `cpu:R` runs every stage that
+needs no GPU. This module and everything it imports at the top must stay free of heavy
+libraries: it runs on every `doit` call, a no-op build included.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from .errors import ToolError, TrtforgeError
+from .recipe import Recipe, Variant, jsonable, load_recipes
+from .render import RenderError, check_intent, default_profiles, render_argv
+from .stages import autocast, engine, export, surgery as surgery_stage
+from .surgery import builtin_pass_names, discover_plugin_passes
+from .trtexec import Trtexec, find_trtexec, not_found_message
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class Project:
+    """The recipes of one project folder and the trtexec this host would use."""
+
+    root: Path
+    recipes: list[Recipe]
+    plugin_passes: dict[str, Path]
+    trtexec: Trtexec | None = None
+    trtexec_problem: str | None = None  # why there is no usable trtexec
+    artifacts: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.artifacts = self.root / "artifacts"
+
+
+def load_project(root: Path) -> Project:
+    """Read recipes/ and plugins/ and probe trtexec; every user error is one line."""
+    plugin_passes = discover_plugin_passes(root / "plugins") if (root / "plugins").is_dir() else {}
+    known = {name: None for name in builtin_pass_names()} | plugin_passes
+    recipes = load_recipes(root / "recipes", root, known)
+    project = Project(root, recipes, plugin_passes)
+    try:
+        project.trtexec = find_trtexec(project.artifacts / "cache" / "trtexec-probe.json")
+        if project.trtexec is None:
+            project.trtexec_problem = not_found_message()
+    except ToolError as exc:
+        project.trtexec_problem = str(exc)
+    return project
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def run_stage(func: Callable[..., None], *args: Any) -> TaskFailed | None:
+    """doit action wrapper: a user-fixable error becomes doit's one-message failure."""
+    try:
+        func(*args)
+    except TrtforgeError as exc:
+        return TaskFailed(str(exc))
+    return None
+
+
+def refuse(message: str) -> TaskFailed:
+    """Action of a task that cannot run on this host or with this recipe."""
+    return TaskFailed(message)
+
+
+@functools.lru_cache(maxsize=None)
+def tool_version(*distributions: str) -> str | None:
+    """Version of the first installed distribution among alternatives, or None."""
+    for dist in distributions:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tool_versions(*names: str) -> dict[str, str | None]:
+    alternatives = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime")}
+    return {name: tool_version(*alternatives.get(name, (name,))) for name in names}
+
+
+def code(*relative: str) -> list[str]:
+    """The package's own source files a stage runs: a change to them reruns the stage."""
+    return [str(PACKAGE_DIR / r) for r in relative]
+
+
+def recipe_dir(project: Project, recipe: Recipe) -> Path:
+    return project.artifacts / recipe.name
+
+
+def surgered_onnx(project: Project, recipe: Recipe) -> Path:
+    return recipe_dir(project, recipe) / "model.onnx"
+
+
+def variant_dir(project: Project, recipe: Recipe, variant: Variant) -> Path:
+    return recipe_dir(project, recipe) / variant.name
+
+
+def autocast_onnx(project: Project, recipe: Recipe, variant: Variant) -> Path:
+    return variant_dir(project, recipe, variant) / "autocast.onnx"
+
+
+def needs_autocast(variant: Variant) -> bool:
+    """Every FP16 variant gets an AutoCast ONNX: TensorRT 11 builds from it, and it is the
+    FP16 model that can be run and checked on CPU."""
+    return variant.precision == "fp16"
+
+
+# ----------------------------------------------------------------------------- generators
+
+def export_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        source = r.model.weights or r.model.path
+        tools = ("onnx",) if r.model.source == "onnx" else ("torch", "ultralytics")
+        yield {
+            "name": r.name,
+            "doc": f"export {r.name} to ONNX (opset {r.opset})",
+            "actions": [(run_stage, [export.export_onnx, r.model, r.input, r.opset, project.root,
+                                     recipe_dir(project, r) / "export.onnx"])],
+            "file_dep": ([str(project.root / source)] if source else []) + code("stages/export.py"),
+            "targets": [str(recipe_dir(project, r) / "export.onnx")],
+            "uptodate": [config_changed({"model": jsonable(r.model), "input": jsonable(r.input),
+                                         "opset": r.opset, "tools": tool_versions(*tools)})],
+            "clean": True,
+        }
+
+
+def surgery_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        passes = [(p.name, dict(p.params)) for p in r.surgery]
+        plugin_files = sorted({project.plugin_passes[p.name] for p in r.surgery if p.name in project.plugin_passes})
+        yield {
+            "name": r.name,
+            "doc": f"graph surgery on {r.name}: {', '.join(p.name for p in r.surgery) or 'no passes'}",
+            "actions": [(run_stage, [surgery_stage.run_surgery, recipe_dir(project, r) / "export.onnx",
+                                     surgered_onnx(project, r), passes, plugin_files])],
+            "file_dep": [str(recipe_dir(project, r) / "export.onnx"), *map(str, plugin_files),
+                         *code("surgery.py", "stages/surgery.py", "stages/passes.py")],
+            "targets": [str(surgered_onnx(project, r))],
+            "uptodate": [config_changed({"passes": jsonable(passes),
+                                         "tools": tool_versions("onnx", "onnx-graphsurgeon", "onnxslim",
+                                                                "onnxruntime")})],
+            "clean": True,
+        }
+
+
+def quantize_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            if not needs_autocast(v):
+                continue
+            yield {
+                "name": f"{r.name}-{v.name}",
+                "doc": f"FP16 ONNX of {r.name} through ModelOpt AutoCast (runs on CPU)",
+                "actions": [(run_stage, [autocast.autocast_fp16, surgered_onnx(project, r),
+                                         autocast_onnx(project, r, v), v.build.keep_fp32])],
+                "file_dep": [str(surgered_onnx(project, r)), *code("stages/autocast.py")],
+                "targets": [str(autocast_onnx(project, r, v))],
+                "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32),
+                                             "tools": tool_versions("nvidia-modelopt", "onnx", "onnxruntime")})],
+                "clean": True,
+            }
+
+
+def _engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.EngineJob:
+    build = v.build
+    if not build.profiles:
+        from dataclasses import replace
+
+        build = replace(build, profiles=default_profiles(r.input.name, r.input.shape, r.input.dynamic_axes))
+    explicit_fp16 = v.precision == "fp16" and mode == "explicit"
+    return engine.EngineJob(
+        task=f"engine:{r.name}-{v.name}",
+        trtexec=project.trtexec.path if project.trtexec else None,
+        version=project.trtexec.version if project.trtexec else None,
+        onnx=autocast_onnx(project, r, v) if explicit_fp16 else surgered_onnx(project, r),
+        precision=v.precision, mode=mode, build=build,
+        plugin_files=tuple(project.root / p for p in build.plugins),
+        out_dir=variant_dir(project, r, v),
+        timing_cache_dir=project.artifacts / "cache" / "timing",
+    )
+
+
+def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.EngineJob | None, str | None]:
+    """(job, None) when the engine can be built here, else (None, the one-line reason)."""
+    if project.trtexec is None:
+        return None, project.trtexec_problem
+    try:
+        mode = check_intent(v.precision, v.build, project.trtexec.version)
+    except RenderError as exc:
+        return None, f"{r.file.name}: variants.{v.name}: {exc}"
+    return _engine_job(project, r, v, mode), None
+
+
+def engine_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            job, problem = _engine_plan(project, r, v)
+            name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
+            doc = f"TensorRT {v.precision.upper()} engine of {r.name} through trtexec"
+            if job is None:
+                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])],
+                       "file_dep": [str(surgered_onnx(project, r))], "uptodate": [False]}
+                continue
+            argv = render_argv(engine.engine_intent(job), job.version)
+            yield {
+                "name": name,
+                "doc": doc,
+                "actions": [(run_stage, [engine.build_engine, job, not_found_message()])],
+                "file_dep": [str(job.onnx), *map(str, job.plugin_files), *code("stages/engine.py", "render.py")],
+                "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT)],
+                "uptodate": [config_changed({"trtexec": str(job.version), "argv": argv,
+                                             "keep_fp32": list(job.build.keep_fp32)})],
+                "clean": True,
+            }
+
+
+def build_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            job, problem = _engine_plan(project, r, v)
+            name = f"{r.name}-{v.name}"
+            doc = f"everything for the {v.name} variant of {r.name} (engine included; needs trtexec)"
+            if job is None and project.trtexec is not None:  # refused by the renderer: before any work
+                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+            else:
+                yield {"name": name, "doc": doc, "actions": None, "task_dep": [f"engine:{name}"]}
+
+
+def cpu_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        deps = [f"export:{r.name}", f"surgery:{r.name}"]
+        deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if needs_autocast(v)]
+        yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
+               "actions": None, "task_dep": deps}

@@ -1,0 +1,149 @@
+"""Strict YAML reading for recipes, with a location for every value.
+
+PyYAML's `safe_load` silently keeps the last of two duplicate keys, expands aliases
+without bound (a few hundred bytes can walk to tens of millions of characters) and
+applies YAML 1.1 typing (`no` is False, `1e3` a string, `0755` is 493). Recipes are
+short, hand-written files, so this module refuses what a person never means: aliases,
+duplicate keys, non-string keys, explicit tags, and files over a size cap. It keeps the
+line, column and source text of every value so that validation errors can point at
+`file:line:col` and explain a YAML 1.1 surprise in the value the user actually typed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import RecipeError
+
+MAX_RECIPE_BYTES = 256 * 1024
+FieldPath = tuple  # keys (str) and list indices (int), e.g. ("variants", "fp16")
+
+_BASIC_TAGS = {
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp")
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a value came from: 1-based line and column, and its source text."""
+
+    line: int
+    column: int
+    text: str | None  # the scalar as typed, None for mappings and sequences
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, mark: yaml.Mark) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases before anything is expanded."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("YAML aliases (*name) are not allowed in recipes; write the value out",
+                           self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def format_path(path: FieldPath) -> str:
+    """`('variants', 'fp16', 'build', 'plugins', 0)` -> `variants.fp16.build.plugins[0]`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class Document:
+    """A parsed recipe: plain Python data plus the location of every value."""
+
+    def __init__(self, file: str, data: Any, locations: dict[FieldPath, Located]) -> None:
+        self.file, self.data, self.locations = file, data, locations
+
+    def error(self, path: FieldPath, message: str) -> RecipeError:
+        """One-line error at the closest known location of `path`."""
+        probe = tuple(path)
+        while probe not in self.locations and probe:
+            probe = probe[:-1]
+        loc = self.locations.get(probe)
+        return RecipeError(self.file, message, field=format_path(path),
+                           line=loc.line if loc else None, column=loc.column if loc else None)
+
+    def source_text(self, path: FieldPath) -> str | None:
+        loc = self.locations.get(tuple(path))
+        return loc.text if loc else None
+
+    def unknown_key(self, path: FieldPath, key: str, allowed: Iterable[str]) -> RecipeError:
+        allowed = sorted(allowed)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+        return self.error(path + (key,), f"unknown key '{key}'; {hint}")
+
+
+def parse_document(text: str, file: str) -> Document:
+    """Parse one recipe's text strictly; raise RecipeError with file:line:col."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(file, f"file is larger than {MAX_RECIPE_BYTES // 1024} KiB; "
+                                "a recipe is a short hand-written file")
+    loader = _NoAliasLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise RecipeError(file, "file is empty; see README.md for the recipe format")
+        locations: dict[FieldPath, Located] = {}
+        data = _to_python(loader, root, (), locations)
+    except _Refused as exc:
+        raise RecipeError(file, str(exc), line=exc.mark.line + 1, column=exc.mark.column + 1) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = f"YAML syntax error: {exc.problem or exc.context}"
+        if mark is None:
+            raise RecipeError(file, what) from None
+        raise RecipeError(file, what, line=mark.line + 1, column=mark.column + 1) from None
+    except yaml.YAMLError as exc:  # e.g. a reader error on bad bytes
+        raise RecipeError(file, f"not readable as YAML: {str(exc).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    return Document(file, data, locations)
+
+
+def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath,
+               locations: dict[FieldPath, Located]) -> Any:
+    mark = node.start_mark
+    if isinstance(node, yaml.MappingNode):
+        locations[path] = Located(mark.line + 1, mark.column + 1, None)
+        if node.tag != "tag:yaml.org,2002:map":
+            raise _Refused(f"YAML tag {node.tag} is not allowed in recipes", mark)
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise _Refused(f"{format_path(path) or 'top level'}: keys must be plain text, "
+                               f"got {key_node.value!r}", key_node.start_mark)
+            key = key_node.value
+            if key in out:
+                raise _Refused(f"{format_path(path + (key,))}: duplicate key '{key}' "
+                               "(YAML would silently keep the last one); remove one",
+                               key_node.start_mark)
+            out[key] = _to_python(loader, value_node, path + (key,), locations)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        locations[path] = Located(mark.line + 1, mark.column + 1, None)
+        if node.tag != "tag:yaml.org,2002:seq":
+            raise _Refused(f"YAML tag {node.tag} is not allowed in recipes", mark)
+        return [_to_python(loader, item, path + (i,), locations) for i, item in enumerate(node.value)]
+    if node.tag not in _BASIC_TAGS:
+        raise _Refused(f"YAML tag {node.tag} is not allowed in recipes", mark)
+    locations[path] = Located(mark.line + 1, mark.column + 1, node.value)
+    value = loader.construct_object(node, deep=True)
+    # Dates would crash doit's JSON-encoded config later; keep them as typed text so a
+    # text field gets it verbatim and a typed field reports it.
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return node.value
+    return value

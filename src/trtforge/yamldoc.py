@@ -23,6 +23,7 @@ from .errors import RecipeError
 MAX_RECIPE_BYTES = 256 * 1024
 FieldPath = tuple  # keys (str) and list indices (int), e.g. ("variants", "fp16")
 
+_KEY = object()  # prefix of the paths under which the locations of keys are stored
 _BASIC_TAGS = {
     "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp")
 }
@@ -67,9 +68,11 @@ class Document:
     def __init__(self, file: str, data: Any, locations: dict[FieldPath, Located]) -> None:
         self.file, self.data, self.locations = file, data, locations
 
-    def error(self, path: FieldPath, message: str) -> RecipeError:
-        """One-line error at the closest known location of `path`."""
+    def error(self, path: FieldPath, message: str, *, at_key: bool = False) -> RecipeError:
+        """One-line error at the closest known location of `path` (its key, if `at_key`)."""
         probe = tuple(path)
+        if at_key and (_KEY,) + probe in self.locations:
+            probe = (_KEY,) + probe
         while probe not in self.locations and probe:
             probe = probe[:-1]
         loc = self.locations.get(probe)
@@ -84,7 +87,7 @@ class Document:
         allowed = sorted(allowed)
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
-        return self.error(path + (key,), f"unknown key '{key}'; {hint}")
+        return self.error(path + (key,), f"unknown key '{key}'; {hint}", at_key=True)
 
 
 def parse_document(text: str, file: str) -> Document:
@@ -131,6 +134,8 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath,
                 raise _Refused(f"{format_path(path + (key,))}: duplicate key '{key}' "
                                "(YAML would silently keep the last one); remove one",
                                key_node.start_mark)
+            key_mark = key_node.start_mark
+            locations[(_KEY,) + path + (key,)] = Located(key_mark.line + 1, key_mark.column + 1, key)
             out[key] = _to_python(loader, value_node, path + (key,), locations)
         return out
     if isinstance(node, yaml.SequenceNode):

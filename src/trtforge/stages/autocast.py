@@ -3,6 +3,8 @@
 TensorRT 11 removed `--fp16`; reduced precision must be in the ONNX itself. AutoCast
 decides per node whether FP16 is safe (ranges, reductions) and leaves the rest in FP32.
 Nodes the recipe keeps in FP32 (`build.keep_fp32`, globs over node names) are excluded.
+Inputs and outputs stay FP32, as they do on the `--fp16` builder-flag path, so the same
+pre- and post-processing serves every TensorRT generation.
 It runs on CPU through ONNX Runtime's CPU provider.
 """
 
@@ -23,7 +25,8 @@ def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> Non
     exclude = [fnmatch.translate(pattern) for pattern in keep_fp32]
     try:
         model = autocast.convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16",
-                                                    nodes_to_exclude=exclude, providers=["cpu"])
+                                                    nodes_to_exclude=exclude, keep_io_types=True,
+                                                    providers=["cpu"])
     except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot type
         raise StageError(f"AutoCast could not convert {source.name} to FP16: {str(exc).splitlines()[0]}") from exc
     with atomic_output(output) as temp:

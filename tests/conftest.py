@@ -1,0 +1,66 @@
+"""Shared fixtures: temporary projects laid out like the real one, and doit runs in them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# A small YOLOv8n recipe: 160x160 input where the size does not matter (export, surgery,
+# doit bookkeeping and trtexec grammar behave the same as at 640).
+SMALL_RECIPE = """\
+model: {source: ultralytics, arch: yolov8n.yaml, seed: 0}
+input: {name: images, shape: [1, 3, 160, 160], dynamic_axes: [0]}
+export: {opset: 17}
+surgery: [fold_constants, slim, infer_shapes]
+build:
+  profiles:
+    - images: {min: [1, 3, 160, 160], opt: [2, 3, 160, 160], max: [4, 3, 160, 160]}
+  workspace: 1GiB
+variants:
+  fp32: {precision: fp32}
+  fp16:
+    precision: fp16
+    build: {keep_fp32: ["/model.22/dfl/*"]}
+"""
+
+
+def make_project(root: Path, recipes: dict[str, str]) -> Path:
+    """A project folder with the repository's dodo.py and the given recipe texts."""
+    (root / "recipes").mkdir(parents=True)
+    (root / "plugins").mkdir()
+    shutil.copy(REPO / "dodo.py", root / "dodo.py")
+    for name, text in recipes.items():
+        (root / "recipes" / f"{name}.yaml").write_text(text)
+    return root
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "proj", {"yolov8n": SMALL_RECIPE})
+
+
+def run_doit(project: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m doit` in `project` the way a user would, with TRTEXEC from `env` only."""
+    full_env = {k: v for k, v in os.environ.items() if k != "TRTEXEC"}
+    full_env["PATH"] = os.pathsep.join(p for p in full_env.get("PATH", "").split(os.pathsep)
+                                       if not (Path(p) / "trtexec").exists())
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def executed(result: subprocess.CompletedProcess) -> list[str]:
+    """Tasks doit reports as executed (`.  name`), in order."""
+    return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]
+
+
+def up_to_date(result: subprocess.CompletedProcess) -> list[str]:
+    return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith("-- ")]

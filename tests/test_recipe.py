@@ -1,0 +1,127 @@
+"""The recipe loader: valid recipes become frozen dataclasses; every bad one is one line
+naming file:line:col, the field and what to do."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from trtforge.errors import RecipeError
+from trtforge.recipe import load_recipe, load_recipes
+from trtforge.surgery import builtin_pass_names
+
+REPO = Path(__file__).resolve().parents[1]
+PASSES = {name: None for name in builtin_pass_names()}
+
+VALID = """\
+model: {source: ultralytics, arch: yolov8n.yaml}
+input: {name: images, shape: [1, 3, 640, 640]}
+variants:
+  fp16: {precision: fp16}
+"""
+
+
+def load_text(tmp_path: Path, text: str, name: str = "r.yaml"):
+    (tmp_path / "recipes").mkdir(exist_ok=True)
+    file = tmp_path / "recipes" / name
+    file.write_text(text)
+    return load_recipe(file, tmp_path, PASSES)
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_text(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message, "errors must be one line"
+    return message
+
+
+def test_builtin_recipe_loads_with_its_documented_values():
+    recipe = load_recipe(REPO / "recipes" / "yolov8n.yaml", REPO, PASSES)
+    assert recipe.name == "yolov8n"
+    assert recipe.input.shape == (1, 3, 640, 640)
+    assert [v.name for v in recipe.variants] == ["fp32", "fp16"]
+    assert recipe.variant("fp16").build.keep_fp32 == ("/model.22/dfl/*",)
+    assert recipe.variant("fp32").build.keep_fp32 == ()
+    assert recipe.build.workspace_bytes == 4 << 30
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.name = "other"
+
+
+def test_variant_build_overrides_only_the_fields_it_names(tmp_path):
+    recipe = load_text(tmp_path, VALID.replace("fp16: {precision: fp16}",
+                                               "fp16: {precision: fp16, build: {workspace: 512MiB}}")
+                       + "build: {optimization_level: 5, workspace: 2GiB}\n")
+    build = recipe.variant("fp16").build
+    assert build.workspace_bytes == 512 << 20
+    assert build.optimization_level == 5
+
+
+@pytest.mark.parametrize("text, where, fragment", [
+    ("model: [unclosed\n", ":1:", "YAML syntax error"),
+    (VALID.replace("input:", "inptu:"), ":2:1: inptu", "did you mean 'input'"),
+    (VALID + "variants:\n  fp32: {precision: fp32}\n", ":5:1", "duplicate key 'variants'"),
+    (VALID.replace("shape: [1, 3, 640, 640]", "shape: [1, 3, 640, 0]"), ":2:", "input.shape[3]"),
+    (VALID.replace("[1, 3, 640, 640]", "[1, 3, 640, 640]}\nbuild: {timing_cache: no"),
+     "build.timing_cache", "YAML reads unquoted 'no' as false"),
+    (VALID + "build: {workspace: 4GB}\n", "build.workspace", "4GiB or 512MiB"),
+    (VALID + "build: {workspace: 1536KiB}\n", "build.workspace", "whole, positive number of MiB"),
+    (VALID + "build: {optimization_level: 1e3}\n", "build.optimization_level", "write the number out"),
+    (VALID + "build: {optimization_level: 0755}\n", "build.optimization_level", "plain decimal"),
+    (VALID.replace("fp16}", "int4}"), "variants.fp16.precision", "allowed: fp32, fp16"),
+    (VALID + "surgery: [fold_constant]\n", "surgery", "did you mean 'fold_constants'"),
+    (VALID + "build: {plugins: [plugins/missing.so]}\n", "build.plugins[0]", "does not exist"),
+    (VALID + "build: {extra_args: ['--fp16']}\n", "build.extra_args[0]", "set by trtforge"),
+    (VALID + "build: {extra_args: ['--verbose now']}\n", "build.extra_args[0]", "no spaces"),
+    (VALID.replace("arch: yolov8n.yaml", "arch: yolov8n.yaml, weights: models/none.pt"),
+     "model.weights", "does not exist"),
+    (VALID + "x: &a [1]\ny: *a\n", ":6:", "aliases"),
+    (VALID + "build:\n  profiles:\n    - images: {min: [1,3,640,640], opt: [8,3,640,640], max: [4,3,640,640]}\n",
+     "build.profiles[0].images", "min <= opt <= max"),
+    (VALID + "build:\n  profiles:\n    - image: {min: [1,3,640,640], opt: [1,3,640,640], max: [1,3,640,640]}\n",
+     "build.profiles[0].image", "did you mean 'images'"),
+    (VALID + "build:\n  profiles:\n    - images: {min: [1,3,320,320], opt: [1,3,640,640], max: [1,3,640,640]}\n",
+     "build.profiles[0].images.min", "add 2 to input.dynamic_axes"),
+    (VALID + "released: 2024-01-01\n", "released", "unknown key"),
+    ("", "", "file is empty"),
+    (VALID.replace("name: images", "name: 123"), "input.name", "expected text, got int 123"),
+])
+def test_bad_recipe_is_one_line_naming_the_place(tmp_path, text, where, fragment):
+    message = error_of(tmp_path, text)
+    assert message.startswith("recipes/r.yaml"), message
+    assert where in message and fragment in message, message
+
+
+def test_dates_are_text_in_text_fields(tmp_path):
+    recipe = load_text(tmp_path, VALID + "description: 2024-01-01\n")
+    assert recipe.description == "2024-01-01"
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+    started = time.monotonic()
+    assert "aliases" in error_of(tmp_path, bomb)
+    assert time.monotonic() - started < 1.0
+
+
+def test_oversized_recipe_is_refused_before_parsing(tmp_path):
+    assert "larger than" in error_of(tmp_path, "# " + "x" * (300 * 1024) + "\n")
+
+
+def test_two_recipes_with_one_name_are_refused(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "a.yaml").write_text("name: same\n" + VALID)
+    (tmp_path / "recipes" / "b.yaml").write_text("name: same\n" + VALID)
+    with pytest.raises(RecipeError, match=r"recipes/b.yaml: name: recipe name 'same' is already used by a.yaml"):
+        load_recipes(tmp_path / "recipes", tmp_path, PASSES)
+
+
+def test_error_location_points_at_the_offending_value(tmp_path):
+    text = VALID + "build:\n  workspace: lots\n"
+    message = error_of(tmp_path, text)
+    assert re.match(r"recipes/r.yaml:6:14: build.workspace: ", message), message

@@ -39,7 +39,8 @@ def make_model(path: Path, dims=DYNAMIC, input_name="x", producer="pytest") -> P
     return path
 
 
-def trtexec(*args, version="10.8", cwd=None, fault=None, seconds=None, **popen):
+def trtexec(*args, version="10.8", cwd=None, fault=None, seconds=None, background=False):
+    """Run the double directly (no wrapper); background=True returns the Popen."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRTEXEC_DOUBLE_")}
     env["TRTEXEC_DOUBLE_VERSION"] = version
     if fault:
@@ -47,7 +48,7 @@ def trtexec(*args, version="10.8", cwd=None, fault=None, seconds=None, **popen):
     if seconds is not None:
         env["TRTEXEC_DOUBLE_BUILD_SECONDS"] = str(seconds)
     cmd = [sys.executable, str(DOUBLE), *map(str, args)]
-    if popen:
+    if background:
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=20)
 
@@ -115,6 +116,7 @@ def test_repeated_flag_leaves_one_unknown(static):
 def test_log_streams_and_prefixes(static):
     r = trtexec(f"--onnx={static}", "--fp16", "--skipInference")
     assert all(line.startswith("&&&& ") or " [I] " in line for line in r.stdout.splitlines())
+    assert " [V] " not in r.stdout and " [V] " in trtexec(f"--onnx={static}", "--verbose").stdout
     assert all(" [W] " in line or " [E] " in line for line in r.stderr.splitlines())
     assert r.stdout.splitlines()[1][:23].count("/") == 2  # [MM/DD/YYYY-HH:MM:SS]
 
@@ -311,7 +313,7 @@ def test_concurrent_timing_cache_updates_keep_all_entries(tmp_path):
     for i, flags in enumerate([[], ["--fp16"], [], ["--fp16"]]):
         model = make_model(tmp_path / f"m{i // 2}.onnx", STATIC, producer=f"p{i // 2}")
         procs.append(trtexec(f"--onnx={model}", f"--timingCacheFile={cache}", "--skipInference", *flags,
-                             popen=True))
+                             background=True))
     assert [p.wait(timeout=20) for p in procs] == [0, 0, 0, 0]
     assert len(dbl.decode_timing_cache(cache.read_bytes())) == 4
     assert (tmp_path / "tc.cache.lock").exists()
@@ -394,7 +396,7 @@ def test_fault_build_error(tmp_path, static):
 
 
 def test_fault_hang_after_banner(static):
-    p = trtexec(f"--onnx={static}", fault="hang", popen=True)
+    p = trtexec(f"--onnx={static}", fault="hang", background=True)
     try:
         assert p.stdout.readline().startswith("&&&& RUNNING TensorRT.trtexec")
         time.sleep(0.3)
@@ -404,15 +406,17 @@ def test_fault_hang_after_banner(static):
         p.wait()
 
 
-def test_interrupted_build_leaves_partial_engine(tmp_path, static):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_build_leaves_partial_engine(tmp_path, static, sig):
     engine = tmp_path / "e.engine"
-    p = trtexec(f"--onnx={static}", f"--saveEngine={engine}", seconds=3, popen=True)
+    p = trtexec(f"--onnx={static}", f"--saveEngine={engine}", seconds=3, background=True)
     try:
         deadline = time.monotonic() + 5
         while (not engine.exists() or engine.stat().st_size == 0) and time.monotonic() < deadline:
             time.sleep(0.02)
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=5) == -signal.SIGTERM
+        p.send_signal(sig)
+        assert p.wait(timeout=5) == -sig
+        assert "Traceback" not in p.stderr.read()
     finally:
         if p.poll() is None:
             p.kill()

@@ -37,16 +37,18 @@ def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             continue
 
 
-def run_logged(argv: list[str], cwd: Path, log_file: Path, timeout_s: float,
+def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, timeout_s: float,
                on_line: Callable[[str], None] | None = None) -> int:
-    """Run `argv` in `cwd`, stdout+stderr appended to `log_file`; return the exit code.
+    """Run `executable` with `argv` (argv[0] included) in `cwd`; return the exit code.
 
-    Negative codes mean the tool died from that signal (subprocess convention).
-    `on_line` sees each output line as it arrives (progress display).
+    stdout and stderr are appended to `log_file`. argv[0] is what the tool sees as its
+    name (trtexec echoes its command line into the log, so a bare name keeps absolute
+    paths out of the artifacts). Negative codes mean the tool died from that signal
+    (subprocess convention). `on_line` sees each output line as it arrives.
     """
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(argv, executable=executable, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         try:
             _pump(proc, log, on_line, deadline, timeout_s)

@@ -26,9 +26,11 @@ sha256?, algorithm?}), plugins, builder_optimization_level, hardware_compatibili
 version_compatible, sparsity, timing_cache.  Use ``read_engine(path)`` to decode.
 
 Timing cache (--timingCacheFile), the DOUBLE'S OWN FORMAT: first line TIMING_CACHE_MAGIC
-("trtforge-double-timing-cache v1"), then JSON {"entries": {key: {...}}}; key = sha256 of the
-ONNX sha256 + precision flags + TensorRT version.  Updated under fcntl.lockf on "<F>.lock"
-(as NVIDIA's FileLock), read-merge-write via temp file + rename.  A file not in this format
+("trtforge-double-timing-cache v1"), then JSON {"entries": {key: entry}} where entry =
+{onnx_sha256, precision, strongly_typed, trt_version, device} and key = sha256 of the entry's
+sorted-key JSON (so: ONNX bytes + precision flags + version).  Decode with
+``decode_timing_cache(bytes)``.  Each build takes fcntl.lockf on "<F>.lock" (as NVIDIA's
+FileLock; the lock file is left in place), re-reads, merges, writes a temp file and renames.  A file not in this format
 is treated as corrupt: "[W] [TRT] Detected invalid timing cache, setup a local cache instead"
 (message seen in real 10.x logs) and the file is rewritten fresh -- the reset is our choice.
 
@@ -81,8 +83,11 @@ GPU = {"name": "NVIDIA GeForce RTX 3090", "uuid": "GPU-5a7c0f4e-3d1b-4c2a-9e8f-0
 
 # ----------------------------------------------------------------------------- option tables
 # kind: flag (value ignored), str, int (stoi), float (stof), repeat (str, may repeat)
+
+
 def _k(kind: str, names: str) -> dict[str, str]:
     return {n: kind for n in names.split()}
+
 
 _OPTS_82 = {
     **_k("str", "--onnx --uff --model --deploy --output --uffInput --inputIOFormats --outputIOFormats"
@@ -500,7 +505,7 @@ def load_onnx(path: str, log: Log) -> dict | None:
             inputs[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return {"sha256": hashlib.sha256(data).hexdigest(), "inputs": inputs, "n_outputs": len(graph.output),
-            "nodes": [n.name or f"node_of_{n.output[0]}" for n in graph.node], "ir": model.ir_version,
+            "nodes": [n.name or f"node_of_{(list(n.output) or [''])[0]}" for n in graph.node], "ir": model.ir_version,
             "opset": opset, "producer": (model.producer_name, model.producer_version)}
 
 
@@ -605,30 +610,36 @@ def decode_timing_cache(data: bytes) -> dict | None:
 
 
 def timing_cache_load(path: str, log: Log, trt: bool) -> None:
-    with _Locked(path):
-        if not os.path.isfile(path):
-            log.w(f"Could not read timing cache from: {path}. A new timing cache will be generated and written.",
-                  trt=trt)
-            return
-        data = Path(path).read_bytes()
+    try:
+        with _Locked(path):
+            data = Path(path).read_bytes()
+    except OSError:
+        log.w(f"Could not read timing cache from: {path}. A new timing cache will be generated and written.",
+              trt=trt)
+        return
     log.i(f"Loaded {len(data)} bytes of timing cache from {path}", trt=trt)
     if decode_timing_cache(data) is None:
         log.w("Detected invalid timing cache, setup a local cache instead", trt=True)
 
 
 def timing_cache_update(path: str, key: str, entry: dict, log: Log, trt: bool) -> None:
-    with _Locked(path):
-        entries = {}
-        if os.path.isfile(path):
-            data = Path(path).read_bytes()
-            log.i(f"Loaded {len(data)} bytes of timing cache from {path}", trt=trt)
-            entries = decode_timing_cache(data) or {}
-        entries[key] = entry
-        blob = (TIMING_CACHE_MAGIC + "\n" + json.dumps({"entries": entries}, sort_keys=True, indent=1)
-                + "\n").encode()
-        tmp = f"{path}.tmp.{os.getpid()}"
-        Path(tmp).write_bytes(blob)
-        os.replace(tmp, path)
+    """updateTimingCacheFile: under the lock, re-read, merge our entry, write back."""
+    try:
+        with _Locked(path):
+            entries = {}
+            if os.path.isfile(path):
+                data = Path(path).read_bytes()
+                log.i(f"Loaded {len(data)} bytes of timing cache from {path}", trt=trt)
+                entries = decode_timing_cache(data) or {}  # corrupt: start fresh (double's choice)
+            entries[key] = entry
+            blob = (TIMING_CACHE_MAGIC + "\n" + json.dumps({"entries": entries}, sort_keys=True, indent=1)
+                    + "\n").encode()
+            tmp = f"{path}.tmp.{os.getpid()}"
+            Path(tmp).write_bytes(blob)
+            os.replace(tmp, path)
+    except OSError:
+        log.w(f"Could not write timing cache to: {path}", trt=trt)
+        return
     log.i(f"Saved {len(blob)} bytes of timing cache to {path}", trt=trt)
 
 
@@ -739,12 +750,18 @@ def print_options(b: Build, g: Grammar, log: Log) -> None:
     log.i()
 
 
-def print_device(g: Grammar, log: Log) -> None:
+def print_device(g: Grammar, log: Log, device: int) -> bool:
     """sampleDevice.cpp setCudaDevice() output for a fake RTX 3090 (older layout for 8.x)."""
     log.i("=== Device Information ===")
     if g.name in ("10", "11"):
         log.i("Available Devices: ")
         log.i(f"  Device 0: \"{GPU['name']}\" UUID: {GPU['uuid']}")
+        if device != 0:
+            log.i(f"Cannot find device ID {device}!")
+            return False
+    elif device != 0:
+        sys.stderr.write("Cuda failure: invalid device ordinal\n")
+        return False
     log.i(f"Selected Device: {GPU['name']}")
     if g.name in ("10", "11"):
         log.i("Selected Device ID: 0")
@@ -764,6 +781,7 @@ def print_device(g: Grammar, log: Log) -> None:
         log.i()
         log.i("Note: The application clock rates do not reflect the actual clock rates that the GPU is "
               "currently running at.")
+    return True
 
 
 def print_inference(b: Build, seed: str, log: Log) -> None:
@@ -826,18 +844,200 @@ def engine_description(b: Build, g: Grammar, ver: str, model: dict, profiles: li
             "sparsity": b.sparsity, "timing_cache": None if b.no_builder_cache else b.timing_cache}
 
 
+# -------------------------------------------------------------------------------------- main
+@dataclass
+class Session:
+    """One invocation: emulated grammar/version, banner tag, injected fault, logger."""
+    g: Grammar
+    ver: str
+    tag: str
+    fault: str | None
+    seconds: float
+    log: Log = field(default_factory=Log)
+
+    @property
+    def trt(self) -> bool:  # 10.x routes timing-cache messages through the TRT logger
+        return self.g.name in ("10", "11")
+
+    def fail(self, *errors: str) -> int:
+        for e in errors:
+            self.log.e(e)
+        _out(f"&&&& FAILED {self.tag}")
+        return 1
+
+    def passed(self) -> int:
+        _out(f"&&&& PASSED {self.tag}")
+        return 0
+
+    def parse(self, argv: list[str]) -> Build | int:
+        """main(): help check, option parsing, unknown-option report.  int = exit code."""
+        args = split_args(argv)
+        if any(name in ("--help", "-h") for name, _, _ in args):  # parseHelp() runs first
+            print_help(self.g)
+            return 0
+        if not args:
+            print_help(self.g)
+            return self.passed()
+        try:
+            opts = collect(args, self.g)
+            self.log.verbose = opts.has("--verbose")
+            b = interpret(opts, self.g, self.log)
+            errors = [f"Unknown option: {n} {v}" for n, v in opts.unknown]
+        except ParseError as e:
+            errors = [str(e)]
+        if not errors:
+            return b
+        if self.trt:  # 10.x prints the help before the errors, 8.x after them
+            print_help(self.g)
+        for e in errors:
+            self.log.e(e)
+        if not self.trt:
+            print_help(self.g)
+        return self.fail()
+
+    def preamble(self, b: Build) -> int | None:
+        log = self.log
+        print_options(b, self.g, log)
+        if not print_device(self.g, log, b.device):
+            return 1  # exit(EXIT_FAILURE) without a FAILED line, as setCudaDevice() does
+        log.i()
+        log.i(f"TensorRT version: {self.ver}")
+        if self.trt:
+            log.i("Loading standard plugins")
+        for p in b.plugins:
+            log.i(f"Loading supplied plugin library: {p}")
+            if not os.path.isfile(p):
+                return self.fail(f"Unable to open library: {p} due to {p}: cannot open shared object file: "
+                                 "No such file or directory")
+        log.i("[MemUsageChange] Init CUDA: CPU +2, GPU +0, now: CPU 18, GPU 1032 (MiB)", trt=True)
+        log.v("Registered plugin creator - ::BatchedNMS_TRT version 1", trt=True)
+        return None
+
+    def parse_model(self, b: Build) -> dict | None:
+        log, t0 = self.log, time.monotonic()
+        log.i("Start parsing network model.")
+        model = load_onnx(b.onnx, log)
+        if model is None:
+            log.e("Failed to parse onnx file")
+        else:
+            bar = "-" * 64
+            for line in (bar, f"Input filename:   {b.onnx}", f"ONNX IR version:  0.0.{model['ir']}",
+                         f"Opset version:    {model['opset']}", f"Producer name:    {model['producer'][0]}",
+                         f"Producer version: {model['producer'][1]}", "Domain:           ",
+                         "Model version:    0", "Doc string:       ", bar):
+                log.i(line, trt=True)
+        tail = "" if self.g.name == "8.2" and model else f" Parse time: {time.monotonic() - t0:.6g}"
+        log.i("Finished parsing network model." + tail)
+        return model
+
+    def calibration(self, b: Build) -> tuple[dict | None, str | None]:
+        if "int8" not in b.precision:
+            return None, None
+        if not b.calib:
+            return {"file": None, "source": "dynamic_range"}, None
+        if not os.path.isfile(b.calib):  # trtexec then calibrates with random data
+            return {"file": b.calib, "source": "random"}, None
+        algo, problem = check_calibration_cache(b.calib)
+        if problem:  # the double's choice of message; TensorRT's own was not verified
+            return None, f"Error[1]: Calibration cache {b.calib} is malformed: {problem}"
+        return {"file": b.calib, "source": "cache", "algorithm": algo,
+                "sha256": hashlib.sha256(Path(b.calib).read_bytes()).hexdigest()}, None
+
+    def build(self, b: Build) -> int:
+        log = self.log
+        if b.onnx is None:
+            return self.fail("trtexec double: only ONNX models are emulated (no UFF/Caffe)")
+        model = self.parse_model(b)
+        if model is None:
+            return self.fail("Parsing model failed", "Failed to create engine from model or file.",
+                             "Engine set up failed")
+        if self.fault == "build_error":
+            node = model["nodes"][0] if model["nodes"] else "node"
+            return self.fail("Error[10]: IBuilder::buildSerializedNetwork: Error Code 10: Internal Error "
+                             f"(Could not find any implementation for node {node}.)", *_ENGINE_FAIL)
+        profiles, errors = setup_profiles(b, model["inputs"], log)
+        if errors:
+            return self.fail(*errors)
+        if b.dla is not None:  # the fake GPU has no DLA; --allowGPUFallback does not help (source)
+            return self.fail(f"Cannot create DLA engine, {b.dla} not available", *_BUILD_FAIL)
+        calib, problem = self.calibration(b)
+        applied = apply_layer_precisions(b, model["nodes"], log)
+        use_cache = bool(b.timing_cache) and not b.no_builder_cache
+        if use_cache:
+            timing_cache_load(b.timing_cache, log, self.trt)
+        else:
+            log.i("Local timing cache in use. Profiling results in this builder pass will not be stored.", trt=True)
+        if problem:
+            return self.fail(problem, *_ENGINE_FAIL)
+        if calib and calib["source"] != "dynamic_range":
+            log.i("Starting Calibration.", trt=True)
+            log.i("Post Processing Calibration data in 0.0012 seconds.", trt=True)
+        log.i(f"Detected {len(model['inputs'])} inputs and {model['n_outputs']} output network tensors.", trt=True)
+        log.v(f"Original: {len(model['nodes'])} layers", trt=True)
+        desc = engine_description(b, self.g, self.ver, model, profiles, calib, applied)
+        blob = ENGINE_MAGIC + json.dumps(desc, sort_keys=True, indent=1).encode() + b"\n"
+        t1 = time.monotonic()
+        try:
+            write_engine(b.save, blob, self.seconds, self.fault)
+        except OSError:
+            return self.fail("Saving engine to file failed.", "Engine set up failed")
+        size = 0 if self.fault == "empty_engine" else len(blob)
+        if self.trt:
+            log.i(f"Engine generation completed in {time.monotonic() - t1:.6g} seconds.", trt=True)
+        if self.g.name != "8.2":
+            log.i(f"Created engine with size: {_cfmt(size / (1 << 20))} MiB")
+        log.i(f"Engine built in {time.monotonic() - t1:.6g} sec.")
+        if use_cache:
+            entry = {"onnx_sha256": model["sha256"], "precision": sorted(b.precision),
+                     "strongly_typed": b.strongly_typed, "trt_version": self.ver, "device": GPU["name"]}
+            key = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+            timing_cache_update(b.timing_cache, key, entry, log, self.trt)
+        if b.skip_inference:
+            log.i(f"Skipped inference phase since {'--buildOnly' if self.g.name == '8.2' else '--skipInference'}"
+                  " is added.")
+            return self.passed()
+        log.i(f"Loaded engine size: {size >> 20} MiB", trt=True)
+        log.i("Engine deserialized in 0.00123 sec.")
+        print_inference(b, model["sha256"], log)
+        return self.passed()
+
+    def load(self, b: Build) -> int:
+        if not os.path.isfile(b.load):
+            return self.fail(f"Error opening engine file: {b.load}", "Failed to create engine from model or file.",
+                             "Engine set up failed")
+        self.log.i(f"Loaded engine size: {os.path.getsize(b.load) >> 20} MiB", trt=True)
+        try:
+            desc = read_engine(b.load)
+            problem = None if desc.get("trt_version") == self.ver else (
+                "Error[6]: The engine plan file is not compatible with this version of TensorRT, expecting library "
+                f"version {self.ver} got {desc.get('trt_version')}, please rebuild.")
+        except ValueError:
+            desc, problem = None, ("Error[1]: IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                                   "(Serialization assertion plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)")
+        if problem:  # with --skipInference real 10.x still ends PASSED (seen in the wild)
+            self.log.e(problem)
+            self.log.e("Engine deserialization failed")
+            if not b.skip_inference:
+                return self.fail("Inference set up failed")
+        else:
+            self.log.i("Engine deserialized in 0.00123 sec.")
+        if b.skip_inference:
+            self.log.i("Skipped inference phase since --skipInference is added.")
+        else:
+            print_inference(b, desc["onnx_sha256"], self.log)
+        return self.passed()
+
+
 def run(argv: list[str], env: dict) -> int:
     try:
         vtuple, g = resolve_version(env.get("TRTEXEC_DOUBLE_VERSION") or DEFAULT_VERSION)
+        fault = env.get("TRTEXEC_DOUBLE_FAULT") or None
+        if fault not in (None,) + FAULTS:
+            raise ValueError(f"unknown TRTEXEC_DOUBLE_FAULT {fault!r}")
+        seconds = float(env.get("TRTEXEC_DOUBLE_BUILD_SECONDS") or 0)
     except ValueError as e:
         sys.stderr.write(f"trtexec double: {e}\n")
         return 2
-    fault = env.get("TRTEXEC_DOUBLE_FAULT") or None
-    if fault not in (None,) + FAULTS:
-        sys.stderr.write(f"trtexec double: unknown TRTEXEC_DOUBLE_FAULT {fault!r}\n")
-        return 2
-    seconds = float(env.get("TRTEXEC_DOUBLE_BUILD_SECONDS") or 0)
-    ver = ".".join(map(str, vtuple))
     build_no = env.get("TRTEXEC_DOUBLE_BUILD_NUMBER")
     cmdline = " ".join([env.get("TRTEXEC_DOUBLE_ARGV0") or "trtexec", *argv])
     tag = f"TensorRT.trtexec [TensorRT {banner_tag(vtuple)}]{f' [b{build_no}]' if build_no else ''} # {cmdline}"
@@ -845,163 +1045,14 @@ def run(argv: list[str], env: dict) -> int:
     if fault == "hang":
         while True:
             time.sleep(3600)
-    log = Log(verbose=False)
-
-    def fail(*errors: str) -> int:
-        for e in errors:
-            log.e(e)
-        _out(f"&&&& FAILED {tag}")
-        return 1
-
-    args = split_args(argv)
-    if any(name in ("--help", "-h") for name, _, _ in args):  # parseHelp() runs before parsing
-        print_help(g)
-        return 0
-    if not args:
-        print_help(g)
-        _out(f"&&&& PASSED {tag}")
-        return 0
-    try:
-        opts = collect(args, g)
-        log.verbose = opts.has("--verbose")
-        b = interpret(opts, g, log)
-        errors = [f"Unknown option: {n} {v}" for n, v in opts.unknown]
-    except ParseError as e:
-        errors = [str(e)]
-    if errors:
-        if g.name in ("10", "11"):
-            print_help(g)
-        for e in errors:
-            log.e(e)
-        if g.name in ("8.2", "8.6"):
-            print_help(g)
-        return fail()
-    trt = g.name in ("10", "11")  # 10.x routes timing-cache messages through the TRT logger
-    print_options(b, g, log)
-    print_device(g, log)
-    if b.device != 0:
-        log.i(f"Cannot find device ID {b.device}!")
-        return 1  # exit(EXIT_FAILURE) without a FAILED line, as setCudaDevice() does
-    log.i()
-    log.i(f"TensorRT version: {ver}")
-    if trt:
-        log.i("Loading standard plugins")
-    for p in b.plugins:
-        log.i(f"Loading supplied plugin library: {p}")
-        if not os.path.isfile(p):
-            return fail(f"Unable to open library: {p} due to {p}: cannot open shared object file: "
-                        "No such file or directory")
-    log.i("[MemUsageChange] Init CUDA: CPU +2, GPU +0, now: CPU 18, GPU 1032 (MiB)", trt=True)
-    log.v("Registered plugin creator - ::BatchedNMS_TRT version 1", trt=True)
-    if b.load:
-        return run_load(b, g, ver, tag, log, fail)
-
-    log.i("Start parsing network model.")
-    t0 = time.monotonic()
-    model = load_onnx(b.onnx, log)
-    if model is None:
-        log.e("Failed to parse onnx file")
-        log.i(f"Finished parsing network model. Parse time: {time.monotonic() - t0:.6g}")
-        return fail("Parsing model failed", "Failed to create engine from model or file.", "Engine set up failed")
-    bar = "-" * 64
-    for line in (bar, f"Input filename:   {b.onnx}", f"ONNX IR version:  0.0.{model['ir']}",
-                 f"Opset version:    {model['opset']}", f"Producer name:    {model['producer'][0]}",
-                 f"Producer version: {model['producer'][1]}", "Domain:           ", "Model version:    0",
-                 "Doc string:       ", bar):
-        log.i(line, trt=True)
-    log.i("Finished parsing network model." + ("" if g.name == "8.2" else
-                                               f" Parse time: {time.monotonic() - t0:.6g}"))
-    if fault == "build_error":
-        return fail("Error[10]: IBuilder::buildSerializedNetwork: Error Code 10: Internal Error (Could not find "
-                    f"any implementation for node {model['nodes'][0] if model['nodes'] else 'node'}.)",
-                    *_ENGINE_FAIL)
-    profiles, errors = setup_profiles(b, model["inputs"], log)
-    if errors:
-        return fail(*errors)
-    if b.dla is not None:
-        return fail(f"Cannot create DLA engine, {b.dla} not available", *_BUILD_FAIL)
-    calib = None
-    if "int8" in b.precision:
-        calib = {"file": None, "source": "dynamic_range"}
-        if b.calib:
-            if os.path.isfile(b.calib):
-                algo, problem = check_calibration_cache(b.calib)
-                if problem:
-                    return fail(f"Error[1]: Calibration cache {b.calib} is malformed: {problem}", *_ENGINE_FAIL)
-                calib = {"file": b.calib, "source": "cache", "algorithm": algo,
-                         "sha256": hashlib.sha256(Path(b.calib).read_bytes()).hexdigest()}
-            else:
-                calib = {"file": b.calib, "source": "random"}
-    applied = apply_layer_precisions(b, model["nodes"], log)
-    use_cache = bool(b.timing_cache) and not b.no_builder_cache
-    if use_cache:
-        timing_cache_load(b.timing_cache, log, trt)
-    else:
-        log.i("Local timing cache in use. Profiling results in this builder pass will not be stored.", trt=True)
-    if calib and calib["source"] != "dynamic_range":
-        log.i("Starting Calibration.", trt=True)
-        log.i("Post Processing Calibration data in 0.0012 seconds.", trt=True)
-    log.i(f"Detected {len(model['inputs'])} inputs and {model['n_outputs']} output network tensors.", trt=True)
-    log.v(f"Original: {len(model['nodes'])} layers", trt=True)
-    log.v(f"After dead-layer removal: {len(model['nodes'])} layers", trt=True)
-    desc = engine_description(b, g, ver, model, profiles, calib, applied)
-    blob = ENGINE_MAGIC + json.dumps(desc, sort_keys=True, indent=1).encode() + b"\n"
-    t1 = time.monotonic()
-    try:
-        write_engine(b.save, blob, seconds, fault)
-    except OSError:
-        return fail("Saving engine to file failed.", "Engine set up failed")
-    size_mib = _cfmt((0 if fault == "empty_engine" else len(blob)) / (1 << 20))
-    if trt:
-        log.i(f"Engine generation completed in {time.monotonic() - t1:.6g} seconds.", trt=True)
-    if g.name != "8.2":
-        log.i(f"Created engine with size: {size_mib} MiB")
-    log.i(f"Engine built in {time.monotonic() - t1:.6g} sec.")
-    if use_cache:
-        key_src = json.dumps([model["sha256"], sorted(b.precision), b.strongly_typed, ver])
-        timing_cache_update(b.timing_cache, hashlib.sha256(key_src.encode()).hexdigest(),
-                            {"onnx_sha256": model["sha256"], "precision": sorted(b.precision),
-                             "strongly_typed": b.strongly_typed, "trt_version": ver, "device": GPU["name"]},
-                            log, trt)
-    if b.skip_inference:
-        flag = "--buildOnly" if g.name == "8.2" else "--skipInference"
-        log.i(f"Skipped inference phase since {flag} is added.")
-        _out(f"&&&& PASSED {tag}")
-        return 0
-    log.i(f"Loaded engine size: {size_mib} MiB", trt=True)
-    log.i("Engine deserialized in 0.00123 sec.")
-    print_inference(b, model["sha256"], log)
-    _out(f"&&&& PASSED {tag}")
-    return 0
-
-
-def run_load(b: Build, g: Grammar, ver: str, tag: str, log: Log, fail) -> int:
-    if not os.path.isfile(b.load):
-        return fail(f"Error opening engine file: {b.load}", "Failed to create engine from model or file.",
-                    "Engine set up failed")
-    data = Path(b.load).read_bytes()
-    log.i(f"Loaded engine size: {_cfmt(len(data) / (1 << 20))} MiB", trt=True)
-    try:
-        desc = read_engine(b.load)
-        problem = None if desc.get("trt_version") == ver else (
-            f"Error[6]: The engine plan file is not compatible with this version of TensorRT, expecting library "
-            f"version {ver} got {desc.get('trt_version')}, please rebuild.")
-    except ValueError:
-        desc, problem = None, ("Error[1]: IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
-                               "(Serialization assertion plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)")
-    if problem:
-        log.e(problem)
-        log.e("Engine deserialization failed")
-        if not b.skip_inference:
-            return fail("Inference set up failed")
-    else:
-        log.i("Engine deserialized in 0.00123 sec.")
-    if b.skip_inference:
-        log.i("Skipped inference phase since --skipInference is added.")
-    else:
-        print_inference(b, desc["onnx_sha256"], log)
-    _out(f"&&&& PASSED {tag}")
-    return 0
+    session = Session(g, ".".join(map(str, vtuple)), tag, fault, seconds)
+    b = session.parse(argv)
+    if isinstance(b, int):
+        return b
+    code = session.preamble(b)
+    if code is not None:
+        return code
+    return session.load(b) if b.load else session.build(b)
 
 
 def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = None,
@@ -1027,4 +1078,6 @@ def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = 
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)   # die on Ctrl-C / SIGPIPE like a C++ program,
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # not with a Python traceback
     sys.exit(run(sys.argv[1:], dict(os.environ)))

@@ -134,8 +134,8 @@ def _script(job: EngineJob, argv: list[str]) -> str:
         "#!/bin/sh",
         f"# {job.task}: the trtexec command trtforge ran (TensorRT {job.version} grammar).",
         "# It runs in a work folder holding these inputs under these names:",
-        f"#   model.onnx    <- {job.onnx.name}",
-        *(f"#   {p.name:<13} <- {p.as_posix()}" for p in job.build.plugins),
+        f"#   model.onnx    <- {os.path.relpath(job.onnx, job.out_dir)}",
+        *(f"#   {p.name:<13} <- {os.path.relpath(p, job.out_dir)}" for p in job.plugin_files),
         *(["#   timing.cache  <- the timing cache for this GPU and TensorRT version"] if job.build.timing_cache else []),
         'exec "${TRTEXEC:-trtexec}" ' + " ".join(shlex.quote(a) for a in argv),
         "",
@@ -182,7 +182,7 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
     info(f"{job.task}: trtexec (TensorRT {job.version}) building; log: {job.out_dir / LOG}")
     started = time.monotonic()
     try:
-        code = run_logged([str(job.trtexec), *argv], cwd=work, log_file=log, timeout_s=job.build.timeout_s)
+        code = run_logged(job.trtexec, ["trtexec", *argv], cwd=work, log_file=log, timeout_s=job.build.timeout_s)
     except ToolTimeout as exc:
         _keep_failed_log(job, log)
         raise StageError(f"{job.task}: trtexec was stopped after {exc.seconds:.0f} s (build.timeout); "

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a built demo: creates .venv, installs trtforge with
+# every extra, and runs the main job on the built-in recipe recipes/yolov8n.yaml.
+#
+#   bash scripts/quickstart.sh                  # GPU host with TensorRT: doit build:yolov8n-fp16
+#   bash scripts/quickstart.sh cpu:yolov8n      # host without TensorRT: every stage that needs no GPU
+#
+# Any arguments are passed to doit as the tasks to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet -e '.[all]'
+if [ "$#" -eq 0 ]; then
+  set -- build:yolov8n-fp16
+fi
+exec .venv/bin/doit "$@"

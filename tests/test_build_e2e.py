@@ -1,0 +1,149 @@
+"""End to end: real doit runs in a temporary project, real export/surgery/AutoCast on CPU,
+and the trtexec conformance double of each TensorRT generation in place of trtexec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RECIPE, executed, make_project, run_doit, up_to_date
+from doubles.trtexec import make_wrapper, read_engine
+
+pytestmark = pytest.mark.slow
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """One project whose export and surgery already ran; tests copy it (saves ~10 s each)."""
+    project = make_project(tmp_path_factory.mktemp("base") / "proj", {"yolov8n": SMALL_RECIPE})
+    result = run_doit(project, "cpu:yolov8n")
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+@pytest.fixture
+def project(exported, tmp_path) -> Path:
+    copy = tmp_path / "proj"
+    shutil.copytree(exported, copy, symlinks=True)
+    return copy
+
+
+def test_doit_list_shows_every_stage_with_a_doc(project):
+    result = run_doit(project, "list", "--all")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    for task in ("export:yolov8n", "surgery:yolov8n", "quantize:yolov8n-fp16", "engine:yolov8n-fp32",
+                 "engine:yolov8n-fp16", "build:yolov8n-fp32", "build:yolov8n-fp16", "cpu:yolov8n"):
+        assert task in lines and len(lines[task].split()) > 2, f"{task} missing or without doc"
+
+
+@pytest.mark.parametrize("version, fp16_flags", [
+    ("8.6", ["--fp16", "--precisionConstraints=obey"]),
+    ("10.8", ["--fp16", "--precisionConstraints=obey"]),
+    ("11.0", []),
+])
+def test_build_fp16_then_nothing_to_do(project, tmp_path, version, fp16_flags):
+    trtexec = make_wrapper(tmp_path / "bin", version)
+    first = run_doit(project, "build:yolov8n-fp16", env={"TRTEXEC": str(trtexec)})
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = project / "artifacts" / "yolov8n" / "fp16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tensorrt"] == version if version.count(".") == 2 else summary["tensorrt"].startswith(version)
+    assert [a for a in summary["argv"] if a in fp16_flags or a.startswith("--precisionConstraints")] == fp16_flags
+    engine = read_engine(out / "engine.plan")
+    built_from = out / "autocast.onnx" if version == "11.0" else project / "artifacts" / "yolov8n" / "model.onnx"
+    assert engine["onnx_sha256"] == sha256(built_from)
+    assert summary["performance"]["throughput_qps"] > 0
+    assert "exec \"${TRTEXEC:-trtexec}\" --onnx=model.onnx" in (out / "trtexec.sh").read_text()
+    assert not any("/" + str(project).strip("/") in a for a in summary["argv"])  # no absolute path
+    assert list((project / "artifacts" / "cache" / "timing").glob(f"*-trt{summary['tensorrt']}.cache"))
+
+    second = run_doit(project, "build:yolov8n-fp16", env={"TRTEXEC": str(trtexec)})
+    assert second.returncode == 0 and executed(second) == [], second.stdout
+
+
+def test_editing_one_field_reruns_only_its_readers(project, tmp_path):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    assert run_doit(project, "build:yolov8n-fp32", "build:yolov8n-fp16", env=env).returncode == 0
+    recipe = project / "recipes" / "yolov8n.yaml"
+
+    recipe.write_text(recipe.read_text().replace("workspace: 1GiB", "workspace: 2GiB"))
+    result = run_doit(project, "build:yolov8n-fp32", "build:yolov8n-fp16", env=env)
+    assert sorted(executed(result)) == ["engine:yolov8n-fp16", "engine:yolov8n-fp32"], result.stdout
+    assert {"export:yolov8n", "surgery:yolov8n"} <= set(up_to_date(result))
+
+    recipe.write_text(recipe.read_text().replace('keep_fp32: ["/model.22/dfl/*"]', 'keep_fp32: ["/model.22/*"]'))
+    result = run_doit(project, "build:yolov8n-fp32", "build:yolov8n-fp16", env=env)
+    assert executed(result) == ["engine:yolov8n-fp16"], result.stdout
+
+    shutil.copy(project / "recipes" / "yolov8n.yaml", tmp_path / "keep.yaml")
+    env11 = {"TRTEXEC": str(make_wrapper(tmp_path / "bin11", "11.0"))}
+    result = run_doit(project, "build:yolov8n-fp16", env=env11)
+    assert executed(result) == ["quantize:yolov8n-fp16", "engine:yolov8n-fp16"], result.stdout
+
+
+def test_without_trtexec_export_and_surgery_complete_and_engine_fails_in_one_line(small_project):
+    result = run_doit(small_project, "build:yolov8n-fp32")
+    assert result.returncode != 0
+    assert executed(result)[:2] == ["export:yolov8n", "surgery:yolov8n"]
+    message = [line for line in (result.stdout + result.stderr).splitlines() if "trtexec not found" in line]
+    assert len(message) == 1 and "$TRTEXEC" in message[0] and "TRTEXEC=/path/to/trtexec" in message[0]
+    out = small_project / "artifacts" / "yolov8n"
+    assert (out / "model.onnx").is_file()
+    assert not list(out.rglob("engine.plan")) and not list(out.rglob("*trtforge-tmp*"))
+
+
+def test_failed_trtexec_leaves_no_engine_and_names_the_first_error(project, tmp_path):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8", fault="build_error"))}
+    result = run_doit(project, "build:yolov8n-fp32", env=env)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "engine:yolov8n-fp32: trtexec failed: " in text and "trtexec.failed.log" in text
+    out = project / "artifacts" / "yolov8n" / "fp32"
+    assert not (out / "engine.plan").exists() and (out / "trtexec.failed.log").is_file()
+    assert not list(out.glob("*trtforge-tmp*"))
+
+
+@pytest.mark.parametrize("fault, says", [("no_engine", "wrote no engine"), ("empty_engine", "wrote an empty engine")])
+def test_trtexec_passing_without_an_engine_is_a_failure(project, tmp_path, fault, says):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8", fault=fault))}
+    result = run_doit(project, "build:yolov8n-fp32", env=env)
+    assert result.returncode != 0 and says in result.stdout + result.stderr
+    assert not (project / "artifacts" / "yolov8n" / "fp32" / "engine.plan").exists()
+
+
+def test_a_mode_the_detected_version_cannot_build_is_refused_before_any_work(small_project, tmp_path):
+    recipe = small_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("workspace: 1GiB", "workspace: 1GiB\n  optimization_level: 4"))
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "8.2"))}
+    result = run_doit(small_project, "build:yolov8n-fp32", env=env)
+    assert result.returncode != 0
+    assert "build.optimization_level (added in 8.6)" in result.stdout + result.stderr
+    assert executed(result) == ["build:yolov8n-fp32"]  # the refusal itself; no export ran
+    assert not (small_project / "artifacts" / "yolov8n" / "export.onnx").exists()
+
+
+def test_parallel_builds_keep_every_timing_cache_entry(project, tmp_path):
+    from doubles.trtexec import decode_timing_cache
+
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8", build_seconds=0.5))}
+    result = run_doit(project, "-n", "2", "build:yolov8n-fp32", "build:yolov8n-fp16", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (cache,) = (project / "artifacts" / "cache" / "timing").glob("*.cache")
+    assert len(decode_timing_cache(cache.read_bytes())) == 2
+
+
+def test_bad_recipe_stops_doit_with_one_line(small_project):
+    recipe = small_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("precision: fp32", "precision: fp33"))
+    result = run_doit(small_project, "list")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "ERROR: recipes/yolov8n.yaml:10:21: variants.fp32.precision: got str 'fp33'; allowed: fp32, fp16"]

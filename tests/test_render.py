@@ -104,7 +104,8 @@ def test_builder_options_render_from_86_and_are_refused_on_82():
 def test_plugins_dla_and_extra_args():
     build = replace(BUILD, dla_core=0, extra_args=("--verbose", "--useCudaGraph"))
     intent = EngineIntent("fp32", "implicit", build, plugin_files=("a.so", "b.so"))
-    assert render_argv(intent, V86)[-5:] == ["--plugins=a.so,b.so", "--useDLACore=0", "--allowGPUFallback",
+    assert "--plugins=a.so,b.so" in render_argv(intent, V82)
+    assert render_argv(intent, V86)[-5:] == ["--staticPlugins=a.so,b.so", "--useDLACore=0", "--allowGPUFallback",
                                              "--verbose", "--useCudaGraph"]
     assert "--staticPlugins=a.so,b.so" in render_argv(intent, V10)
 

@@ -14,7 +14,8 @@ NVIDIA's trtexec source:
   4 bytes: this module never emits anything but an integer with one of those letters;
 - 8.x takes one optimization profile; 10.x+ several, each after `--profile=<i>`;
 - builder optimization level and version/hardware compatibility start at 8.6;
-- `--stronglyTyped` starts at 10 (a no-op in 11, so it is not emitted there).
+- `--stronglyTyped` starts at 10 (a no-op in 11, so it is not emitted there);
+- plugins load with `--plugins` on 8.2; 8.6 deprecated it for `--staticPlugins`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Grammar:
 
 GRAMMARS = {
     "8.2": Grammar(True, False, False, False, "workspace", False, "--plugins"),
-    "8.6": Grammar(True, False, True, False, "mempool_mib", True, "--plugins"),
+    "8.6": Grammar(True, False, True, False, "mempool_mib", True, "--staticPlugins"),
     "10": Grammar(True, True, True, True, "mempool_suffix", True, "--staticPlugins"),
     "11": Grammar(False, False, False, True, "mempool_suffix", True, "--staticPlugins"),
 }

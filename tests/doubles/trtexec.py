@@ -9,7 +9,10 @@ and a timing cache, and fails like trtexec would.  Run it through a wrapper made
 Environment
   TRTEXEC_DOUBLE_VERSION        "8.2" | "8.6" | "10.8" (default) | "11.0" | any MAJOR.MINOR[.PATCH]
                                 8.0-8.2 -> 8.2 grammar, 8.3-8.6 -> 8.6, 9.x/10.x -> 10, >=11 -> 11.
-  TRTEXEC_DOUBLE_FAULT          hang | no_engine | empty_engine | crash | build_error
+  TRTEXEC_DOUBLE_FAULT          hang (sleep forever after the banner) | no_engine (PASSED, exit 0,
+                                no file) | empty_engine (0-byte file, exit 0) | crash (SIGSEGV
+                                after half the engine is written) | build_error ([E] lines, FAILED,
+                                exit 1).  A bad version or fault value exits 2.
   TRTEXEC_DOUBLE_BUILD_SECONDS  float, default 0: "build" time; the engine is written in chunks
                                 meanwhile, so a kill leaves a partial file (as real 10.x, which
                                 streams the plan into --saveEngine while building).

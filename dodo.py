@@ -31,8 +31,13 @@ def task_surgery():
     yield from tasks.surgery_tasks(PROJECT)
 
 
+def task_calib():
+    """INT8 calibration cache from the recipe's images"""
+    yield from tasks.calib_tasks(PROJECT)
+
+
 def task_quantize():
-    """precision-transformed ONNX (FP16 AutoCast)"""
+    """precision-transformed ONNX (FP16 AutoCast, INT8 Q/DQ)"""
     yield from tasks.quantize_tasks(PROJECT)
 
 

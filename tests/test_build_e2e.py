@@ -146,4 +146,73 @@ def test_bad_recipe_stops_doit_with_one_line(small_project):
     result = run_doit(small_project, "list")
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
-        "ERROR: recipes/yolov8n.yaml:10:21: variants.fp32.precision: got str 'fp33'; allowed: fp32, fp16"]
+        "ERROR: recipes/yolov8n.yaml:10:21: variants.fp32.precision: got str 'fp33'; allowed: fp32, fp16, int8"]
+
+
+INT8_VARIANT = """\
+  int8:
+    precision: int8
+    calibration: {images: calib/imgs, batch: 4, method: entropy}
+"""
+
+
+@pytest.fixture
+def int8_project(project) -> Path:
+    """The small project plus an INT8 variant calibrated on six real photos in calib/imgs."""
+    from test_calibration import demo_images
+
+    folder = project / "calib" / "imgs"
+    folder.mkdir(parents=True)
+    for ref in demo_images()[:6]:
+        shutil.copy(ref.path, folder / Path(ref.name).name)
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text() + INT8_VARIANT)
+    return project
+
+
+@pytest.mark.parametrize("version", ["8.6", "10.8", "11.0"])
+def test_int8_build_renders_the_mode_of_each_generation(int8_project, tmp_path, version):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", version))}
+    result = run_doit(int8_project, "build:yolov8n-int8", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = int8_project / "artifacts" / "yolov8n" / "int8"
+    engine = read_engine(out / "engine.plan")
+    if version == "8.6":  # implicit: our cache, through --calib
+        assert engine["precision"] == ["int8"] and engine["calibration"]["source"] == "cache"
+        assert engine["calibration"]["sha256"] == sha256(out / "calib.cache")
+    else:  # explicit: the ModelOpt Q/DQ ONNX, strongly typed
+        assert engine["strongly_typed"] and engine["onnx_sha256"] == sha256(out / "qdq.onnx")
+    header = (out / "calib.cache").read_text().splitlines()[0]
+    assert header == {"8.6": "TRT-8601", "10.8": "TRT-100800", "11.0": "TRT-110000"}[version] + "-EntropyCalibration2"
+
+
+def test_changing_one_calibration_image_reruns_exactly_the_int8_chain(int8_project, tmp_path):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    everything = ["build:yolov8n-fp32", "build:yolov8n-fp16", "build:yolov8n-int8"]
+    assert run_doit(int8_project, *everything, env=env).returncode == 0
+    images = sorted((int8_project / "calib" / "imgs").iterdir())
+
+    images[0].touch()  # new timestamp, same bytes
+    result = run_doit(int8_project, *everything, env=env)
+    assert executed(result) == [], result.stdout
+
+    images[0].write_bytes(images[1].read_bytes())  # new content
+    result = run_doit(int8_project, *everything, env=env)
+    assert executed(result) == ["calib:yolov8n-int8", "quantize:yolov8n-int8", "engine:yolov8n-int8"], result.stdout
+    assert {"export:yolov8n", "surgery:yolov8n", "engine:yolov8n-fp32", "engine:yolov8n-fp16"} <= set(up_to_date(result))
+
+    images[0].unlink()  # a removed image changes the set too
+    result = run_doit(int8_project, "build:yolov8n-int8", env=env)
+    assert "calib:yolov8n-int8" in executed(result)
+
+
+def test_empty_calibration_set_is_refused_before_any_work(small_project, tmp_path):
+    (small_project / "calib" / "imgs").mkdir(parents=True)
+    recipe = small_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text() + INT8_VARIANT)
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    result = run_doit(small_project, "build:yolov8n-int8", env=env)
+    assert result.returncode != 0
+    assert "calibration.images: 'calib/imgs' holds no image file" in result.stdout + result.stderr
+    assert executed(result) == ["build:yolov8n-int8"]
+    assert not (small_project / "artifacts" / "yolov8n" / "export.onnx").exists()

@@ -44,7 +44,8 @@ def test_builtin_recipe_loads_with_its_documented_values():
     recipe = load_recipe(REPO / "recipes" / "yolov8n.yaml", REPO, PASSES)
     assert recipe.name == "yolov8n"
     assert recipe.input.shape == (1, 3, 640, 640)
-    assert [v.name for v in recipe.variants] == ["fp32", "fp16"]
+    assert [v.name for v in recipe.variants] == ["fp32", "fp16", "int8"]
+    assert recipe.variant("int8").calibration.images == Path("calib/demo-calibration.txt")
     assert recipe.variant("fp16").build.keep_fp32 == ("/model.22/dfl/*",)
     assert recipe.variant("fp32").build.keep_fp32 == ()
     assert recipe.build.workspace_bytes == 4 << 30

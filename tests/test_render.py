@@ -136,3 +136,29 @@ def test_banner_versions(line, version):
 def test_unknown_generation_is_refused_with_the_supported_list():
     with pytest.raises(Exception, match="8.2 .* 8.6, 10.x and 11.x"):
         parse_banner_number(7103).generation
+
+
+@pytest.mark.parametrize("version, mode, flags", [
+    (V82, "implicit", ["--int8", "--calib=calib.cache"]),
+    (V86, "implicit", ["--int8", "--calib=calib.cache"]),
+    (V10, "explicit", ["--stronglyTyped"]),  # auto on 10.x: ModelOpt Q/DQ, implicit INT8 is deprecated
+    (V11, "explicit", []),
+])
+def test_int8_auto_per_generation(version, mode, flags):
+    assert check_intent("int8", BUILD, version) == mode
+    assert argv_for("int8", BUILD, version)[2:2 + len(flags) + 1] == [*flags, SHAPES[0]]
+
+
+def test_int8_modes_the_recipe_forces():
+    assert argv_for("int8", replace(BUILD, precision_mode="implicit"), V10)[2:4] == ["--int8", "--calib=calib.cache"]
+    assert argv_for("int8", replace(BUILD, precision_mode="explicit"), V86)[2:4] == ["--int8", "--fp16"]
+    with pytest.raises(RenderError, match="TensorRT 11 removed --int8"):
+        check_intent("int8", replace(BUILD, precision_mode="implicit"), V11)
+
+
+def test_int8_keep_fp32_on_the_implicit_path_obeys_layer_precisions():
+    argv = argv_for("int8", replace(BUILD, keep_fp32=("/m/*",), precision_mode="implicit"), V10, ("/m/a", "/m/b"))
+    assert argv[2:6] == ["--int8", "--calib=calib.cache", "--precisionConstraints=obey",
+                         "--layerPrecisions=/m/a:fp32,/m/b:fp32"]
+    with pytest.raises(RenderError, match="precision_mode: explicit"):
+        check_intent("int8", replace(BUILD, keep_fp32=("/m/*",)), V82)

@@ -15,3 +15,44 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"trtforge: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Progress of a long loop: a rich bar on a terminal, a plain line per 10% otherwise
+    (CI logs stay free of control characters). `advance(n)` after each unit of work."""
+
+    def __init__(self, description: str, total: int, unit: str = "images") -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.done, self._next_report, self._rich = 0, 0.1, None
+
+    def __enter__(self) -> "Progress":
+        import time
+
+        self._started = time.monotonic()
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+            self._rich.start()
+            self._task = self._rich.add_task(self.description, total=self.total, rate="")
+        return self
+
+    def rate(self) -> float:
+        import time
+
+        return self.done / max(time.monotonic() - self._started, 1e-9)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._rich is not None:
+            self._rich.update(self._task, advance=n, rate=f"{self.rate():.1f} {self.unit}/s")
+        elif self.total and self.done / self.total >= self._next_report:
+            info(f"{self.description}: {self.done}/{self.total} {self.unit} ({self.rate():.1f}/s)")
+            while self._next_report <= self.done / self.total:
+                self._next_report += 0.1
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.stop()

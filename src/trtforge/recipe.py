@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 from .errors import RecipeError
 from .yamldoc import Document, FieldPath, parse_document
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 PRECISION_MODES = ("auto", "implicit", "explicit")
 MODEL_SOURCES = ("ultralytics", "torch", "onnx")
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
@@ -92,10 +93,24 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class CalibrationSpec:
+    """Which images calibrate an INT8 variant, and how."""
+
+    images: Path  # a folder of images or a manifest file, relative to the project root
+    count: int | None = None  # use this many (a deterministic subset); None: all
+    fraction: float | None = None  # or this share of the set
+    batch: int = 8
+    method: str = "entropy"
+    percentile: float = 99.99  # for method: percentile
+    skip_bad_images: bool = False  # False: an unreadable image stops calibration
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     precision: str
     build: BuildOptions
+    calibration: CalibrationSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,15 @@ def _shape(doc: Document, path: FieldPath, value: Any) -> tuple[int, ...]:
     if not 1 <= len(dims) <= 8:
         raise doc.error(path, f"expected a shape of 1 to 8 dimensions, got {len(dims)}")
     return dims
+
+
+def _number(doc: Document, path: FieldPath, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise doc.error(path, f"expected a number from {lo} to {hi}, got {_describe(value)}"
+                              f"{_yaml11_hint(doc, path, value)}")
+    if not lo < value <= hi:
+        raise doc.error(path, f"{value} is out of range; allowed above {lo} up to {hi}")
+    return float(value)
 
 
 def _size_bytes(doc: Document, path: FieldPath, value: Any) -> int:
@@ -359,6 +383,34 @@ def _extra_arg(doc: Document, path: FieldPath, value: Any) -> str:
     return arg
 
 
+def _calibration(doc: Document, path: FieldPath, value: Any, spec: InputSpec, root: Path) -> CalibrationSpec:
+    value = _check_keys(doc, path, value, {"images", "count", "fraction", "batch", "method", "percentile",
+                                           "bad_images"}, required=("images",))
+    images = Path(_text(doc, path + ("images",), value["images"]))
+    if images.is_absolute() or ".." in images.parts or not (root / images).exists():
+        raise doc.error(path + ("images",), f"'{images}' is not a folder or manifest inside the project "
+                                            f"(paths are relative to {root})")
+    if "count" in value and "fraction" in value:
+        raise doc.error(path, "give count or fraction, not both")
+    batch = _integer(doc, path + ("batch",), value.get("batch", 8), 1, 1024)
+    if 0 not in spec.dynamic_axes and batch != spec.shape[0]:
+        raise doc.error(path + ("batch",), f"the input's batch is fixed at {spec.shape[0]}; "
+                                           "use that batch or add 0 to input.dynamic_axes")
+    method = _choice(doc, path + ("method",), value.get("method", "entropy"), CALIBRATION_METHODS)
+    if "percentile" in value and method != "percentile":
+        raise doc.error(path + ("percentile",), "only applies to method: percentile")
+    return CalibrationSpec(
+        images=images,
+        count=_integer(doc, path + ("count",), value["count"], 1, 10**7) if "count" in value else None,
+        fraction=_number(doc, path + ("fraction",), value["fraction"], 0, 1) if "fraction" in value else None,
+        batch=batch,
+        method=method,
+        percentile=_number(doc, path + ("percentile",), value.get("percentile", 99.99), 50, 100),
+        skip_bad_images=_choice(doc, path + ("bad_images",), value.get("bad_images", "error"),
+                                ("error", "skip")) == "skip",
+    )
+
+
 def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec: InputSpec,
               root: Path) -> tuple[Variant, ...]:
     if not isinstance(value, dict) or not value:
@@ -368,9 +420,15 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
         p = path + (name,)
         if not NAME_PATTERN.match(name):
             raise doc.error(p, f"variant name '{name}' must be lowercase letters, digits, '_', '.' or '-'")
-        body = _check_keys(doc, p, body, {"precision", "build"}, required=("precision",))
+        body = _check_keys(doc, p, body, {"precision", "build", "calibration"}, required=("precision",))
         build = _build(doc, p + ("build",), body["build"], base, spec, root) if "build" in body else base
-        variants.append(Variant(name, _choice(doc, p + ("precision",), body["precision"], PRECISIONS), build))
+        precision = _choice(doc, p + ("precision",), body["precision"], PRECISIONS)
+        if (precision == "int8") != ("calibration" in body):
+            raise doc.error(p, "an int8 variant needs a calibration: section (images to calibrate on)"
+                               if precision == "int8" else "calibration: applies to int8 variants only")
+        calibration = _calibration(doc, p + ("calibration",), body["calibration"], spec, root) \
+            if precision == "int8" else None
+        variants.append(Variant(name, precision, build, calibration))
     return tuple(variants)
 
 

@@ -9,6 +9,9 @@ NVIDIA's trtexec source:
 - only `--name=value` parses; lists are comma separated; shapes are `name:1x3x640x640`;
 - 11.x removed --fp16/--int8/--calib/--precisionConstraints/--layerPrecisions (unknown
   option, exit 1): precision comes from the ONNX (AutoCast / Q-DQ), built strongly typed;
+- trtexec never creates a calibration cache: `--calib` only reads one (a missing file
+  makes it calibrate on random data, silently), so the cache is always our own file;
+- a Q/DQ ONNX builds with `--int8 --fp16` on 8.x and `--stronglyTyped` on 10.x;
 - `--workspace=<MiB>` exists only up to 8.x; 8.6 reads `--memPoolSize=workspace:<MiB>`;
   10.x+ reads a one-letter suffix (B/K/M/G) off the last character, so `4GiB` would mean
   4 bytes: this module never emits anything but an integer with one of those letters;
@@ -56,7 +59,7 @@ GRAMMARS = {
 class EngineIntent:
     """What one engine build asks of trtexec, with paths relative to its work folder."""
 
-    precision: str  # fp32 | fp16
+    precision: str  # fp32 | fp16 | int8
     mode: str  # implicit (builder flags) | explicit (precision carried by the ONNX)
     build: BuildOptions
     onnx: str = "model.onnx"
@@ -64,17 +67,22 @@ class EngineIntent:
     timing_cache: str | None = "timing.cache"
     keep_fp32_layers: tuple[str, ...] = ()  # exact layer names (globs already expanded)
     plugin_files: tuple[str, ...] = ()
+    calibration_cache: str = "calib.cache"  # read by implicit INT8 only
 
 
 def resolve_mode(precision: str, requested: str, generation: str) -> str:
     """Pick implicit (builder flags) or explicit (typed ONNX) for a precision, or refuse.
 
-    auto: FP16 by builder flag where one exists (8.x, 10.x), AutoCast ONNX on 11.x.
+    auto: FP16 by builder flag where one exists (8.x, 10.x), AutoCast ONNX on 11.x; INT8
+    from a calibration cache on 8.x, from a ModelOpt Q/DQ ONNX on 10.x (where implicit
+    INT8 is deprecated) and 11.x (where it is gone).
     """
     if precision == "fp32":
         return "implicit"
     grammar = GRAMMARS[generation]
     if requested == "auto":
+        if precision == "int8":
+            return "implicit" if not grammar.strongly_typed_flag and grammar.precision_flags else "explicit"
         return "implicit" if grammar.precision_flags else "explicit"
     if requested == "implicit" and not grammar.precision_flags:
         raise RenderError(f"TensorRT {generation} removed --{precision}: set build.precision_mode "
@@ -134,8 +142,12 @@ def _precision_flags(intent: EngineIntent, grammar: Grammar) -> list[str]:
     if intent.precision == "fp32":
         return []
     if intent.mode == "explicit":
-        return ["--stronglyTyped"] if grammar.strongly_typed_flag else []
+        if grammar.strongly_typed_flag or not grammar.precision_flags:
+            return ["--stronglyTyped"] if grammar.strongly_typed_flag else []
+        return ["--int8", "--fp16"]  # 8.x: Q/DQ nodes decide INT8; FP16 allowed elsewhere
     flags = [f"--{intent.precision}"]
+    if intent.precision == "int8":
+        flags.append(f"--calib={intent.calibration_cache}")
     if intent.keep_fp32_layers:
         flags += ["--precisionConstraints=obey",
                   "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in intent.keep_fp32_layers)]

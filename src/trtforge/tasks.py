@@ -20,10 +20,12 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from .errors import ToolError, TrtforgeError
+from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import RenderError, check_intent, default_profiles, render_argv
-from .stages import autocast, engine, export, surgery as surgery_stage
+from .stages import autocast, calibrate, engine, export, qdq, surgery as surgery_stage
 from .surgery import builtin_pass_names, discover_plugin_passes
+from .trt_version import TrtVersion, version_for_generation
 from .trtexec import Trtexec, find_trtexec, not_found_message
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -112,10 +114,43 @@ def autocast_onnx(project: Project, recipe: Recipe, variant: Variant) -> Path:
     return variant_dir(project, recipe, variant) / "autocast.onnx"
 
 
+def qdq_onnx(project: Project, recipe: Recipe, variant: Variant) -> Path:
+    return variant_dir(project, recipe, variant) / "qdq.onnx"
+
+
+def calib_outputs(project: Project, recipe: Recipe, variant: Variant) -> dict[str, Path]:
+    out = variant_dir(project, recipe, variant)
+    return {"cache": out / "calib.cache", "report": out / "calib.json", "sample": out / "calib-sample.npy"}
+
+
 def needs_autocast(variant: Variant) -> bool:
     """Every FP16 variant gets an AutoCast ONNX: TensorRT 11 builds from it, and it is the
     FP16 model that can be run and checked on CPU."""
     return variant.precision == "fp16"
+
+
+def header_version(project: Project) -> TrtVersion:
+    """The TensorRT version written into calibration caches: the detected one, else 10.x."""
+    return project.trtexec.version if project.trtexec else version_for_generation("10")
+
+
+def calibration_images(project: Project, variant: Variant):
+    """(selected images, None) or (None, why the set cannot be used)."""
+    spec = variant.calibration
+    field = f"variants.{variant.name}.calibration.images"
+    try:
+        chosen = _selected_images(project.root, spec.images, spec.count, spec.fraction)
+    except ImageSetError as exc:
+        return None, f"{field}: {exc}"
+    if not chosen:
+        return None, f"{field}: '{spec.images}' holds no image file; add images or point it at another set"
+    return chosen, None
+
+
+@functools.lru_cache(maxsize=None)
+def _selected_images(root: Path, images: Path, count: int | None, fraction: float | None) -> tuple:
+    """Listed once per doit invocation, however many tasks ask."""
+    return tuple(select_images(list_image_set(root / images, root), count, fraction))
 
 
 # ----------------------------------------------------------------------------- generators
@@ -156,9 +191,45 @@ def surgery_tasks(project: Project) -> Iterator[dict]:
         }
 
 
+def calib_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            if v.precision != "int8":
+                continue
+            name, spec, outs = f"{r.name}-{v.name}", v.calibration, calib_outputs(project, r, v)
+            doc = f"INT8 calibration cache of {r.name} from {spec.images} ({spec.method}, on CPU)"
+            images, problem = calibration_images(project, v)
+            if images is None:
+                yield {"name": name, "doc": doc, "actions": [(refuse, [f"{r.file.name}: {problem}"])],
+                       "uptodate": [False]}
+                continue
+            job = calibrate.CalibrationJob(
+                task=f"calib:{name}", onnx=surgered_onnx(project, r), images=tuple(images),
+                input_name=r.input.name, height=r.input.shape[-2], width=r.input.shape[-1],
+                batch=spec.batch, method=spec.method, percentile=spec.percentile,
+                skip_bad_images=spec.skip_bad_images, header_version=header_version(project),
+                store_dir=project.artifacts / "calib", cache_out=outs["cache"], report_out=outs["report"],
+                sample_out=outs["sample"])
+            yield {
+                "name": name,
+                "doc": doc,
+                "actions": [(run_stage, [calibrate.calibrate, job])],
+                "file_dep": [str(surgered_onnx(project, r)), *(str(i.path) for i in images),
+                             *code("stages/calibrate.py", "images.py", "calib_cache.py")],
+                "targets": [str(p) for p in outs.values()],
+                "uptodate": [config_changed({"images": [i.name for i in images],
+                                             "calibration": jsonable(spec), "input": list(r.input.shape),
+                                             "header": str(job.header_version),
+                                             "tools": tool_versions("onnxruntime", "opencv-python", "numpy")})],
+                "clean": True,
+            }
+
+
 def quantize_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
+            if v.precision == "int8":
+                yield _qdq_task(project, r, v)
             if not needs_autocast(v):
                 continue
             yield {
@@ -174,20 +245,46 @@ def quantize_tasks(project: Project) -> Iterator[dict]:
             }
 
 
+def _qdq_task(project: Project, r: Recipe, v: Variant) -> dict:
+    outs = calib_outputs(project, r, v)
+    return {
+        "name": f"{r.name}-{v.name}",
+        "doc": f"Q/DQ INT8 ONNX of {r.name} through ModelOpt, scales from calib:{r.name}-{v.name}",
+        "actions": [(run_stage, [qdq.quantize_int8, surgered_onnx(project, r), outs["cache"], outs["sample"],
+                                 qdq_onnx(project, r, v), v.build.keep_fp32])],
+        "file_dep": [str(surgered_onnx(project, r)), str(outs["cache"]), str(outs["sample"]),
+                     *code("stages/qdq.py")],
+        "targets": [str(qdq_onnx(project, r, v))],
+        "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32),
+                                     "tools": tool_versions("nvidia-modelopt", "onnx", "onnxruntime")})],
+        "clean": True,
+    }
+
+
+def _engine_onnx(project: Project, r: Recipe, v: Variant, mode: str) -> Path:
+    """The ONNX an engine builds from: surgered, or its AutoCast / Q/DQ form in explicit mode."""
+    if mode == "explicit" and v.precision == "fp16":
+        return autocast_onnx(project, r, v)
+    if mode == "explicit" and v.precision == "int8":
+        return qdq_onnx(project, r, v)
+    return surgered_onnx(project, r)
+
+
 def _engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.EngineJob:
     build = v.build
     if not build.profiles:
         from dataclasses import replace
 
         build = replace(build, profiles=default_profiles(r.input.name, r.input.shape, r.input.dynamic_axes))
-    explicit_fp16 = v.precision == "fp16" and mode == "explicit"
     return engine.EngineJob(
         task=f"engine:{r.name}-{v.name}",
         trtexec=project.trtexec.path if project.trtexec else None,
         version=project.trtexec.version if project.trtexec else None,
-        onnx=autocast_onnx(project, r, v) if explicit_fp16 else surgered_onnx(project, r),
+        onnx=_engine_onnx(project, r, v, mode),
         precision=v.precision, mode=mode, build=build,
         plugin_files=tuple(project.root / p for p in build.plugins),
+        calibration_cache=(calib_outputs(project, r, v)["cache"]
+                           if v.precision == "int8" and mode == "implicit" else None),
         out_dir=variant_dir(project, r, v),
         timing_cache_dir=project.artifacts / "cache" / "timing",
     )
@@ -201,6 +298,10 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
         mode = check_intent(v.precision, v.build, project.trtexec.version)
     except RenderError as exc:
         return None, f"{r.file.name}: variants.{v.name}: {exc}"
+    if v.precision == "int8":
+        _, problem = calibration_images(project, v)
+        if problem:
+            return None, f"{r.file.name}: {problem}"
     return _engine_job(project, r, v, mode), None
 
 
@@ -219,7 +320,8 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                 "name": name,
                 "doc": doc,
                 "actions": [(run_stage, [engine.build_engine, job, not_found_message()])],
-                "file_dep": [str(job.onnx), *map(str, job.plugin_files), *code("stages/engine.py", "render.py")],
+                "file_dep": [str(job.onnx), *map(str, job.plugin_files), *code("stages/engine.py", "render.py"),
+                             *([str(job.calibration_cache)] if job.calibration_cache else [])],
                 "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT)],
                 "uptodate": [config_changed({"trtexec": str(job.version), "argv": argv,
                                              "keep_fp32": list(job.build.keep_fp32)})],
@@ -242,6 +344,6 @@ def build_tasks(project: Project) -> Iterator[dict]:
 def cpu_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         deps = [f"export:{r.name}", f"surgery:{r.name}"]
-        deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if needs_autocast(v)]
+        deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if v.precision in ("fp16", "int8")]
         yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
                "actions": None, "task_dep": deps}

@@ -47,6 +47,7 @@ class EngineJob:
     mode: str
     build: BuildOptions
     plugin_files: tuple[Path, ...]  # absolute paths of build.plugins
+    calibration_cache: Path | None  # implicit INT8 only
     out_dir: Path
     timing_cache_dir: Path
 
@@ -85,6 +86,8 @@ def engine_intent(job: EngineJob, keep_fp32_layers: tuple[str, ...] = ()) -> Eng
 
 def _prepare_inputs(job: EngineJob, work: Path) -> EngineIntent:
     _link(job.onnx, work / "model.onnx")
+    if job.calibration_cache is not None:
+        _link(job.calibration_cache, work / "calib.cache")
     for plugin in job.plugin_files:
         _link(plugin, work / plugin.name)
     keep = ()
@@ -136,6 +139,8 @@ def _script(job: EngineJob, argv: list[str]) -> str:
         "# It runs in a work folder holding these inputs under these names:",
         f"#   model.onnx    <- {os.path.relpath(job.onnx, job.out_dir)}",
         *(f"#   {p.name:<13} <- {os.path.relpath(p, job.out_dir)}" for p in job.plugin_files),
+        *([f"#   calib.cache   <- {os.path.relpath(job.calibration_cache, job.out_dir)}"]
+          if job.calibration_cache else []),
         *(["#   timing.cache  <- the timing cache for this GPU and TensorRT version"] if job.build.timing_cache else []),
         'exec "${TRTEXEC:-trtexec}" ' + " ".join(shlex.quote(a) for a in argv),
         "",

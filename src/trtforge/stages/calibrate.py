@@ -1,0 +1,370 @@
+"""calib: activation ranges from real images -> a TensorRT calibration cache.
+
+trtexec never calibrates from data (`--calib` only reads a cache), so the ranges are
+computed here, on CPU, with ONNX Runtime: the model is augmented with statistics outputs
+for every float tensor TensorRT will see, and the batches stream through it once.
+
+- minmax: in-graph ReduceMax/ReduceMin per tensor, exact over every element;
+- entropy and percentile: in-graph strided samples per tensor and image (a prime stride,
+  so the sample does not alias with rows or channels), folded into a fixed-size histogram
+  of |x| per tensor; the threshold comes from the histogram (KL divergence as TensorRT's
+  entropy calibrator does, or the requested percentile).
+
+Reading statistics in the graph instead of making every activation a graph output is
+what keeps calibration close to the cost of plain inference (bench/calibration.py), and
+memory is fixed: a histogram per tensor, never per image.
+
+The result is keyed by the content of the images, the preprocessing, the batch, the
+method and the ONNX. Each key's ranges are kept under artifacts/calib/, so a set that
+comes back to an earlier state reuses them, and nothing is ever reused when any of those
+differ (Ultralytics reuses a stale `.cache` silently; this must not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_output, write_text_atomic
+from ..calib_cache import write_cache_text
+from ..console import Progress, info, warn
+from ..errors import StageError, require
+from ..images import ImageRef, decode_image, preprocess
+from ..trt_version import TrtVersion
+
+ALGORITHM_VERSION = 1  # bump when the statistics change, so stored ranges are not reused
+SAMPLES_PER_IMAGE = 4096
+HISTOGRAM_BINS = 2048
+NVIDIA_SUGGESTED_IMAGES = 500
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    task: str
+    onnx: Path
+    images: tuple[ImageRef, ...]
+    input_name: str
+    height: int
+    width: int
+    batch: int
+    method: str  # entropy | minmax | percentile
+    percentile: float
+    skip_bad_images: bool
+    header_version: TrtVersion
+    store_dir: Path
+    cache_out: Path
+    report_out: Path
+    sample_out: Path
+
+
+def calibrate(job: CalibrationJob) -> None:
+    """Write the calibration cache, its report and one preprocessed batch (for ModelOpt)."""
+    if not job.images:
+        raise StageError(f"{job.task}: the calibration set is empty")
+    digests = {ref.name: _sha256(ref.path.read_bytes()) for ref in job.images}
+    key = calibration_key(job, digests)
+    stored = job.store_dir / f"{key[:24]}.json"
+    if stored.is_file():
+        result = json.loads(stored.read_text())
+        info(f"{job.task}: reusing ranges computed earlier for the same images, preprocessing, "
+             f"batch, method and ONNX ({stored.name})")
+        result["report"]["reused"] = True
+    else:
+        result = _compute(job, digests, key)
+        write_text_atomic(stored, json.dumps(result, sort_keys=True))
+    _write_sample_batch(job, digests)
+    write_text_atomic(job.cache_out, write_cache_text(job.header_version, dict(result["ranges"])))
+    write_text_atomic(job.report_out, json.dumps(result["report"], indent=2, sort_keys=True) + "\n")
+
+
+def calibration_key(job: CalibrationJob, digests: dict[str, str]) -> str:
+    """sha256 of everything the ranges depend on (image bytes, not names or mtimes)."""
+    identity = {
+        "images": sorted(digests.values()),
+        "preprocess": {"letterbox": "ultralytics", "pad": 114, "size": [job.height, job.width],
+                       "color": "rgb", "scale": "1/255"},
+        "batch": job.batch,
+        "method": job.method,
+        "percentile": job.percentile if job.method == "percentile" else None,
+        "onnx": _sha256(job.onnx.read_bytes()),
+        "algorithm": ALGORITHM_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _compute(job: CalibrationJob, digests: dict[str, str], key: str) -> dict:
+    if len(job.images) < NVIDIA_SUGGESTED_IMAGES:
+        warn(f"{job.task}: calibrating on {len(job.images)} images; NVIDIA suggests about "
+             f"{NVIDIA_SUGGESTED_IMAGES} representative images for INT8")
+    model, tensors = augmented_model(job.onnx, job.method)
+    session = _session(model)
+    collector = _collector(job.method, tensors)
+    started, used, skipped = time.monotonic(), 0, []
+    with Progress(f"{job.task}: calibrating", len(job.images)) as progress:
+        for batch, names, bad in _batches(job, digests):
+            skipped += bad
+            if batch is not None:
+                collector.add(session.run(collector.outputs, {job.input_name: batch}))
+                used += len(names)
+            progress.advance(len(names) + len(bad))
+    if used == 0:
+        raise StageError(f"{job.task}: no calibration image could be read ({len(skipped)} skipped)")
+    seconds = time.monotonic() - started
+    ranges = collector.ranges(job.percentile)
+    report = {
+        "task": job.task, "key": key, "method": job.method, "images": used, "skipped": skipped,
+        "batch": job.batch, "input": [job.height, job.width], "tensors": len(ranges),
+        "seconds": round(seconds, 3), "images_per_second": round(used / seconds, 2), "reused": False,
+        "header": "EntropyCalibration2 (trtexec's calibrator type; the ranges come from 'method')",
+    }
+    if job.method == "percentile":
+        report["percentile"] = job.percentile
+    # A list of pairs, not a mapping: the stored JSON keeps the graph order of the tensors.
+    return {"ranges": [[name, float(value)] for name, value in ranges.items()], "report": report}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- images
+
+def _load(ref: ImageRef, digest: str, job: CalibrationJob):
+    """(preprocessed 1x3xHxW, None) or (None, name) for a bad image that may be skipped."""
+    data = ref.path.read_bytes()
+    if _sha256(data) != digest:
+        raise StageError(f"{ref.name} changed while calibrating; rerun once the image set is stable")
+    try:
+        return preprocess(decode_image(data, ref.name), job.height, job.width), None
+    except StageError:
+        if not job.skip_bad_images:
+            raise StageError(f"{ref.name}: not a readable image; remove it, or set "
+                             "calibration.bad_images: skip to count and skip such files") from None
+        return None, ref.name
+
+
+def _prepare(job: CalibrationJob, group: tuple[ImageRef, ...], digests: dict[str, str]):
+    """(batch array or None, names used, names skipped) for one group of images."""
+    np = require("numpy", "core")
+    loaded = [(ref, *_load(ref, digests[ref.name], job)) for ref in group]
+    arrays = [a for _, a, _ in loaded if a is not None]
+    return (np.concatenate(arrays) if arrays else None,
+            [ref.name for ref, a, _ in loaded if a is not None],
+            [bad for _, _, bad in loaded if bad is not None])
+
+
+def _batches(job: CalibrationJob, digests: dict[str, str]):
+    """Yield `_prepare` results in order; the next batch is decoded in a thread (OpenCV
+    releases the GIL) while ONNX Runtime runs the current one."""
+    groups = [job.images[i:i + job.batch] for i in range(0, len(job.images), job.batch)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_prepare, job, groups[0], digests)
+        for group in groups[1:]:
+            current, pending = pending.result(), pool.submit(_prepare, job, group, digests)
+            yield current
+        yield pending.result()
+
+
+def _write_sample_batch(job: CalibrationJob, digests: dict[str, str]) -> None:
+    """The first calibration batch as .npy: ModelOpt's Q/DQ pass needs real inputs."""
+    np = require("numpy", "core")
+    batch, _, _ = _prepare(job, job.images[:job.batch], digests)
+    if batch is None:
+        raise StageError(f"{job.task}: none of the first {job.batch} calibration images is readable")
+    with atomic_output(job.sample_out) as temp:
+        with open(temp, "wb") as f:
+            np.save(f, batch)
+
+
+# ----------------------------------------------------------------------------- the model
+
+def float_tensors(model) -> list[tuple[str, int | None]]:
+    """(name, elements per image or None) of every float activation, graph inputs included."""
+    onnx = require("onnx", "core")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    infos = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    initializers = {i.name for i in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    names += [o for node in graph.node if node.op_type != "Constant" for o in node.output if o]
+    result = []
+    for name in names:
+        info_ = infos.get(name)
+        if info_ is None or info_.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in info_.type.tensor_type.shape.dim]
+        per_image = None
+        if len(dims) > 1 and all(d for d in dims[1:]):
+            per_image = 1
+            for d in dims[1:]:
+                per_image *= d
+        result.append((name, per_image))
+    return result
+
+
+def augmented_model(onnx_path: Path, method: str):
+    """The model with statistics outputs; returns (ModelProto, tensor names in output order)."""
+    onnx = require("onnx", "core")
+    np = require("numpy", "core")
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    tensors = float_tensors(model)
+    graph = model.graph
+    del graph.output[:]
+    for i, (name, per_image) in enumerate(tensors):
+        if method == "minmax":
+            for op in ("ReduceMax", "ReduceMin"):
+                out = f"trtforge_{op.lower()}_{i}"
+                graph.node.append(helper.make_node(op, [name], [out], keepdims=0, name=out))
+                graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, []))
+            continue
+        stride = next_prime(max(1, (per_image or 0) // SAMPLES_PER_IMAGE)) if per_image else 101
+        consts = {"shape": [0, -1], "start": [0], "end": [2**62], "axis": [1], "step": [stride]}
+        for key, value in consts.items():
+            graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), f"trtforge_{key}_{i}"))
+        flat, out = f"trtforge_flat_{i}", f"trtforge_sample_{i}"
+        graph.node.append(helper.make_node("Reshape", [name, f"trtforge_shape_{i}"], [flat], name=flat))
+        graph.node.append(helper.make_node("Slice", [flat] + [f"trtforge_{k}_{i}" for k in ("start", "end", "axis", "step")],
+                                           [out], name=out))
+        graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    return model, [name for name, _ in tensors]
+
+
+def next_prime(n: int) -> int:
+    candidate = max(2, n)
+    while any(candidate % d == 0 for d in range(2, int(candidate ** 0.5) + 1)):
+        candidate += 1
+    return candidate
+
+
+def _session(model):
+    ort = require("onnxruntime", "core")
+    from ..gpu import gpu_name
+
+    providers = ["CPUExecutionProvider"]
+    if gpu_name() and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model.SerializeToString(), providers=providers)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+class _MinMax:
+    def __init__(self, tensors: list[str]) -> None:
+        self.tensors = tensors
+        self.outputs = [f"trtforge_{op}_{i}" for i in range(len(tensors)) for op in ("reducemax", "reducemin")]
+        self.amax = [0.0] * len(tensors)
+
+    def add(self, values) -> None:
+        for i in range(len(self.tensors)):
+            high, low = float(values[2 * i]), float(values[2 * i + 1])
+            self.amax[i] = max(self.amax[i], abs(high), abs(low))
+
+    def ranges(self, percentile: float) -> dict[str, float]:
+        return {name: _positive(value) for name, value in zip(self.tensors, self.amax)}
+
+
+class _Histograms:
+    """One streaming histogram of |x| per tensor (entropy and percentile methods)."""
+
+    def __init__(self, tensors: list[str], method: str) -> None:
+        self.tensors, self.method = tensors, method
+        self.outputs = [f"trtforge_sample_{i}" for i in range(len(tensors))]
+        self.histograms = [AbsHistogram() for _ in tensors]
+
+    def add(self, values) -> None:
+        for histogram, sample in zip(self.histograms, values):
+            histogram.add(sample)
+
+    def ranges(self, percentile: float) -> dict[str, float]:
+        pick = entropy_threshold if self.method == "entropy" else (lambda h: percentile_threshold(h, percentile))
+        return {name: _positive(pick(h)) for name, h in zip(self.tensors, self.histograms)}
+
+
+def _collector(method: str, tensors: list[str]):
+    return _MinMax(tensors) if method == "minmax" else _Histograms(tensors, method)
+
+
+def _positive(value: float) -> float:
+    """A tensor that was all zeros still needs a positive, finite scale."""
+    return value if value > 1e-12 else 1e-12 * 127
+
+
+class AbsHistogram:
+    """Counts of |x| over [0, top) in fixed bins; `top` doubles (merging bin pairs, which is
+    exact) when a larger value arrives, so memory never grows."""
+
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        self.bins, self.top, self.peak, self.counts = bins, 0.0, 0.0, None
+
+    def add(self, values) -> None:
+        np = require("numpy", "core")
+        a = np.abs(np.asarray(values, dtype=np.float32).ravel())
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return
+        peak = float(a.max())
+        self.peak = max(self.peak, peak)
+        if self.counts is None:
+            self.counts = np.zeros(self.bins, dtype=np.int64)
+            self.top = peak * (1 + 1e-6) if peak > 0 else 1e-12  # the first batch fills the range
+        while peak >= self.top:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts = np.concatenate([merged, np.zeros(self.bins - merged.size, dtype=np.int64)])
+            self.top *= 2
+        index = np.minimum((a * (self.bins / self.top)).astype(np.int64), self.bins - 1)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+    @property
+    def width(self) -> float:
+        return self.top / self.bins
+
+
+def percentile_threshold(h: AbsHistogram, percentile: float) -> float:
+    np = require("numpy", "core")
+    if h.counts is None or h.counts.sum() == 0:
+        return 0.0
+    cdf = np.cumsum(h.counts) / h.counts.sum()
+    index = int(np.searchsorted(cdf, percentile / 100.0))
+    return min(h.peak, (index + 1) * h.width)
+
+
+def entropy_threshold(h: AbsHistogram, levels: int = 128, stride: int = 16) -> float:
+    """The clipping threshold whose 128-level quantization loses the least information
+    (KL divergence between the clipped and the quantized distributions), the criterion of
+    TensorRT's entropy calibrator. Candidates every `stride` bins keep it to ~1 s a model."""
+    np = require("numpy", "core")
+    if h.counts is None or not h.counts.any():
+        return 0.0
+    last = int(np.nonzero(h.counts)[0][-1]) + 1
+    if last <= levels:
+        return min(h.peak, last * h.width)  # fits in the levels without loss
+    counts = h.counts.astype(np.float64)
+    candidates = list(range(levels, last, stride)) + [last]
+    divergences = [_kl_after_quantizing(counts, i, levels) for i in candidates]
+    best = candidates[int(np.argmin(divergences))]
+    return min(h.peak, (best + 0.5) * h.width)
+
+
+def _kl_after_quantizing(counts, i: int, levels: int) -> float:
+    np = require("numpy", "core")
+    reference = counts[:i].copy()
+    reference[-1] += counts[i:].sum()  # outliers clip into the last bin
+    source = counts[:i]
+    starts = (np.arange(levels) * i) // levels
+    lengths = np.diff(np.append(starts, i))
+    nonzero = source > 0
+    totals = np.add.reduceat(source, starts)
+    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.divide(totals, filled, out=np.zeros_like(totals), where=filled > 0)
+    expanded = np.repeat(per_bin, lengths) * nonzero
+    p = reference / reference.sum()
+    q = expanded / max(expanded.sum(), 1e-30)
+    mask = p > 0
+    q = np.where(mask & (q == 0), 1e-10, q)
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))

@@ -1,0 +1,41 @@
+"""quantize (INT8): an explicit Q/DQ ONNX from NVIDIA ModelOpt, for strongly typed builds.
+
+TensorRT 10 deprecated and 11 removed implicit INT8 (`--int8 --calib`); the quantization
+must be in the ONNX. ModelOpt places the Q/DQ nodes the way TensorRT fuses them and takes
+the activation scales from our own calibration cache (`calibration_cache_path`), so the
+implicit and explicit paths use the very same ranges, computed once on the recipe's
+images. The first calibration batch is still given to ModelOpt because its ONNX Runtime
+pass needs real inputs; the cache's scales then replace what that pass measured.
+
+Nodes the recipe keeps in FP32 are excluded from Q/DQ insertion; when there are any, the
+rest of the graph also stays FP32 instead of being converted to FP16, since ModelOpt's FP16
+conversion would otherwise take those nodes out of FP32 too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from pathlib import Path
+
+from ..atomic import atomic_output
+from ..errors import StageError, require
+
+
+def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: Path,
+                  keep_fp32: tuple[str, ...]) -> None:
+    """Write a Q/DQ INT8 copy of `source` to `output` (atomically)."""
+    np = require("numpy", "core")
+    quantization = require("modelopt.onnx.quantization", "quant")
+    with atomic_output(output) as temp, tempfile.TemporaryDirectory() as scratch:
+        try:
+            quantization.quantize(
+                onnx_path=str(source), quantize_mode="int8", calibration_data=np.load(sample_batch),
+                calibration_method="max", calibration_cache_path=str(calib_cache),
+                calibration_eps=["cpu"], nodes_to_exclude=[fnmatch.translate(p) for p in keep_fp32],
+                high_precision_dtype="fp32" if keep_fp32 else "fp16", output_path=str(temp),
+                log_file=os.path.join(scratch, "modelopt.log"), log_level="WARNING",
+            )
+        except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot quantize
+            raise StageError(f"ModelOpt could not quantize {source.name}: {str(exc).splitlines()[0]}") from exc

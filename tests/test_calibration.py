@@ -1,0 +1,270 @@
+"""INT8 calibration on real images: preprocessing pinned to Ultralytics, TensorRT's cache
+format, streaming statistics, content keys, bad images, and ModelOpt Q/DQ from the cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import struct
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from trtforge.calib_cache import read_cache, write_cache_text
+from trtforge.errors import StageError
+from trtforge.images import ImageRef, decode_image, letterbox, list_image_set, preprocess, select_images
+from trtforge.recipe import InputSpec, ModelSource
+from trtforge.stages.calibrate import (AbsHistogram, CalibrationJob, calibrate, calibration_key,
+                                      entropy_threshold, float_tensors, percentile_threshold)
+from trtforge.stages.export import export_onnx
+from trtforge.stages.qdq import quantize_int8
+from trtforge.stages.surgery import run_surgery
+from trtforge.trt_version import TrtVersion
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 160  # the statistics machinery is size-independent; 160 px keeps each run ~1 s
+
+
+def demo_images() -> list[ImageRef]:
+    return list_image_set(REPO / "calib" / "demo-calibration.txt", REPO)
+
+
+@pytest.fixture(scope="module")
+def model_160(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    spec = InputSpec("images", (1, 3, SIZE, SIZE), "float32", (0,))
+    export_onnx(ModelSource("ultralytics", arch="yolov8n.yaml"), spec, 17, folder, folder / "export.onnx")
+    run_surgery(folder / "export.onnx", folder / "model.onnx",
+                [("fold_constants", {}), ("slim", {}), ("infer_shapes", {})], [])
+    return folder / "model.onnx"
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for ref in demo_images()[:6]:
+        shutil.copy(ref.path, folder / Path(ref.name).name)
+    return folder
+
+
+def job_for(model: Path, images: list[ImageRef], out: Path, **changes) -> CalibrationJob:
+    job = CalibrationJob(task="calib:test", onnx=model, images=tuple(images), input_name="images",
+                         height=SIZE, width=SIZE, batch=4, method="entropy", percentile=99.99,
+                         skip_bad_images=False, header_version=TrtVersion(8, 6, 1), store_dir=out / "store",
+                         cache_out=out / "calib.cache", report_out=out / "calib.json",
+                         sample_out=out / "sample.npy")
+    return replace(job, **changes)
+
+
+def refs_in(folder: Path) -> list[ImageRef]:
+    return list_image_set(folder, folder.parent)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def test_letterbox_matches_ultralytics_on_a_real_photo():
+    from ultralytics.data.augment import LetterBox
+
+    bus = Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg"  # 810x1080 portrait
+    image = decode_image(bus.read_bytes(), "bus.jpg")
+    for shape in ((640, 640), (320, 480), (160, 160)):
+        expected = LetterBox(new_shape=shape, auto=False, scale_fill=False, scaleup=True, center=True)(image=image)
+        assert np.array_equal(letterbox(image, *shape), expected)
+
+
+def test_preprocess_is_rgb_chw_unit_float():
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[..., 0] = 255  # blue in OpenCV's BGR order
+    tensor = preprocess(image, SIZE, SIZE)
+    assert tensor.shape == (1, 3, SIZE, SIZE) and tensor.dtype == np.float32
+    assert tensor[0, 2].min() == 1.0 and tensor[0, 0].max() == 0.0  # blue lands in channel 2 (RGB)
+
+
+def test_grayscale_and_16_bit_images_decode_to_bgr8(tmp_path):
+    import cv2
+
+    gray16 = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)
+    ok, data = cv2.imencode(".png", gray16)
+    assert ok
+    image = decode_image(data.tobytes(), "gray16.png")
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- cache format
+
+def test_cache_round_trip_in_tensorrt_text_format():
+    ranges = {"images": 1.0, "/model.0/conv/Conv_output_0": 12.5, "x": 3e-5}
+    text = write_cache_text(TrtVersion(10, 8, 0), ranges)
+    lines = text.splitlines()
+    assert lines[0] == "TRT-100800-EntropyCalibration2"
+    assert all(re.fullmatch(r"[^:]+: [0-9a-f]{8}", line) for line in lines[1:])
+    assert lines[1] == "images: " + struct.pack(">f", 1.0 / 127).hex()
+    version, algorithm, scales = read_cache(text)
+    assert (version, algorithm) == (100800, "EntropyCalibration2")
+    for name, value in ranges.items():
+        assert scales[name] == np.float32(value / 127)
+
+
+def test_malformed_cache_is_refused():
+    with pytest.raises(StageError, match="line 2"):
+        read_cache("TRT-8601-EntropyCalibration2\nimages:3c010204\n")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_histogram_growth_is_exact():
+    rng = np.random.default_rng(0)
+    first, second = rng.random(10000) * 2, rng.random(10000) * 7  # forces two doublings
+    h = AbsHistogram(bins=64)
+    h.add(first)
+    h.add(second)
+    # Binning all values at once at the final range gives the same counts as binning
+    # the first batch at a smaller range and merging bin pairs on each doubling.
+    everything = np.concatenate([first, second]).astype(np.float32)
+    expected = np.bincount(np.minimum((everything * np.float32(64 / h.top)).astype(np.int64), 63), minlength=64)
+    assert np.array_equal(h.counts, expected)
+    assert h.peak == pytest.approx(max(first.max(), second.max()))
+
+
+def test_thresholds_clip_outliers_but_keep_the_bulk():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 200_000), [40.0, -55.0]])  # two far outliers
+    h = AbsHistogram()
+    h.add(values)
+    assert 2.5 < entropy_threshold(h) < 20
+    assert percentile_threshold(h, 99.0) == pytest.approx(2.576, abs=0.05)
+    assert percentile_threshold(h, 100.0) == pytest.approx(55.0)
+
+
+def test_minmax_ranges_are_the_exact_activation_maxima(model_160, tmp_path):
+    images = demo_images()[:4]
+    calibrate(job_for(model_160, images, tmp_path, method="minmax"))
+    _, _, scales = read_cache((tmp_path / "calib.cache").read_text())
+    # Reference: every activation as a graph output, max |x| over the same batch.
+    model = onnx.load(str(model_160))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    wanted = [name for name, _ in float_tensors(model)][1:6]
+    infos = {v.name: v for v in inferred.graph.value_info}
+    model.graph.output.extend(infos[name] for name in wanted if name in infos)
+    batch = np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), SIZE, SIZE) for r in images])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in model.graph.output], session.run(None, {"images": batch})))
+    for name in wanted:
+        assert scales[name] == pytest.approx(float(np.abs(outputs[name]).max()) / 127, rel=1e-6)
+
+
+def test_cache_has_a_finite_positive_scale_for_every_float_tensor(model_160, tmp_path):
+    calibrate(job_for(model_160, demo_images()[:8], tmp_path))
+    version, algorithm, scales = read_cache((tmp_path / "calib.cache").read_text())
+    assert (version, algorithm) == (8601, "EntropyCalibration2")
+    assert set(scales) == {name for name, _ in float_tensors(onnx.load(str(model_160)))}
+    assert all(math.isfinite(s) and s > 0 for s in scales.values())
+    report = json.loads((tmp_path / "calib.json").read_text())
+    assert report["images"] == 8 and report["method"] == "entropy" and not report["reused"]
+    assert np.load(tmp_path / "sample.npy").shape == (4, 3, SIZE, SIZE)
+
+
+def test_memory_does_not_grow_with_the_number_of_images(model_160, tmp_path):
+    images = demo_images()
+
+    def peak(count: int) -> int:
+        refs = [images[i % len(images)] for i in range(count)]
+        out = tmp_path / str(count)
+        tracemalloc.start()
+        calibrate(job_for(model_160, refs, out, batch=4))
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(8), peak(32)
+    assert large < small * 1.25, (small, large)
+
+
+# ----------------------------------------------------------------------------- keys and reuse
+
+def test_key_follows_content_not_names_or_timestamps(model_160, image_folder, tmp_path):
+    refs = refs_in(image_folder)
+    job = job_for(model_160, refs, tmp_path)
+
+    def key() -> str:
+        return calibration_key(job, {r.name: __import__("hashlib").sha256(r.path.read_bytes()).hexdigest()
+                                     for r in refs})
+
+    before = key()
+    refs[0].path.touch()
+    assert key() == before
+    assert calibration_key(replace(job, batch=2), {}) != calibration_key(job, {})
+    assert calibration_key(replace(job, method="minmax"), {}) != calibration_key(job, {})
+    refs[0].path.write_bytes(refs[1].path.read_bytes())
+    assert key() != before
+
+
+def test_same_inputs_reuse_stored_ranges_and_changed_inputs_do_not(model_160, image_folder, tmp_path):
+    refs = refs_in(image_folder)
+    calibrate(job_for(model_160, refs, tmp_path / "a"))
+    shared_store = tmp_path / "a" / "store"
+    calibrate(job_for(model_160, refs, tmp_path / "b", store_dir=shared_store))
+    assert json.loads((tmp_path / "b" / "calib.json").read_text())["reused"] is True
+    assert (tmp_path / "a" / "calib.cache").read_text() == (tmp_path / "b" / "calib.cache").read_text()
+    calibrate(job_for(model_160, refs, tmp_path / "c", store_dir=shared_store, method="percentile"))
+    assert json.loads((tmp_path / "c" / "calib.json").read_text())["reused"] is False
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_corrupt_image_is_named_or_skipped_and_counted(model_160, image_folder, tmp_path):
+    (image_folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    refs = refs_in(image_folder)
+    with pytest.raises(StageError, match=r"zz_broken.jpg: not a readable image.*bad_images: skip"):
+        calibrate(job_for(model_160, refs, tmp_path))
+    assert not (tmp_path / "calib.cache").exists()
+    calibrate(job_for(model_160, refs, tmp_path, skip_bad_images=True))
+    report = json.loads((tmp_path / "calib.json").read_text())
+    assert report["skipped"] == ["calib/zz_broken.jpg"] and report["images"] == len(refs) - 1
+
+
+def test_empty_set_is_refused(model_160, tmp_path):
+    with pytest.raises(StageError, match="empty"):
+        calibrate(job_for(model_160, [], tmp_path))
+
+
+def test_selection_is_deterministic_and_stable_when_images_are_added():
+    refs = demo_images()
+    chosen = select_images(refs, 8, None)
+    assert chosen == select_images(list(reversed(refs)), 8, None)
+    extra = ImageRef(Path("/nonexistent.png"), "zzz/new.png")
+    assert len(set(r.name for r in select_images(refs + [extra], 8, None)) - set(r.name for r in chosen)) <= 1
+    assert len(select_images(refs, None, 0.5)) == round(len(refs) / 2)
+
+
+def test_manifest_lines_that_match_nothing_are_named(tmp_path):
+    manifest = tmp_path / "set.txt"
+    manifest.write_text("# comment\nmissing/*.jpg\n")
+    with pytest.raises(StageError, match=r"set.txt:2: 'missing/\*.jpg' matches no image file"):
+        list_image_set(manifest, tmp_path)
+
+
+# ----------------------------------------------------------------------------- Q/DQ
+
+def test_modelopt_qdq_model_runs_and_stays_close_to_fp32(model_160, tmp_path):
+    calibrate(job_for(model_160, demo_images()[:8], tmp_path))
+    qdq = tmp_path / "qdq.onnx"
+    quantize_int8(model_160, tmp_path / "calib.cache", tmp_path / "sample.npy", qdq, ())
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    verify = list_image_set(REPO / "calib" / "demo-verification.txt", REPO)
+    batch = np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), SIZE, SIZE) for r in verify])
+    fp32 = ort.InferenceSession(str(model_160), providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
+    int8 = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
+    assert int8.shape == fp32.shape and np.isfinite(int8).all()
+    box_error = np.abs(int8[:, :4] - fp32[:, :4]).mean() / np.abs(fp32[:, :4]).mean()
+    assert box_error < 0.05  # loose: INT8 moves boxes by a few pixels at most on real images
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.999

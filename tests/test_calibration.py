@@ -268,3 +268,16 @@ def test_modelopt_qdq_model_runs_and_stays_close_to_fp32(model_160, tmp_path):
     box_error = np.abs(int8[:, :4] - fp32[:, :4]).mean() / np.abs(fp32[:, :4]).mean()
     assert box_error < 0.05  # loose: INT8 moves boxes by a few pixels at most on real images
     assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.999
+
+
+def test_layers_kept_in_fp32_get_no_qdq_on_the_explicit_path(model_160, tmp_path):
+    calibrate(job_for(model_160, demo_images()[:4], tmp_path))
+    qdq = tmp_path / "qdq.onnx"
+    quantize_int8(model_160, tmp_path / "calib.cache", tmp_path / "sample.npy", qdq, ("/model.22/cv3*",))
+    graph = onnx.load(str(qdq)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    kept = [n for n in graph.node if n.name.startswith("/model.22/cv3") and n.op_type == "Conv"]
+    quantized = [n for n in graph.node if n.name.startswith("/model.0/") and n.op_type == "Conv"]
+    assert kept and quantized
+    assert all(producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "DequantizeLinear" for n in kept)
+    assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in quantized)

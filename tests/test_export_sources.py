@@ -1,0 +1,69 @@
+"""The other model sources: a torch factory (`package.module:function`) and an existing ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from trtforge.errors import StageError
+from trtforge.recipe import InputSpec, ModelSource
+from trtforge.stages.export import export_onnx
+
+FACTORY = '''
+import torch
+
+def tiny():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+'''
+SPEC = InputSpec("x", (1, 3, 16, 16), "float32", (0,))  # tiny: only the plumbing is under test
+
+
+def test_torch_factory_is_exported_with_the_recipe_names_and_dynamic_batch(tmp_path):
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    out = tmp_path / "export.onnx"
+    export_onnx(ModelSource("torch", factory="mymodels:tiny", seed=3), SPEC, 13, tmp_path, out)
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["x"] and model.opset_import[0].version == 13
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.ones((3, 3, 16, 16), np.float32)})  # batch 3 through a batch-1 export
+    assert y.shape == (3, 4, 16, 16)
+
+
+def test_torch_factory_state_dict_weights_are_loaded(tmp_path):
+    import torch
+
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mymodels_for_test", tmp_path / "mymodels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.tiny()
+    for p in net.parameters():
+        torch.nn.init.constant_(p, 0.5)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "export.onnx"
+    export_onnx(ModelSource("torch", factory="mymodels:tiny", weights=Path("w.pt")), SPEC, 13, tmp_path, out)
+    (y,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones((1, 3, 16, 16), np.float32)})
+    assert y[0, 0, 8, 8] == pytest.approx(0.5 * 27 + 0.5)  # 3x3x3 window of ones, weight and bias 0.5
+
+
+def test_missing_factory_is_one_line(tmp_path):
+    with pytest.raises(StageError, match="model.factory: cannot import 'nowhere:tiny'"):
+        export_onnx(ModelSource("torch", factory="nowhere:tiny"), SPEC, 13, tmp_path, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_onnx_source_is_checked_and_copied(tmp_path):
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    export_onnx(ModelSource("torch", factory="mymodels:tiny"), SPEC, 13, tmp_path, tmp_path / "given.onnx")
+    export_onnx(ModelSource("onnx", path=Path("given.onnx")), SPEC, 13, tmp_path, tmp_path / "copy.onnx")
+    assert (tmp_path / "copy.onnx").read_bytes() == (tmp_path / "given.onnx").read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes((tmp_path / "given.onnx").read_bytes()[:100])
+    with pytest.raises(StageError, match="model.path: .*truncated.onnx is not a valid ONNX model"):
+        export_onnx(ModelSource("onnx", path=Path("truncated.onnx")), SPEC, 13, tmp_path, tmp_path / "x.onnx")

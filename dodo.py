@@ -46,6 +46,16 @@ def task_engine():
     yield from tasks.engine_tasks(PROJECT)
 
 
+def task_reference():
+    """FP32 reference outputs on the verification images"""
+    yield from tasks.reference_tasks(PROJECT)
+
+
+def task_check():
+    """accuracy gate against the FP32 reference"""
+    yield from tasks.check_tasks(PROJECT)
+
+
 def task_build():
     """build a variant: everything up to its engine"""
     yield from tasks.build_tasks(PROJECT)

@@ -216,3 +216,49 @@ def test_empty_calibration_set_is_refused_before_any_work(small_project, tmp_pat
     assert "calibration.images: 'calib/imgs' holds no image file" in result.stdout + result.stderr
     assert executed(result) == ["build:yolov8n-int8"]
     assert not (small_project / "artifacts" / "yolov8n" / "export.onnx").exists()
+
+
+VERIFY = """\
+verify: {images: calib/demo-verification.txt, count: 2, task: detect}
+"""
+
+
+@pytest.fixture
+def verified_project(project) -> Path:
+    (project / "calib").mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "calib" / "demo-verification.txt", project / "calib")
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text() + VERIFY)
+    return project
+
+
+def test_checks_run_on_cpu_and_report_the_engine_comparison_as_skipped(verified_project):
+    result = run_doit(verified_project, "cpu:yolov8n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"reference:yolov8n", "check:yolov8n-fp32", "check:yolov8n-fp16"} <= set(executed(result))
+    out = verified_project / "artifacts" / "yolov8n"
+    assert json.loads((out / "reference" / "images.json").read_text())[0].startswith("package:")
+    for variant, model in (("fp32", "model.onnx"), ("fp16", "autocast.onnx")):
+        report = json.loads((out / variant / "check.json").read_text())
+        assert report["passed"] and report["onnx"]["model"] == model
+        assert report["engine"]["status"].startswith("skipped:")
+        assert (out / variant / "check.png").is_file()
+
+    recipe = verified_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace('build: {keep_fp32: ["/model.22/dfl/*"]}',
+                                                 'build: {keep_fp32: ["/model.22/dfl/*"]}\n    check: {atol: 0.04}'))
+    result = run_doit(verified_project, "cpu:yolov8n")
+    assert executed(result) == ["check:yolov8n-fp16"], result.stdout  # tolerances are read by check only
+
+
+def test_a_variant_outside_tolerance_fails_the_build_in_one_line(verified_project, tmp_path):
+    recipe = verified_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace(
+        'build: {keep_fp32: ["/model.22/dfl/*"]}',
+        'build: {keep_fp32: ["/model.22/dfl/*"]}\n    check: {atol: 0, rtol: 0, statistic: max}'))
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    result = run_doit(verified_project, "build:yolov8n-fp16", env=env)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("check:yolov8n-fp16: ")]
+    assert len(lines) == 1 and "onnx output 'output0': max abs error" in lines[0] and "exceeds atol 0" in lines[0]
+    assert json.loads((verified_project / "artifacts/yolov8n/fp16/check.json").read_text())["passed"] is False

@@ -21,6 +21,15 @@ from .yamldoc import Document, FieldPath, parse_document
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+ERROR_STATISTICS = ("max", "mean", "median")  # Polygraphy's check_error_stat names
+# Tolerances when a variant names none: FP32 must match the reference closely; reduced
+# precision is judged mostly by the detection gate, the raw-tensor check only catching
+# collapse (NaNs, saturated outputs).
+DEFAULT_TOLERANCES = {
+    "fp32": {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_map50_vs_fp32": 0.99},
+    "fp16": {"atol": 0.05, "rtol": 0.01, "statistic": "median", "min_map50_vs_fp32": 0.9},
+    "int8": {"atol": 0.5, "rtol": 0.05, "statistic": "median", "min_map50_vs_fp32": 0.8},
+}
 PRECISION_MODES = ("auto", "implicit", "explicit")
 MODEL_SOURCES = ("ultralytics", "torch", "onnx")
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
@@ -106,11 +115,33 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class CheckSpec:
+    """How close a variant must stay to the FP32 reference (fields as Polygraphy names them)."""
+
+    atol: float
+    rtol: float
+    statistic: str  # max | mean | median
+    min_map50_vs_fp32: float | None  # detection gate; None for non-detection recipes
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """The fixed inputs of the reference and the checks."""
+
+    images: Path
+    count: int | None = 8
+    task: str = "detect"  # detect: decode + NMS + agreement gate; raw: tensors only
+    conf: float = 0.25  # NMS score threshold for the detection gate
+    iou: float = 0.7  # NMS IoU threshold
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     precision: str
     build: BuildOptions
     calibration: CalibrationSpec | None = None
+    check: CheckSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,7 @@ class Recipe:
     variants: tuple[Variant, ...]
     description: str = ""
     build: BuildOptions = field(default_factory=BuildOptions)
+    verify: VerifySpec | None = None
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -213,12 +245,13 @@ def _shape(doc: Document, path: FieldPath, value: Any) -> tuple[int, ...]:
     return dims
 
 
-def _number(doc: Document, path: FieldPath, value: Any, lo: float, hi: float) -> float:
+def _number(doc: Document, path: FieldPath, value: Any, lo: float, hi: float, *, low_ok: bool = False) -> float:
+    """A number in (lo, hi], or [lo, hi] with `low_ok`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise doc.error(path, f"expected a number from {lo} to {hi}, got {_describe(value)}"
                               f"{_yaml11_hint(doc, path, value)}")
-    if not lo < value <= hi:
-        raise doc.error(path, f"{value} is out of range; allowed above {lo} up to {hi}")
+    if not (lo <= value if low_ok else lo < value) or value > hi:
+        raise doc.error(path, f"{value} is out of range; allowed {'from' if low_ok else 'above'} {lo} up to {hi}")
     return float(value)
 
 
@@ -386,10 +419,7 @@ def _extra_arg(doc: Document, path: FieldPath, value: Any) -> str:
 def _calibration(doc: Document, path: FieldPath, value: Any, spec: InputSpec, root: Path) -> CalibrationSpec:
     value = _check_keys(doc, path, value, {"images", "count", "fraction", "batch", "method", "percentile",
                                            "bad_images"}, required=("images",))
-    images = Path(_text(doc, path + ("images",), value["images"]))
-    if images.is_absolute() or ".." in images.parts or not (root / images).exists():
-        raise doc.error(path + ("images",), f"'{images}' is not a folder or manifest inside the project "
-                                            f"(paths are relative to {root})")
+    images = _image_source(doc, path + ("images",), value["images"], root)
     if "count" in value and "fraction" in value:
         raise doc.error(path, "give count or fraction, not both")
     batch = _integer(doc, path + ("batch",), value.get("batch", 8), 1, 1024)
@@ -411,8 +441,46 @@ def _calibration(doc: Document, path: FieldPath, value: Any, spec: InputSpec, ro
     )
 
 
+def _image_source(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
+    images = Path(_text(doc, path, value))
+    if images.is_absolute() or ".." in images.parts or not (root / images).exists():
+        raise doc.error(path, f"'{images}' is not a folder or manifest inside the project "
+                              f"(paths are relative to {root})")
+    return images
+
+
+def _verify(doc: Document, path: FieldPath, value: Any, root: Path) -> VerifySpec:
+    value = _check_keys(doc, path, value, {"images", "count", "task", "conf", "iou"}, required=("images",))
+    return VerifySpec(
+        images=_image_source(doc, path + ("images",), value["images"], root),
+        count=_integer(doc, path + ("count",), value.get("count", 8), 1, 10**6),
+        task=_choice(doc, path + ("task",), value.get("task", "detect"), ("detect", "raw")),
+        conf=_number(doc, path + ("conf",), value.get("conf", 0.25), 0, 1),
+        iou=_number(doc, path + ("iou",), value.get("iou", 0.7), 0, 1),
+    )
+
+
+def _check(doc: Document, path: FieldPath, value: Any, precision: str, detect: bool) -> CheckSpec:
+    value = _check_keys(doc, path, value, {"atol", "rtol", "statistic", "min_map50_vs_fp32"})
+    merged = {**DEFAULT_TOLERANCES[precision], **value}
+    floor = merged["min_map50_vs_fp32"]
+    if "min_map50_vs_fp32" in value and not detect:
+        raise doc.error(path + ("min_map50_vs_fp32",), "needs verify.task: detect")
+    return CheckSpec(
+        atol=_nonnegative(doc, path + ("atol",), merged["atol"]),
+        rtol=_nonnegative(doc, path + ("rtol",), merged["rtol"]),
+        statistic=_choice(doc, path + ("statistic",), merged["statistic"], ERROR_STATISTICS),
+        min_map50_vs_fp32=(_number(doc, path + ("min_map50_vs_fp32",), floor, 0, 1, low_ok=True)
+                           if detect else None),
+    )
+
+
+def _nonnegative(doc: Document, path: FieldPath, value: Any) -> float:
+    return _number(doc, path, value, 0, 1e9, low_ok=True)
+
+
 def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec: InputSpec,
-              root: Path) -> tuple[Variant, ...]:
+              root: Path, verify: VerifySpec | None) -> tuple[Variant, ...]:
     if not isinstance(value, dict) or not value:
         raise doc.error(path, "expected a mapping of variant names, e.g. fp16: {precision: fp16}")
     variants = []
@@ -420,7 +488,7 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
         p = path + (name,)
         if not NAME_PATTERN.match(name):
             raise doc.error(p, f"variant name '{name}' must be lowercase letters, digits, '_', '.' or '-'")
-        body = _check_keys(doc, p, body, {"precision", "build", "calibration"}, required=("precision",))
+        body = _check_keys(doc, p, body, {"precision", "build", "calibration", "check"}, required=("precision",))
         build = _build(doc, p + ("build",), body["build"], base, spec, root) if "build" in body else base
         precision = _choice(doc, p + ("precision",), body["precision"], PRECISIONS)
         if (precision == "int8") != ("calibration" in body):
@@ -428,13 +496,17 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
                                if precision == "int8" else "calibration: applies to int8 variants only")
         calibration = _calibration(doc, p + ("calibration",), body["calibration"], spec, root) \
             if precision == "int8" else None
-        variants.append(Variant(name, precision, build, calibration))
+        if "check" in body and verify is None:
+            raise doc.error(p + ("check",), "needs a top-level verify: section (the images to check on)")
+        check = (_check(doc, p + ("check",), body.get("check", {}), precision, verify.task == "detect")
+                 if verify else None)
+        variants.append(Variant(name, precision, build, calibration, check))
     return tuple(variants)
 
 
 # ----------------------------------------------------------------------------- entry points
 
-_TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "variants"}
+_TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "verify", "variants"}
 
 
 def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
@@ -457,6 +529,7 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
     spec = _input(doc, ("input",), top["input"])
     export = _check_keys(doc, ("export",), top.get("export", {}), {"opset"})
     base = _build(doc, ("build",), top.get("build", {}), BuildOptions(), spec, root)
+    verify = _verify(doc, ("verify",), top["verify"], root) if "verify" in top else None
     return Recipe(
         name=name,
         file=file,
@@ -466,7 +539,8 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
         opset=_integer(doc, ("export", "opset"), export.get("opset", 17), 13, 21),
         surgery=_surgery(doc, ("surgery",), top.get("surgery", []), known_passes),
         build=base,
-        variants=_variants(doc, ("variants",), top["variants"], base, spec, root),
+        variants=_variants(doc, ("variants",), top["variants"], base, spec, root, verify),
+        verify=verify,
     )
 
 

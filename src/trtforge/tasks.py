@@ -23,7 +23,7 @@ from .errors import ToolError, TrtforgeError
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import RenderError, check_intent, default_profiles, render_argv
-from .stages import autocast, calibrate, engine, export, qdq, surgery as surgery_stage
+from .stages import autocast, calibrate, check, engine, export, qdq, reference, surgery as surgery_stage
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
 from .trtexec import Trtexec, find_trtexec, not_found_message
@@ -121,6 +121,17 @@ def qdq_onnx(project: Project, recipe: Recipe, variant: Variant) -> Path:
 def calib_outputs(project: Project, recipe: Recipe, variant: Variant) -> dict[str, Path]:
     out = variant_dir(project, recipe, variant)
     return {"cache": out / "calib.cache", "report": out / "calib.json", "sample": out / "calib-sample.npy"}
+
+
+def reference_outputs(project: Project, recipe: Recipe) -> dict[str, Path]:
+    out = recipe_dir(project, recipe) / "reference"
+    return {"inputs": out / "inputs.json", "outputs": out / "outputs.json", "images": out / "images.json"}
+
+
+def checked_onnx(project: Project, recipe: Recipe, variant: Variant) -> Path:
+    """The ONNX that carries a variant's precision on CPU: what the ONNX-level check runs."""
+    return {"fp32": surgered_onnx(project, recipe), "fp16": autocast_onnx(project, recipe, variant),
+            "int8": qdq_onnx(project, recipe, variant)}[variant.precision]
 
 
 def needs_autocast(variant: Variant) -> bool:
@@ -245,6 +256,65 @@ def quantize_tasks(project: Project) -> Iterator[dict]:
             }
 
 
+def reference_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        if r.verify is None:
+            continue
+        outs = reference_outputs(project, r)
+        spec = r.verify
+        doc = f"FP32 reference outputs of {r.name} under ONNX Runtime on {spec.images}"
+        try:
+            images = _selected_images(project.root, spec.images, spec.count, None)
+        except ImageSetError as exc:
+            images, problem = (), f"{r.file.name}: verify.images: {exc}"
+        else:
+            problem = None if images else f"{r.file.name}: verify.images: '{spec.images}' holds no image file"
+        if problem:
+            yield {"name": r.name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+            continue
+        batch = 1 if 0 in r.input.dynamic_axes else r.input.shape[0]
+        yield {
+            "name": r.name,
+            "doc": doc,
+            "actions": [(run_stage, [reference.make_reference, recipe_dir(project, r) / "export.onnx", images,
+                                     r.input.name, r.input.shape[-2], r.input.shape[-1], batch, outs["inputs"],
+                                     outs["outputs"], outs["images"]])],
+            "file_dep": [str(recipe_dir(project, r) / "export.onnx"), *(str(i.path) for i in images),
+                         *code("stages/reference.py", "images.py")],
+            "targets": [str(p) for p in outs.values()],
+            "uptodate": [config_changed({"images": [i.name for i in images], "input": list(r.input.shape),
+                                         "batch": batch, "tools": tool_versions("onnxruntime", "opencv-python",
+                                                                                "polygraphy")})],
+            "clean": True,
+        }
+
+
+def check_tasks(project: Project) -> Iterator[dict]:
+    with_engine = check.tensorrt_available()
+    for r in project.recipes:
+        if r.verify is None:
+            continue
+        for v in r.variants:
+            refs, out = reference_outputs(project, r), variant_dir(project, r, v)
+            job = check.CheckJob(
+                task=f"check:{r.name}-{v.name}", variant_onnx=checked_onnx(project, r, v),
+                engine=out / engine.ENGINE, reference_inputs=refs["inputs"], reference_outputs=refs["outputs"],
+                check=v.check, verify=r.verify, report_json=out / "check.json", report_png=out / "check.png")
+            yield {
+                "name": f"{r.name}-{v.name}",
+                "doc": f"accuracy gate of {r.name}-{v.name} against the FP32 reference (Polygraphy)",
+                "actions": [(run_stage, [check.run_check, job])],
+                "file_dep": [str(refs["inputs"]), str(refs["outputs"]), str(job.variant_onnx),
+                             *([str(job.engine)] if with_engine else []),
+                             *code("stages/check.py", "stages/reference.py", "detection.py")],
+                "targets": [str(job.report_json), str(job.report_png)],
+                "uptodate": [config_changed({"check": jsonable(v.check), "verify": jsonable(r.verify),
+                                             "tensorrt": with_engine,
+                                             "tools": tool_versions("polygraphy", "onnxruntime", "ultralytics")})],
+                "clean": True,
+            }
+
+
 def _qdq_task(project: Project, r: Recipe, v: Variant) -> dict:
     outs = calib_outputs(project, r, v)
     return {
@@ -335,15 +405,18 @@ def build_tasks(project: Project) -> Iterator[dict]:
             job, problem = _engine_plan(project, r, v)
             name = f"{r.name}-{v.name}"
             doc = f"everything for the {v.name} variant of {r.name} (engine included; needs trtexec)"
+            checks = [f"check:{name}"] if r.verify else []
             if job is None and project.trtexec is not None:  # refused by the renderer: before any work
                 yield {"name": name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
             else:
-                yield {"name": name, "doc": doc, "actions": None, "task_dep": [f"engine:{name}"]}
+                yield {"name": name, "doc": doc, "actions": None, "task_dep": [f"engine:{name}", *checks]}
 
 
 def cpu_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         deps = [f"export:{r.name}", f"surgery:{r.name}"]
         deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if v.precision in ("fp16", "int8")]
+        if r.verify:
+            deps += [f"reference:{r.name}", *(f"check:{r.name}-{v.name}" for v in r.variants)]
         yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
                "actions": None, "task_dep": deps}

@@ -1,0 +1,57 @@
+"""reference: FP32 outputs of the exported model under ONNX Runtime, on fixed real inputs.
+
+The inputs are the verification images, preprocessed exactly as for calibration and
+deployment. Inputs and outputs are saved in Polygraphy's JSON formats, so that
+`polygraphy run <model> --onnxrt --load-inputs inputs.json --load-outputs outputs.json`
+(or `--trt` on a GPU host) reruns the same comparison by hand, unchanged.
+
+The reference model is the export, before surgery: checking the FP32 variant against it
+then covers the surgery passes too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_output, write_text_atomic
+from ..errors import StageError, require
+from ..images import ImageRef, decode_image, preprocess
+
+RUNNER = "onnxrt-fp32-reference"
+
+
+def feeds_for(images: tuple[ImageRef, ...], input_name: str, height: int, width: int, batch: int) -> list[dict]:
+    """One Polygraphy feed dict per iteration, `batch` images each (the last may be short
+    only when the input's batch axis is dynamic, which is when batch is 1)."""
+    np = require("numpy", "core")
+    arrays = [preprocess(decode_image(ref.path.read_bytes(), ref.name), height, width) for ref in images]
+    if len(arrays) % batch:
+        raise StageError(f"verify.count: {len(arrays)} images do not fill batches of {batch} "
+                         "(the input's batch is fixed); use a multiple")
+    return [{input_name: np.concatenate(arrays[i:i + batch])} for i in range(0, len(arrays), batch)]
+
+
+def run_onnxruntime(onnx_path: Path, feeds: list[dict]) -> list[dict]:
+    """Outputs {name: array} per feed, on CPU."""
+    ort = require("onnxruntime", "core")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
+
+
+def make_reference(onnx_path: Path, images: tuple[ImageRef, ...], input_name: str, height: int, width: int,
+                   batch: int, inputs_out: Path, outputs_out: Path, images_out: Path) -> None:
+    """Write inputs.json and outputs.json (Polygraphy formats) and the list of images used."""
+    require("polygraphy", "core")
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+
+    feeds = feeds_for(images, input_name, height, width, batch)
+    results = RunResults()
+    results.add(run_onnxruntime(onnx_path, feeds), runner_name=RUNNER)
+    with atomic_output(inputs_out) as temp:
+        save_json(feeds, str(temp), description="trtforge verification inputs")
+    with atomic_output(outputs_out) as temp:
+        results.save(str(temp))
+    write_text_atomic(images_out, json.dumps([ref.name for ref in images], indent=1) + "\n")

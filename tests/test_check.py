@@ -1,0 +1,136 @@
+"""The accuracy gate: Polygraphy comparisons of real ONNX models under ONNX Runtime, the
+detection agreement gate, the report files, and one-line failures."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtforge.errors import StageError
+from trtforge.recipe import CheckSpec, VerifySpec
+from trtforge.stages.check import CheckJob, run_check
+from trtforge.stages.reference import RUNNER
+
+ANCHORS = 64  # a small synthetic detect head: [1, 84, 64]
+
+
+def raw_head(boxes: list[tuple[float, float, float, float, int, float]]) -> np.ndarray:
+    """[1, 84, ANCHORS] like YOLOv8's export output: xywh rows, then 80 class-score rows."""
+    raw = np.zeros((1, 84, ANCHORS), np.float32)
+    for i, (x, y, w, h, cls, score) in enumerate(boxes):
+        raw[0, :4, i] = (x, y, w, h)
+        raw[0, 4 + cls, i] = score
+    return raw
+
+
+REFERENCE_BOXES = [(40 + 60 * i, 50 + 40 * (i % 3), 30, 30, i % 5, 0.9 - 0.05 * i) for i in range(8)]
+
+
+def constant_head_model(head: np.ndarray, path: Path) -> Path:
+    """A real ONNX model whose output0 is `head` (plus 0 x the input, so the input is used)."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
+         helper.make_node("Mul", ["m", "zero"], ["z"]),
+         helper.make_node("Add", ["head", "z"], ["output0"])],
+        "head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(head.shape))],
+        [numpy_helper.from_array(head, "head"), numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def reference(tmp_path) -> tuple[Path, Path]:
+    """Polygraphy inputs/outputs JSON of the reference head, written by the real stage code."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+
+    feeds = [{"images": np.full((1, 3, 8, 8), 0.5, np.float32)}]
+    results = RunResults()
+    results.add([{"output0": raw_head(REFERENCE_BOXES)}], runner_name=RUNNER)
+    save_json(feeds, str(tmp_path / "inputs.json"))
+    results.save(str(tmp_path / "outputs.json"))
+    model = constant_head_model(raw_head(REFERENCE_BOXES), tmp_path / "reference.onnx")
+    return model, tmp_path
+
+
+def job(folder: Path, candidate: Path, **tolerances) -> CheckJob:
+    spec = {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_map50_vs_fp32": 0.9, **tolerances}
+    return CheckJob(task="check:t-v", variant_onnx=candidate, engine=folder / "engine.plan",
+                    reference_inputs=folder / "inputs.json", reference_outputs=folder / "outputs.json",
+                    check=CheckSpec(**spec), verify=VerifySpec(images=Path("x"), conf=0.25, iou=0.7),
+                    report_json=folder / "check.json", report_png=folder / "check.png")
+
+
+def test_identical_model_passes_and_the_report_is_complete(reference):
+    model, folder = reference
+    run_check(job(folder, model))
+    report = json.loads((folder / "check.json").read_text())
+    assert report["passed"] and report["onnx"]["outputs"]["output0"]["max_absdiff"] == 0
+    assert report["engine"] == {"status": "skipped: TensorRT not installed"}  # never "passed" here
+    detection = report["detection"]
+    assert detection["status"] == "passed" and detection["matched"] == detection["reference_detections"] == 8
+    assert (folder / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zero_tolerance_fails_in_one_line_naming_output_and_statistic(reference, tmp_path):
+    model, folder = reference
+    nudged = raw_head(REFERENCE_BOXES)
+    nudged[0, :4] += 0.01  # boxes move by a hundredth of a pixel
+    candidate = constant_head_model(nudged, tmp_path / "nudged.onnx")
+    with pytest.raises(StageError) as info:
+        run_check(job(folder, candidate, atol=0.0, rtol=0.0))
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.match(r"check:t-v: onnx output 'output0': max abs error 0\.01\d* exceeds atol 0 and max rel "
+                    r"error \S+ exceeds rtol 0 \(report: .*check.json\)$", message), message
+    assert json.loads((folder / "check.json").read_text())["passed"] is False  # report written anyway
+
+
+def test_detection_gate_fails_when_classes_change(reference, tmp_path):
+    model, folder = reference
+    swapped = [(x, y, w, h, (c + 1) % 5 if i % 2 else c, s) for i, (x, y, w, h, c, s) in enumerate(REFERENCE_BOXES)]
+    candidate = constant_head_model(raw_head(swapped), tmp_path / "swapped.onnx")
+    with pytest.raises(StageError, match=r"detection agreement with FP32: mAP50 0\.\d+ is below min_map50_vs_fp32 0.9"):
+        run_check(job(folder, candidate, atol=100.0, rtol=100.0))  # raw tensors pass; detections do not
+    assert json.loads((folder / "check.json").read_text())["detection"]["recall"] == 0.5
+
+
+def test_no_reference_detections_is_reported_as_skipped_not_passed(tmp_path):
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+
+    empty = raw_head([])
+    save_json([{"images": np.zeros((1, 3, 8, 8), np.float32)}], str(tmp_path / "inputs.json"))
+    results = RunResults()
+    results.add([{"output0": empty}], runner_name=RUNNER)
+    results.save(str(tmp_path / "outputs.json"))
+    run_check(job(tmp_path, constant_head_model(empty, tmp_path / "m.onnx")))
+    status = json.loads((tmp_path / "check.json").read_text())["detection"]["status"]
+    assert status.startswith("skipped: the FP32 reference detects nothing")
+
+
+def test_saved_reference_loads_in_the_real_polygraphy_cli(reference):
+    model, folder = reference
+    polygraphy = Path(sys.executable).parent / "polygraphy"  # the console script pip installs
+    result = subprocess.run([str(polygraphy), "run", str(model), "--onnxrt",
+                             "--load-inputs", str(folder / "inputs.json"),
+                             "--load-outputs", str(folder / "outputs.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "PASSED" in result.stdout + result.stderr
+
+
+def test_an_output_of_another_shape_fails_clearly(reference, tmp_path):
+    model, folder = reference
+    candidate = constant_head_model(raw_head(REFERENCE_BOXES)[:, :, :32], tmp_path / "short.onnx")
+    with pytest.raises(StageError, match="onnx output 'output0': its shape differs from the reference's"):
+        run_check(job(folder, candidate))

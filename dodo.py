@@ -56,6 +56,16 @@ def task_check():
     yield from tasks.check_tasks(PROJECT)
 
 
+def task_package():
+    """reproducible release archive of a built variant"""
+    yield from tasks.package_tasks(PROJECT)
+
+
+def task_kit():
+    """build kit for the target device (no Python needed there)"""
+    yield from tasks.kit_tasks(PROJECT)
+
+
 def task_build():
     """build a variant: everything up to its engine"""
     yield from tasks.build_tasks(PROJECT)

@@ -136,6 +136,14 @@ class VerifySpec:
 
 
 @dataclass(frozen=True)
+class PackageSpec:
+    """Opt-in release layouts beside the plain archive."""
+
+    triton: bool = False
+    ultralytics_engine: bool = False
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     precision: str
@@ -156,6 +164,7 @@ class Recipe:
     description: str = ""
     build: BuildOptions = field(default_factory=BuildOptions)
     verify: VerifySpec | None = None
+    package: PackageSpec = field(default_factory=PackageSpec)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -506,7 +515,8 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
 
 # ----------------------------------------------------------------------------- entry points
 
-_TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "verify", "variants"}
+_TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "verify", "package",
+             "variants"}
 
 
 def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
@@ -541,7 +551,13 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
         build=base,
         variants=_variants(doc, ("variants",), top["variants"], base, spec, root, verify),
         verify=verify,
+        package=_package(doc, ("package",), top.get("package", {})),
     )
+
+
+def _package(doc: Document, path: FieldPath, value: Any) -> PackageSpec:
+    value = _check_keys(doc, path, value, {"triton", "ultralytics_engine"})
+    return PackageSpec(**{k: _boolean(doc, path + (k,), v) for k, v in value.items()})
 
 
 def load_recipes(folder: Path, root: Path, known_passes: Mapping[str, Any]) -> list[Recipe]:

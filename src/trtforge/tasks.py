@@ -23,7 +23,8 @@ from .errors import ToolError, TrtforgeError
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import RenderError, check_intent, default_profiles, render_argv
-from .stages import autocast, calibrate, check, engine, export, qdq, reference, surgery as surgery_stage
+from .stages import (autocast, calibrate, check, engine, export, kit, package, qdq, reference,
+                     surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
 from .trtexec import Trtexec, find_trtexec, not_found_message
@@ -174,9 +175,9 @@ def export_tasks(project: Project) -> Iterator[dict]:
             "name": r.name,
             "doc": f"export {r.name} to ONNX (opset {r.opset})",
             "actions": [(run_stage, [export.export_onnx, r.model, r.input, r.opset, project.root,
-                                     recipe_dir(project, r) / "export.onnx"])],
+                                     recipe_dir(project, r) / "export.onnx", recipe_dir(project, r) / "export.json"])],
             "file_dep": ([str(project.root / source)] if source else []) + code("stages/export.py"),
-            "targets": [str(recipe_dir(project, r) / "export.onnx")],
+            "targets": [str(recipe_dir(project, r) / "export.onnx"), str(recipe_dir(project, r) / "export.json")],
             "uptodate": [config_changed({"model": jsonable(r.model), "input": jsonable(r.input),
                                          "opset": r.opset, "tools": tool_versions(*tools)})],
             "clean": True,
@@ -420,3 +421,108 @@ def cpu_tasks(project: Project) -> Iterator[dict]:
             deps += [f"reference:{r.name}", *(f"check:{r.name}-{v.name}" for v in r.variants)]
         yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
                "actions": None, "task_dep": deps}
+
+
+def _release_record(project: Project, r: Recipe, v: Variant) -> Path:
+    return project.artifacts / "release" / f"{r.name}-{v.name}.release.json"
+
+
+def _archive_intact(record: str):
+    """uptodate check: the archive the record names still exists with its recorded hash.
+
+    The archive's name depends on the engine (TensorRT version, GPU, hash), so doit's
+    target is the small record; this check keeps a deleted or edited archive from being
+    trusted because the record survived.
+    """
+    import hashlib
+    import json
+
+    def check(task, values) -> bool:
+        try:
+            entry = json.loads(Path(record).read_text())
+            archive = Path(record).parent / entry["archive"]
+            return hashlib.sha256(archive.read_bytes()).hexdigest() == entry["sha256"]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    return check
+
+
+def package_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            job, problem = _engine_plan(project, r, v)
+            name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
+            doc = f"release archive of {name} (engine, ONNX, manifest, reproduce.sh)"
+            if job is None:
+                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+                continue
+            files = [("engine.plan", out / engine.ENGINE), ("model.onnx", job.onnx),
+                     ("summary.json", out / engine.SUMMARY), ("trtexec.log", out / engine.LOG)]
+            if job.onnx != surgered_onnx(project, r):
+                files.append(("model.fp32.onnx", surgered_onnx(project, r)))
+            if v.precision == "int8":
+                files += [("calib.cache", calib_outputs(project, r, v)["cache"]),
+                          ("calib.json", calib_outputs(project, r, v)["report"])]
+            if r.verify:
+                files.append(("check.json", out / "check.json"))
+            record = _release_record(project, r, v)
+            batch_axis = 0 in r.input.dynamic_axes
+            pjob = package.PackageJob(
+                task=f"package:{name}", recipe=r.name, variant=v.name, files=tuple(files),
+                summary=out / engine.SUMMARY, script=out / engine.SCRIPT,
+                export_metadata=recipe_dir(project, r) / "export.json",
+                resolved_recipe=_portable_recipe(r), max_batch=_max_batch(job) if batch_axis else 0,
+                triton=r.package.triton, ultralytics_engine=r.package.ultralytics_engine,
+                release_dir=project.artifacts / "release", record=record)
+            yield {
+                "name": name,
+                "doc": doc,
+                "actions": [(run_stage, [package.make_package, pjob])],
+                "file_dep": [*(str(p) for _, p in files), str(pjob.script), str(pjob.export_metadata),
+                             *code("stages/package.py")],
+                "targets": [str(record)],
+                "uptodate": [config_changed({"recipe": pjob.resolved_recipe, "package": jsonable(r.package)}),
+                             _archive_intact(str(record))],
+                "clean": True,
+            }
+
+
+def _portable_recipe(r: Recipe) -> dict:
+    """The resolved recipe with no absolute path in it (it goes into release manifests)."""
+    data = jsonable(r)
+    data["file"] = r.file.name
+    return data
+
+
+def _max_batch(job: engine.EngineJob) -> int:
+    return max(rng.max[0] for profile in job.build.profiles for _, rng in profile)
+
+
+def kit_tasks(project: Project) -> Iterator[dict]:
+    for r in project.recipes:
+        for v in r.variants:
+            name = f"{r.name}-{v.name}"
+            onnx_files = [("model.onnx", surgered_onnx(project, r))]
+            extra = []
+            if v.precision == "fp16":
+                onnx_files.append(("autocast.onnx", autocast_onnx(project, r, v)))
+            if v.precision == "int8":
+                onnx_files.append(("qdq.onnx", qdq_onnx(project, r, v)))
+                extra.append(("calib.cache", calib_outputs(project, r, v)["cache"]))
+            if r.verify:
+                refs = reference_outputs(project, r)
+                extra += [("verify/inputs.json", refs["inputs"]), ("verify/outputs.json", refs["outputs"])]
+            output = project.artifacts / "kit" / f"{name}-kit.tar.gz"
+            job = kit.KitJob(task=f"kit:{name}", stem=f"{name}-kit", job=_engine_job(project, r, v, "auto"),
+                             onnx_files=tuple(onnx_files), extra_files=tuple(extra), output=output)
+            yield {
+                "name": name,
+                "doc": f"build kit of {name} for building on the target device (build.sh per TensorRT version)",
+                "actions": [(run_stage, [kit.make_kit, job])],
+                "file_dep": [*(str(p) for _, p in (*onnx_files, *extra)),
+                             *code("stages/kit.py", "stages/engine.py", "render.py")],
+                "targets": [str(output)],
+                "uptodate": [config_changed({"build": jsonable(v.build), "precision": v.precision})],
+                "clean": True,
+            }

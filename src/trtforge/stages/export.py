@@ -8,22 +8,50 @@ that opset, names and dynamic axes come from the recipe alone.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, write_text_atomic
 from ..console import warn
 from ..errors import StageError, require
 from ..recipe import InputSpec, ModelSource
 
 
-def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, output: Path) -> None:
-    """Write the recipe's model as ONNX to `output` (atomically)."""
+def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, output: Path,
+                metadata_out: Path | None = None) -> None:
+    """Write the recipe's model as ONNX to `output` (atomically), and what is known about
+    it (class names, stride, task) as JSON to `metadata_out`, for release packaging."""
+    metadata = {"source": model.source, "imgsz": list(spec.shape[2:])}
     if model.source == "onnx":
         _copy_checked_onnx(root / model.path, output)
-        return
+    else:
+        module = (_ultralytics_module(model, spec, root) if model.source == "ultralytics"
+                  else _factory_module(model, root))
+        metadata.update(_model_metadata(module))
+        if model.source == "ultralytics":
+            from ultralytics.nn.tasks import guess_model_task
+
+            metadata["task"] = guess_model_task(module)
+        _export_module(module, spec, opset, output)
+    if metadata_out is not None:
+        write_text_atomic(metadata_out, json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+
+
+def _model_metadata(module) -> dict:
+    """Class names and stride as Ultralytics models carry them (empty for other modules)."""
+    out = {}
+    names = getattr(module, "names", None)
+    if isinstance(names, dict):
+        out["names"] = {int(k): str(v) for k, v in names.items()}
+    stride = getattr(module, "stride", None)
+    if stride is not None:
+        out["stride"] = int(max(stride.tolist())) if hasattr(stride, "tolist") else int(stride)
+    return out
+
+
+def _export_module(module, spec: InputSpec, opset: int, output: Path) -> None:
     torch = require("torch", "yolo")
-    module = _ultralytics_module(model, spec, root) if model.source == "ultralytics" else _factory_module(model, root)
     dummy = torch.zeros(spec.shape, dtype=torch.float32)
     with torch.no_grad():  # inference_mode would cache anchors that export cannot trace
         outputs = module(dummy)

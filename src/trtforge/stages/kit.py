@@ -1,0 +1,110 @@
+"""kit: everything needed to build a variant's engine on the target device, without Python.
+
+Engines must be built on the GPU they run on (a Jetson, say), often far from the laptop
+where export, calibration and checks ran. The kit carries the ONNX forms, the calibration
+cache, the verification inputs and reference outputs, and `build.sh`: it reads the local
+trtexec's version banner and runs the command the engine stage would render for that
+TensorRT generation, each written out in full here by the same renderer (a generation
+the recipe cannot build on prints the renderer's refusal instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..atomic import atomic_output
+from ..render import RenderError, check_intent, render_argv
+from ..trt_version import GENERATIONS, version_for_generation
+from .engine import EngineJob, engine_intent, expand_layer_globs
+from .package import reproducible_tar_gz
+
+
+@dataclass(frozen=True)
+class KitJob:
+    task: str
+    stem: str  # top folder in the archive, e.g. yolov8n-int8-kit
+    job: EngineJob  # the engine job as planned for this host (its ONNX choice is re-made per generation)
+    onnx_files: tuple[tuple[str, Path], ...]  # model.onnx (surgered) and the precision forms that exist
+    extra_files: tuple[tuple[str, Path], ...]  # calib.cache, verify/inputs.json, verify/outputs.json
+    output: Path
+
+
+def make_kit(kit: KitJob) -> None:
+    members = {name: path.read_bytes() for name, path in (*kit.onnx_files, *kit.extra_files) if path.is_file()}
+    members["build.sh"] = build_script(kit, set(members)).encode()
+    members["manifest.json"] = (json.dumps({
+        "format": "trtforge-kit/1", "task": kit.task,
+        "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in sorted(members.items())},
+    }, indent=2, sort_keys=True) + "\n").encode()
+    with atomic_output(kit.output) as temp:
+        temp.write_bytes(reproducible_tar_gz(kit.stem, members))
+
+
+def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[str] | str:
+    """trtexec argv for one generation, or the one-line reason it cannot build this variant."""
+    version = version_for_generation(generation)
+    job = kit.job
+    try:
+        mode = check_intent(job.precision, job.build, version)
+    except RenderError as exc:
+        return str(exc)
+    onnx = {("fp16", "explicit"): "autocast.onnx", ("int8", "explicit"): "qdq.onnx"}.get((job.precision, mode),
+                                                                                         "model.onnx")
+    if onnx not in present:
+        return f"this kit has no {onnx} (rebuild the kit with trtforge's quantize stage available)"
+    keep = ()
+    if job.build.keep_fp32 and job.precision != "fp32" and mode == "implicit":
+        keep = expand_layer_globs(dict(kit.onnx_files)["model.onnx"], job.build.keep_fp32)
+    intent = replace(engine_intent(replace(job, mode=mode), keep), onnx=onnx)
+    return render_argv(intent, version)
+
+
+def build_script(kit: KitJob, present: set[str]) -> str:
+    branches = []
+    for generation in GENERATIONS:
+        command = generation_command(kit, generation, present)
+        if isinstance(command, str):
+            body = f"echo {shlex.quote(f'build.sh: {command}')} >&2; exit 1"
+        else:
+            body = 'exec "$TRTEXEC" ' + " ".join(shlex.quote(a) for a in command)
+        branches.append(f"  {generation})\n    {body} ;;")
+    return _SCRIPT.format(task=kit.task, branches="\n".join(branches))
+
+
+_SCRIPT = """#!/bin/sh
+# {task}: build this engine here, with this device's trtexec (no Python needed).
+# Usage: sh build.sh            (TRTEXEC=/path/to/trtexec sh build.sh to pick one)
+# The command for each TensorRT generation was rendered by trtforge; this script only
+# reads trtexec's version banner and picks the matching one.
+set -eu
+cd "$(dirname "$0")"
+TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
+if [ ! -x "$TRTEXEC" ]; then
+  echo "build.sh: no trtexec at $TRTEXEC; set TRTEXEC=/path/to/trtexec" >&2; exit 1
+fi
+number=$("$TRTEXEC" --help 2>/dev/null | sed -n 's/^&&&& RUNNING TensorRT\\.trtexec \\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' | head -n 1)
+if [ -z "$number" ]; then
+  echo "build.sh: $TRTEXEC printed no TensorRT version banner; is it trtexec?" >&2; exit 1
+fi
+if [ "$number" -lt 10000 ]; then
+  major=$((number / 1000)); minor=$((number / 100 % 10))
+else
+  major=$((number / 10000)); minor=$((number / 100 % 100))
+fi
+case "$major.$minor" in
+  8.2) generation=8.2 ;;
+  8.6) generation=8.6 ;;
+  10.*) generation=10 ;;
+  *) if [ "$major" -ge 11 ]; then generation=11; else generation=unsupported; fi ;;
+esac
+echo "build.sh: TensorRT $major.$minor, grammar $generation" >&2
+case "$generation" in
+{branches}
+  *)
+    echo "build.sh: TensorRT $major.$minor is not supported (8.2, 8.6, 10.x, 11.x are)" >&2; exit 1 ;;
+esac
+"""

@@ -1,0 +1,184 @@
+"""package: a reproducible release archive of one built variant.
+
+`artifacts/release/<recipe>-<variant>-trt<version>-sm<cc>-<engine hash>.tar.gz` holds the
+engine, the ONNX it was built from (as `model.onnx`, the name its command uses, plus
+`model.fp32.onnx` when a Q/DQ or AutoCast model was built), the calibration cache, the
+reports, `reproduce.sh` with the exact trtexec command, and `manifest.json`: a sha256 per
+file, the resolved recipe, the argv, what the build log says about TensorRT, CUDA and the
+GPU, the calibration set's content key, the verification results (skipped checks marked)
+and trtexec's performance summary. Engines only load where they were built for (GPU,
+TensorRT version, flags): the manifest says which, so a fleet can check before deploying.
+
+The same inputs give a byte-identical archive: sorted members, mtime/uid/gid 0, no
+owner names, fixed modes, PAX format and a gzip header with no name or time. A sidecar
+`<archive>.sha256` lets `trtforge verify-package` refuse a damaged archive before it
+decompresses anything.
+
+Opt-in layouts: a Triton model repository (`triton/<name>/config.pbtxt` with platform
+`tensorrt_plan`, `triton/<name>/1/model.plan`) and an Ultralytics-loadable `<name>.engine`
+(4-byte little-endian length, JSON metadata, then the plan), opt-in because that header
+makes the file unreadable to plain trtexec and DeepStream.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_output, write_text_atomic
+from ..errors import StageError, require
+
+FORMAT = "trtforge-release/1"
+
+
+@dataclass(frozen=True)
+class PackageJob:
+    task: str
+    recipe: str
+    variant: str
+    files: tuple[tuple[str, Path], ...]  # (name in the archive, source), optional ones may be missing
+    summary: Path  # the engine stage's summary.json
+    script: Path  # the engine stage's trtexec.sh
+    export_metadata: Path  # names, stride, task, imgsz
+    resolved_recipe: dict
+    max_batch: int  # 0 when the batch axis is fixed
+    triton: bool
+    ultralytics_engine: bool
+    release_dir: Path
+    record: Path  # the doit target: names the archive and its sha256
+
+
+def archive_stem(recipe: str, variant: str, summary: dict) -> str:
+    version = summary.get("tensorrt", "unknown")
+    cc = summary.get("device", {}).get("compute_capability", "unknown").replace(".", "")
+    return f"{recipe}-{variant}-trt{version}-sm{cc}-{summary['engine_sha256'][:8]}"
+
+
+def make_package(job: PackageJob) -> None:
+    summary = json.loads(job.summary.read_text())
+    stem = archive_stem(job.recipe, job.variant, summary)
+    members = {name: path.read_bytes() for name, path in job.files if path.is_file()}
+    members["reproduce.sh"] = _reproduce_script(job.script.read_text())
+    metadata = json.loads(job.export_metadata.read_text())
+    if job.triton:
+        members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_"), members["model.onnx"],
+                                         members["engine.plan"], job.max_batch))
+    if job.ultralytics_engine:
+        members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members["engine.plan"], metadata,
+                                                                           job.max_batch or 1)
+    manifest = _manifest(job, summary, members)
+    members["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    archive = job.release_dir / f"{stem}.tar.gz"
+    data = reproducible_tar_gz(stem, members)
+    digest = hashlib.sha256(data).hexdigest()
+    with atomic_output(archive) as temp:
+        temp.write_bytes(data)
+    write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
+    write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest}, indent=1) + "\n")
+
+
+def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes]) -> dict:
+    calib = _json_member(members, "calib.json")
+    check = _json_member(members, "check.json")
+    return {
+        "format": FORMAT,
+        "recipe": job.resolved_recipe,
+        "variant": job.variant,
+        "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                  for name, data in sorted(members.items())},
+        "tensorrt": summary.get("tensorrt"),
+        "device": summary.get("device", {}),
+        "argv": summary.get("argv", []),
+        "performance": summary.get("performance", {}),
+        "calibration": ({k: calib.get(k) for k in ("key", "method", "images", "skipped", "batch")}
+                        if calib else None),
+        "verification": _verification(check) if check else {"status": "skipped: recipe has no verify section"},
+    }
+
+
+def _verification(check: dict) -> dict:
+    return {
+        "passed": check.get("passed"),
+        "onnx": {name: out.get("passed") for name, out in check.get("onnx", {}).get("outputs", {}).items()},
+        "engine": check.get("engine", {}).get("status"),
+        "detection": {k: check["detection"].get(k) for k in ("status", "map50", "precision", "recall")}
+        if "detection" in check else None,
+    }
+
+
+def _json_member(members: dict[str, bytes], name: str) -> dict | None:
+    return json.loads(members[name]) if name in members else None
+
+
+def _reproduce_script(trtexec_sh: str) -> bytes:
+    body = trtexec_sh.replace("# It runs in a work folder holding these inputs under these names:",
+                              "# Run it in this folder; it names its inputs as they are stored here.")
+    return body.encode()
+
+
+def reproducible_tar_gz(stem: str, members: dict[str, bytes]) -> bytes:
+    """A .tar.gz whose bytes depend only on the members' names and contents."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(f"{stem}/{name}")
+            info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(members[name]), 0, 0, 0, "", ""
+            info.mode = 0o755 if name.endswith(".sh") else 0o644
+            tar.addfile(info, io.BytesIO(members[name]))
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- layouts
+
+_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 3: "TYPE_INT8",
+                 2: "TYPE_UINT8"}
+
+
+def triton_repository(name: str, onnx_bytes: bytes, plan: bytes, max_batch: int) -> dict[str, bytes]:
+    """`triton/<name>/config.pbtxt` and `triton/<name>/1/model.plan`, I/O from the ONNX."""
+    onnx = require("onnx", "core")
+    graph = onnx.load_from_string(onnx_bytes).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def tensors(values) -> str:
+        entries = []
+        for value in values:
+            tensor_type = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+            if max_batch:
+                dims = dims[1:]  # Triton adds the batch dimension itself
+            dtype = _TRITON_TYPES.get(tensor_type.elem_type)
+            if dtype is None:
+                raise StageError(f"Triton layout: tensor '{value.name}' has an ONNX type Triton's "
+                                 f"TensorRT backend is not mapped for ({tensor_type.elem_type})")
+            entries.append(f'  {{\n    name: "{value.name}"\n    data_type: {dtype}\n'
+                           f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
+        return ",\n".join(entries)
+
+    inputs = [i for i in graph.input if i.name not in initializers]
+    config = (f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
+              f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(graph.output)}\n]\n")
+    return {f"triton/{name}/config.pbtxt": config.encode(), f"triton/{name}/1/model.plan": plan}
+
+
+def ultralytics_engine(plan: bytes, metadata: dict, batch: int) -> bytes:
+    """The `.engine` Ultralytics' AutoBackend loads: int32 LE length, JSON metadata, plan."""
+    meta = {
+        "description": "exported by trtforge",
+        "author": "trtforge",
+        "task": metadata.get("task", "detect"),
+        "stride": metadata.get("stride", 32),
+        "batch": batch,
+        "imgsz": metadata.get("imgsz"),
+        "names": metadata.get("names", {}),
+    }
+    blob = json.dumps(meta, sort_keys=True).encode()
+    return len(blob).to_bytes(4, byteorder="little", signed=True) + blob + plan

@@ -262,3 +262,88 @@ def test_a_variant_outside_tolerance_fails_the_build_in_one_line(verified_projec
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("check:yolov8n-fp16: ")]
     assert len(lines) == 1 and "onnx output 'output0': max abs error" in lines[0] and "exceeds atol 0" in lines[0]
     assert json.loads((verified_project / "artifacts/yolov8n/fp16/check.json").read_text())["passed"] is False
+
+
+# ----------------------------------------------------------------------------- release
+
+PACKAGE = "package: {triton: true, ultralytics_engine: true}\n"
+
+
+def archive_members(archive: Path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path):
+    recipe = int8_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text() + PACKAGE)
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    assert run_doit(int8_project, "package:yolov8n-int8", env=env).returncode == 0
+    release = int8_project / "artifacts" / "release"
+    (archive,) = release.glob("yolov8n-int8-trt10.8.0-sm86-*.tar.gz")
+    first = archive.read_bytes()
+    archive.unlink()  # the record survives, the archive does not: it must be rebuilt, not trusted
+    result = run_doit(int8_project, "package:yolov8n-int8", env=env)
+    assert executed(result) == ["package:yolov8n-int8"] and archive.read_bytes() == first
+    assert (release / (archive.name + ".sha256")).read_text().split()[0] == sha256(archive)
+
+    members = archive_members(archive)
+    manifest = json.loads(members.pop("manifest.json"))
+    assert manifest["files"] == {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in members.items()}
+    assert {"engine.plan", "model.onnx", "model.fp32.onnx", "calib.cache", "reproduce.sh", "summary.json"} <= set(members)
+    assert members["model.onnx"] == (int8_project / "artifacts/yolov8n/int8/qdq.onnx").read_bytes()
+    assert manifest["tensorrt"] == "10.8.0" and manifest["device"]["compute_capability"] == "8.6"
+    assert manifest["calibration"]["key"] == json.loads((int8_project / "artifacts/yolov8n/int8/calib.json").read_text())["key"]
+    assert manifest["verification"]["status"].startswith("skipped")
+    assert manifest["performance"]["throughput_qps"] > 0
+    assert str(int8_project) not in json.dumps(manifest)  # no absolute path
+    assert b"--onnx=model.onnx" in members["reproduce.sh"]
+
+
+def test_triton_and_ultralytics_layouts(int8_project, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    from ultralytics.nn.backends.base import BaseBackend
+
+    recipe = int8_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text() + PACKAGE)
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "8.6"))}
+    assert run_doit(int8_project, "package:yolov8n-int8", env=env).returncode == 0
+    (archive,) = (int8_project / "artifacts" / "release").glob("*.tar.gz")
+    members = archive_members(archive)
+    config = text_format.Parse(members["triton/yolov8n_int8/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 4  # the profile's max batch
+    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [3, 160, 160])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("output0", [84, 525])]
+    assert members["triton/yolov8n_int8/1/model.plan"] == members["engine.plan"]
+
+    engine_file = tmp_path / "yolov8n-int8.engine"
+    engine_file.write_bytes(members["yolov8n-int8.engine"])
+    offset, meta = BaseBackend.engine_header(engine_file)  # Ultralytics' own reader
+    assert meta["task"] == "detect" and meta["imgsz"] == [160, 160] and meta["stride"] == 32
+    assert len(meta["names"]) == 80 and meta["batch"] == 4
+    assert members["yolov8n-int8.engine"][offset:] == members["engine.plan"]
+
+
+@pytest.mark.parametrize("version", ["8.2", "8.6", "10.8", "11.0"])
+def test_kit_builds_on_the_device_with_each_generation(int8_project, tmp_path, version):
+    import subprocess
+    import tarfile
+
+    result = run_doit(int8_project, "kit:yolov8n-int8")  # no trtexec on this host: the kit needs none
+    assert result.returncode == 0, result.stdout + result.stderr
+    kit = int8_project / "artifacts" / "kit" / "yolov8n-int8-kit.tar.gz"
+    with tarfile.open(kit, "r:gz") as tar:
+        tar.extractall(tmp_path / "device", filter="data")
+    folder = tmp_path / "device" / "yolov8n-int8-kit"
+    assert subprocess.run(["bash", "-n", str(folder / "build.sh")]).returncode == 0
+    trtexec = make_wrapper(tmp_path / "bin", version)
+    build = subprocess.run(["sh", str(folder / "build.sh")], env={"TRTEXEC": str(trtexec), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    engine = read_engine(folder / "engine.plan")
+    expected = "model.onnx" if version in ("8.2", "8.6") else "qdq.onnx"
+    assert engine["onnx_sha256"] == sha256(folder / expected)
+    assert engine["trt_version"].startswith(version)

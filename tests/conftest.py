@@ -47,13 +47,18 @@ def small_project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "proj", {"yolov8n": SMALL_RECIPE})
 
 
-def run_doit(project: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m doit` in `project` the way a user would, with TRTEXEC from `env` only."""
+def doit_env(env: dict | None = None) -> dict:
+    """The caller's environment without any trtexec, plus `env`."""
     full_env = {k: v for k, v in os.environ.items() if k != "TRTEXEC"}
     full_env["PATH"] = os.pathsep.join(p for p in full_env.get("PATH", "").split(os.pathsep)
                                        if not (Path(p) / "trtexec").exists())
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=full_env,
+    return full_env
+
+
+def run_doit(project: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m doit` in `project` the way a user would, with TRTEXEC from `env` only."""
+    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=doit_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -23,6 +23,8 @@ from .errors import TrtforgeError
 # doit commands that only read the state: they neither take the lock nor sweep.
 READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
 _held_lock = None
+_stopped_by: int | None = None  # the signal that stopped this run
+current_task: str | None = None  # set by tasks.run_stage while a stage runs
 
 
 def doit_config(artifacts: Path) -> dict:
@@ -52,7 +54,9 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     swept = sweep_temporaries(artifacts)
     if swept:
         info(f"removed {len(swept)} temporary file(s) an interrupted run left in {artifacts}")
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    sys.excepthook = _report_stop
 
 
 def _take_lock(path: Path) -> None:
@@ -79,5 +83,23 @@ def _read_pid(path: Path) -> str | None:
         return None
 
 
-def _stop_on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
+def _stop_on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    """Ctrl-C and SIGTERM both become KeyboardInterrupt: doit then saves its state DB in its
+    `finally` (so every task that finished stays recorded) and the running stage's own
+    `finally` blocks end its tool's process group and remove its temporaries."""
+    global _stopped_by
+    _stopped_by = signum
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _report_stop(kind, value, tb) -> None:  # noqa: ANN001 - sys.excepthook signature
+    """One line instead of a traceback for a stop, and the shell's exit code for the signal."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    signum = _stopped_by or signal.SIGINT
+    where = f" during {current_task}" if current_task else ""
+    print(f"trtforge: stopped by {signal.Signals(signum).name}{where}; finished tasks are recorded and "
+          "partial outputs were removed: rerun the same command to continue", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)  # what a shell reports for a process ended by that signal

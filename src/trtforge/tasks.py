@@ -64,12 +64,18 @@ def load_project(root: Path) -> Project:
 
 # ----------------------------------------------------------------------------- helpers
 
-def run_stage(func: Callable[..., None], *args: Any) -> TaskFailed | None:
-    """doit action wrapper: a user-fixable error becomes doit's one-message failure."""
+def run_stage(func: Callable[..., None], *args: Any, task) -> TaskFailed | None:
+    """doit action wrapper: a user-fixable error becomes doit's one-message failure.
+
+    doit passes its Task as `task`; its name is what an interrupted run reports."""
+    from . import session
+
+    session.current_task = task.name  # left set when a stop interrupts the stage
     try:
         func(*args)
     except TrtforgeError as exc:
         return TaskFailed(str(exc))
+    session.current_task = None
     return None
 
 

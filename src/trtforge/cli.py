@@ -1,0 +1,89 @@
+"""The `trtforge` command: tools around the build that doit does not cover.
+
+A thin click group. Each command is a few lines over a library function; the group owns
+the error boundary so every command reports the same way: a `TrtforgeError` is one line
+`trtforge: <message>` on stderr and exit 1; click's usage errors (a missing file) exit 2;
+anything unexpected is one line plus a hint, and `--debug` shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import TrtforgeError
+
+
+class _Group(click.Group):
+    """Turns errors raised by any command into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except TrtforgeError as exc:
+            click.echo(f"trtforge: {exc}", err=True)
+            ctx.exit(1)
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"trtforge: unexpected error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("trtforge: rerun with `trtforge --debug ...` to see the traceback", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
+def main(debug: bool) -> None:
+    """trtforge: YAML recipes in, dependency-tracked TensorRT engines out.
+
+    Builds run through doit (`doit list`, `doit`); these commands work on what it produced.
+    """
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@main.command("verify-package", short_help="Check a release archive before deploying it.")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--max-gib", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
+              help="Refuse archives that decompress to more than this many GiB.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_package(archive: Path, max_gib: float, as_json: bool) -> None:
+    """Check a release ARCHIVE (.tar.gz) before deploying it; extracts nothing.
+
+    Checks the sidecar sha256, the gzip CRC, member names and types, every file against
+    the manifest, and whether this host's TensorRT and GPU match the build. Exit 0 when
+    it passes, 1 when it is refused.
+    """
+    from .release_verify import verify_archive
+
+    report = verify_archive(archive, max_bytes=int(max_gib * (1 << 30)))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    sidecar = ("sha256 matches" if report["sidecar"] == "matched"
+               else "absent (gzip CRC and manifest hashes checked instead)")
+    device = report["gpu"] or "unknown GPU"
+    if report["compute_capability"]:
+        device += f" (compute capability {report['compute_capability']})"
+    rows = [
+        ("format", report["format"]),
+        ("files", f"{report['files']} + manifest, {_mib(report['bytes'])} uncompressed, all match the manifest"),
+        ("sidecar", sidecar),
+        ("tensorrt", report["tensorrt"] or "unknown"),
+        ("built on", device),
+        ("this host", report["host_check"]),
+    ]
+    click.echo(f"OK  {archive.name}")
+    for label, value in rows:
+        click.echo(f"  {label:<10} {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -205,6 +205,10 @@ def test_changing_one_calibration_image_reruns_exactly_the_int8_chain(int8_proje
     result = run_doit(int8_project, "build:yolov8n-int8", env=env)
     assert "calib:yolov8n-int8" in executed(result)
 
+    shutil.copy(images[1], images[1].with_name("added.png"))  # and so does an added one
+    result = run_doit(int8_project, *everything, env=env)
+    assert executed(result)[0] == "calib:yolov8n-int8" and "engine:yolov8n-fp16" in up_to_date(result)
+
 
 def test_empty_calibration_set_is_refused_before_any_work(small_project, tmp_path):
     (small_project / "calib" / "imgs").mkdir(parents=True)
@@ -392,3 +396,20 @@ def test_a_stop_during_trtexec_ends_it_removes_partials_and_keeps_finished_work(
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and executed(rerun) == ["engine:yolov8n-fp32"], rerun.stdout
     assert read_engine(out / "engine.plan")["trt_version"] == "10.8.0"
+
+
+def test_outputs_changed_outside_the_tool_are_rebuilt_not_trusted(project, tmp_path):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    assert run_doit(project, "build:yolov8n-fp32", env=env).returncode == 0
+    out = project / "artifacts" / "yolov8n"
+    engine_file = out / "fp32" / "engine.plan"
+    good = engine_file.read_bytes()
+    engine_file.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # edited by hand, same size
+    result = run_doit(project, "build:yolov8n-fp32", env=env)
+    assert executed(result) == ["engine:yolov8n-fp32"] and engine_file.read_bytes() == good
+
+    onnx_file = out / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])  # a half-copied ONNX
+    result = run_doit(project, "build:yolov8n-fp32", env=env)
+    assert executed(result)[0] == "surgery:yolov8n", result.stdout
+    assert result.returncode == 0 and executed(result) == ["surgery:yolov8n"]  # same bytes again: engine stays

@@ -64,10 +64,12 @@ def load_project(root: Path) -> Project:
 
 # ----------------------------------------------------------------------------- helpers
 
-def run_stage(func: Callable[..., None], *args: Any, task) -> TaskFailed | None:
+def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFailed | dict:
     """doit action wrapper: a user-fixable error becomes doit's one-message failure.
 
-    doit passes its Task as `task`; its name is what an interrupted run reports."""
+    doit passes its Task as `task` (its name is what an interrupted run reports) and the
+    target list; what this returns is saved by doit with the success, so `outputs_intact`
+    can later tell an output changed outside the tool from the one this run wrote."""
     from . import session
 
     session.current_task = task.name  # left set when a stop interrupts the stage
@@ -76,7 +78,52 @@ def run_stage(func: Callable[..., None], *args: Any, task) -> TaskFailed | None:
     except TrtforgeError as exc:
         return TaskFailed(str(exc))
     session.current_task = None
-    return None
+    return {"outputs": {t: _fingerprint(Path(t)) for t in targets}}
+
+
+def _fingerprint(path: Path) -> list:
+    """[size, mtime_ns, sha256] of a file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+
+
+def outputs_intact(task, values) -> bool:
+    """uptodate check: every target is the file the last successful run wrote.
+
+    doit alone only checks that targets exist, so an engine edited by hand or a half-copied
+    ONNX would be trusted. Size is compared always; content (sha256) whenever the mtime
+    moved, so a no-op run hashes nothing.
+    """
+    recorded = values.get("outputs")
+    if not recorded:
+        return False
+    for target, (size, mtime_ns, sha) in recorded.items():
+        try:
+            stat = Path(target).stat()
+        except OSError:
+            return False
+        if stat.st_size != size or (stat.st_mtime_ns != mtime_ns and _fingerprint(Path(target))[2] != sha):
+            return False
+    return True
+
+
+def tracked(generator: Callable[[Project], Iterator[dict]]) -> Callable[[Project], Iterator[dict]]:
+    """Add `outputs_intact` to every task of `generator` that writes targets."""
+
+    @functools.wraps(generator)
+    def wrapper(project: Project) -> Iterator[dict]:
+        for task in generator(project):
+            if task.get("targets"):
+                task["uptodate"] = [*task.get("uptodate", []), outputs_intact]
+            yield task
+
+    return wrapper
 
 
 def refuse(message: str) -> TaskFailed:
@@ -173,6 +220,7 @@ def _selected_images(root: Path, images: Path, count: int | None, fraction: floa
 
 # ----------------------------------------------------------------------------- generators
 
+@tracked
 def export_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         source = r.model.weights or r.model.path
@@ -190,6 +238,7 @@ def export_tasks(project: Project) -> Iterator[dict]:
         }
 
 
+@tracked
 def surgery_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         passes = [(p.name, dict(p.params)) for p in r.surgery]
@@ -209,6 +258,7 @@ def surgery_tasks(project: Project) -> Iterator[dict]:
         }
 
 
+@tracked
 def calib_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
@@ -243,6 +293,7 @@ def calib_tasks(project: Project) -> Iterator[dict]:
             }
 
 
+@tracked
 def quantize_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
@@ -263,6 +314,7 @@ def quantize_tasks(project: Project) -> Iterator[dict]:
             }
 
 
+@tracked
 def reference_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         if r.verify is None:
@@ -296,6 +348,7 @@ def reference_tasks(project: Project) -> Iterator[dict]:
         }
 
 
+@tracked
 def check_tasks(project: Project) -> Iterator[dict]:
     with_engine = check.tensorrt_available()
     for r in project.recipes:
@@ -382,6 +435,7 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
     return _engine_job(project, r, v, mode), None
 
 
+@tracked
 def engine_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
@@ -454,6 +508,7 @@ def _archive_intact(record: str):
     return check
 
 
+@tracked
 def package_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
@@ -505,6 +560,7 @@ def _max_batch(job: engine.EngineJob) -> int:
     return max(rng.max[0] for profile in job.build.profiles for _, rng in profile)
 
 
+@tracked
 def kit_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:

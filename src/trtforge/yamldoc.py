@@ -95,8 +95,9 @@ def parse_document(text: str, file: str) -> Document:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
         raise RecipeError(file, f"file is larger than {MAX_RECIPE_BYTES // 1024} KiB; "
                                 "a recipe is a short hand-written file")
-    loader = _NoAliasLoader(text)
+    loader = None
     try:
+        loader = _NoAliasLoader(text)  # the reader already refuses control characters here
         root = loader.get_single_node()
         if root is None:
             raise RecipeError(file, "file is empty; see README.md for the recipe format")
@@ -113,7 +114,8 @@ def parse_document(text: str, file: str) -> Document:
     except yaml.YAMLError as exc:  # e.g. a reader error on bad bytes
         raise RecipeError(file, f"not readable as YAML: {str(exc).splitlines()[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return Document(file, data, locations)
 
 

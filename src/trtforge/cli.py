@@ -85,5 +85,55 @@ def verify_package(archive: Path, max_gib: float, as_json: bool) -> None:
         click.echo(f"  {label:<10} {value}")
 
 
+@main.command(short_help="Say what this host can build.")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="The project folder (the one holding dodo.py).")
+def doctor(project: Path) -> None:
+    """One screen on what this host can build; exit 0 when every recipe can be built as
+    far as this host allows (GPU-free stages without a GPU), 1 with the next step otherwise."""
+    from .doctor import blocking, diagnose
+
+    findings = diagnose(project.resolve())
+    for finding in findings:
+        click.echo(f"{finding.status:<8} {finding.topic:<16} {finding.detail}")
+        if finding.next_step and finding.status != "ok":
+            click.echo(f"{'':<8} {'':<16} next: {finding.next_step}")
+    stops = blocking(findings)
+    if stops:
+        raise TrtforgeError(f"{stops[0].topic}: {stops[0].next_step or stops[0].detail}")
+
+
+@main.command(short_help="Show what a build would run, and why, without running it.")
+@click.argument("target")
+@click.option("--trt", type=click.Choice(["8.2", "8.6", "10", "11"]), default=None,
+              help="Render for this TensorRT generation instead of the host's trtexec.")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
+    """TARGET is <recipe> or <recipe>-<variant>: the tasks `doit build:` would consider, which
+    would run and why (the reasons doit knows), and the exact trtexec command."""
+    from .plan import resolve_target, task_plan, trtexec_commands
+    from .tasks import load_project
+
+    loaded = load_project(project.resolve(), trt)
+    recipe, variants = resolve_target(loaded, target)
+    steps = task_plan(loaded, recipe, variants)
+    commands = trtexec_commands(loaded, recipe, variants)
+    if as_json:
+        click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands}, indent=2))
+        return
+    for step in steps:
+        click.echo(f"{'run' if step.status == 'run' else 'ok ':<4} {step.name}")
+        for reason in step.reasons if step.status == "run" else ():
+            click.echo(f"       {reason}")
+    where = f"TensorRT {loaded.trtexec.version} grammar" if loaded.trtexec else "no trtexec"
+    for variant, command in commands.items():
+        if isinstance(command, str):
+            click.echo(f"\ntrtexec for {recipe.name}-{variant} ({where}): {command}")
+            continue
+        click.echo(f"\ntrtexec for {recipe.name}-{variant} ({where}; model.onnx is artifacts/{command['model.onnx']}):")
+        click.echo("  " + " ".join(command["argv"]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,28 +10,41 @@ import subprocess
 
 def gpu_name() -> str | None:
     """The first GPU's product name, or None when no NVIDIA GPU is visible."""
-    try:
-        import pynvml  # nvidia-ml-py
-
-        pynvml.nvmlInit()
-        try:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-            return name.decode() if isinstance(name, bytes) else name
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no library, no driver, no device: all mean "ask the next source"
-        pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=20, check=True).stdout
-            return out.splitlines()[0].strip() or None
-        except (subprocess.SubprocessError, OSError, IndexError):
-            return None
-    return None
+    details = gpu_details()
+    return details["name"] if details else None
 
 
 def gpu_slug(name: str | None) -> str:
     """`NVIDIA GeForce RTX 3090` -> `nvidia-geforce-rtx-3090`; None -> `no-gpu`."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") if name else "no-gpu"
+
+
+def gpu_details() -> dict[str, str] | None:
+    """Name, compute capability and driver of the first GPU (NVML, else nvidia-smi), or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+            name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
+            return {"name": _text(name), "compute capability": f"{major}.{minor}", "driver": _text(driver)}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no device: ask nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()[0]
+    except (subprocess.SubprocessError, OSError, IndexError):
+        return None
+    name, cc, driver = (part.strip() for part in out.split(","))
+    return {"name": name, "compute capability": cc, "driver": driver}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -48,6 +48,7 @@ def doit_command(argv: list[str]) -> str:
 def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     """Prepare artifacts/ for this invocation; raise TrtforgeError if another one runs."""
     artifacts.mkdir(parents=True, exist_ok=True)
+    _refuse_unreadable_db(artifacts / ".doit.db")
     if doit_command(argv if argv is not None else sys.argv) in READ_ONLY_COMMANDS:
         return
     _take_lock(artifacts / ".trtforge.lock")
@@ -57,6 +58,16 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     sys.excepthook = _report_stop
+
+
+def _refuse_unreadable_db(db: Path) -> None:
+    """A corrupt or foreign state DB makes doit die with a traceback on every run (measured):
+    say so in one line, with the recovery, before doit opens it."""
+    from .doctor import check_state_db
+
+    finding = check_state_db(db.parent.parent)
+    if finding.status != "ok":
+        raise TrtforgeError(f"{finding.detail}; {finding.next_step}")
 
 
 def _take_lock(path: Path) -> None:

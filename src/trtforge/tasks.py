@@ -47,12 +47,19 @@ class Project:
         self.artifacts = self.root / "artifacts"
 
 
-def load_project(root: Path) -> Project:
-    """Read recipes/ and plugins/ and probe trtexec; every user error is one line."""
+def load_project(root: Path, generation: str | None = None) -> Project:
+    """Read recipes/ and plugins/ and probe trtexec; every user error is one line.
+
+    `generation` ("8.2", "8.6", "10", "11") plans for that TensorRT instead of probing the
+    host's trtexec: what `trtforge plan --trt` shows; such a project is never run.
+    """
     plugin_passes = discover_plugin_passes(root / "plugins") if (root / "plugins").is_dir() else {}
     known = {name: None for name in builtin_pass_names()} | plugin_passes
     recipes = load_recipes(root / "recipes", root, known)
     project = Project(root, recipes, plugin_passes)
+    if generation is not None:
+        project.trtexec = Trtexec(Path("trtexec"), version_for_generation(generation))
+        return project
     try:
         project.trtexec = find_trtexec(project.artifacts / "cache" / "trtexec-probe.json")
         if project.trtexec is None:
@@ -129,6 +136,44 @@ def tracked(generator: Callable[[Project], Iterator[dict]]) -> Callable[[Project
 def refuse(message: str) -> TaskFailed:
     """Action of a task that cannot run on this host or with this recipe."""
     return TaskFailed(message)
+
+
+def load_project_or_invalid(root: Path) -> Project:
+    """load_project for doit: a user error becomes InvalidDodoFile (one `ERROR:` line, exit 3)."""
+    from doit.exceptions import InvalidDodoFile
+
+    try:
+        return load_project(root)
+    except TrtforgeError as exc:
+        raise InvalidDodoFile(str(exc)) from None
+
+
+def doit_namespace(project: Project) -> dict[str, Callable]:
+    """`task_<stage>` creators for doit, one per stage, each documented for `doit list`.
+
+    dodo.py and `trtforge plan` both load tasks from this, so they see the same graph.
+    """
+    stages = [
+        ("export", export_tasks, "export the recipe's model to ONNX"),
+        ("surgery", surgery_tasks, "run the recipe's graph-surgery passes"),
+        ("calib", calib_tasks, "INT8 calibration cache from the recipe's images"),
+        ("quantize", quantize_tasks, "precision-transformed ONNX (FP16 AutoCast, INT8 Q/DQ)"),
+        ("reference", reference_tasks, "FP32 reference outputs on the verification images"),
+        ("engine", engine_tasks, "build the TensorRT engine with trtexec"),
+        ("check", check_tasks, "accuracy gate against the FP32 reference"),
+        ("package", package_tasks, "reproducible release archive of a built variant"),
+        ("kit", kit_tasks, "build kit for the target device (no Python needed there)"),
+        ("build", build_tasks, "build a variant: its engine and its accuracy gate"),
+        ("cpu", cpu_tasks, "every stage that runs without a GPU"),
+    ]
+    namespace = {}
+    for name, generator, doc in stages:
+        def creator(generator=generator):
+            yield from generator(project)
+
+        creator.__doc__ = doc
+        namespace[f"task_{name}"] = creator
+    return namespace
 
 
 @functools.lru_cache(maxsize=None)
@@ -400,7 +445,7 @@ def _engine_onnx(project: Project, r: Recipe, v: Variant, mode: str) -> Path:
     return surgered_onnx(project, r)
 
 
-def _engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.EngineJob:
+def engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.EngineJob:
     build = v.build
     if not build.profiles:
         from dataclasses import replace
@@ -432,7 +477,7 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
         _, problem = calibration_images(project, v)
         if problem:
             return None, f"{r.file.name}: {problem}"
-    return _engine_job(project, r, v, mode), None
+    return engine_job(project, r, v, mode), None
 
 
 @tracked
@@ -576,7 +621,7 @@ def kit_tasks(project: Project) -> Iterator[dict]:
                 refs = reference_outputs(project, r)
                 extra += [("verify/inputs.json", refs["inputs"]), ("verify/outputs.json", refs["outputs"])]
             output = project.artifacts / "kit" / f"{name}-kit.tar.gz"
-            job = kit.KitJob(task=f"kit:{name}", stem=f"{name}-kit", job=_engine_job(project, r, v, "auto"),
+            job = kit.KitJob(task=f"kit:{name}", stem=f"{name}-kit", job=engine_job(project, r, v, "auto"),
                              onnx_files=tuple(onnx_files), extra_files=tuple(extra), output=output)
             yield {
                 "name": name,

@@ -1,0 +1,129 @@
+"""`trtforge plan`: what a build would do, without doing anything.
+
+The task graph comes from the same generators dodo.py uses, and the reasons from doit's
+own dependency check (`Dependency.get_status`, what `doit info --status` prints), read
+from the state DB without opening it for writing; the trtexec argv from the renderer, for
+the TensorRT generation asked for or the one found on this host. Nothing runs, so it
+works on a laptop with no GPU and no trtexec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TrtforgeError
+from .recipe import Recipe, Variant
+
+_REASONS = {
+    "has_no_dependencies": "always runs (no dependencies)",
+    "missing_target": "output missing: {}",
+    "changed_file_dep": "input changed: {}",
+    "added_file_dep": "new input: {}",
+    "removed_file_dep": "input no longer used: {}",
+    "missing_file_dep": "input not built yet: {}",
+    "checker_changed": "doit's file checker changed",
+}
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    name: str
+    status: str  # run | up-to-date | error
+    reasons: tuple[str, ...]
+
+
+def resolve_target(project, target: str) -> tuple[Recipe, list[Variant]]:
+    for recipe in project.recipes:
+        if target == recipe.name:
+            return recipe, list(recipe.variants)
+        for variant in recipe.variants:
+            if target == f"{recipe.name}-{variant.name}":
+                return recipe, [variant]
+    known = ", ".join(r.name for r in project.recipes)
+    raise TrtforgeError(f"no recipe or variant '{target}' (recipes: {known}); use <recipe> or <recipe>-<variant>")
+
+
+def task_plan(project, recipe: Recipe, variants: list[Variant]) -> list[PlannedTask]:
+    """Every task `build:` of the variants would consider, in dependency order, with doit's verdict."""
+    from doit.loader import load_tasks
+
+    from .tasks import doit_namespace
+
+    tasks = {t.name: t for t in load_tasks(doit_namespace(project))}
+    producers = {target: t.name for t in tasks.values() for target in t.targets}
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order or name not in tasks:
+            return
+        task = tasks[name]
+        for dep in [*task.task_dep, *(producers[f] for f in task.file_dep if f in producers)]:
+            visit(dep)
+        order.append(name)
+
+    for variant in variants:
+        visit(f"build:{recipe.name}-{variant.name}")
+    return [_status(tasks[name], tasks, project.artifacts / ".doit.db")
+            for name in order if tasks[name].actions]
+
+
+def _status(task, tasks: dict, db: Path) -> PlannedTask:
+    if not db.is_file():
+        return PlannedTask(task.name, "run", ("never built in this project",))
+    from doit.dependency import Dependency, SqliteDB
+
+    dependency = Dependency(SqliteDB, str(db))
+    try:
+        status = dependency.get_status(task, tasks, get_log=True)
+    finally:
+        dependency.close()
+    reasons = []
+    for key, value in status.reasons.items():
+        if key == "uptodate_false":
+            reasons += [_uptodate_reason(check) for check, _, _ in value]
+        elif key in _REASONS:
+            items = value if isinstance(value, list) else [value]
+            reasons += [_REASONS[key].format(_short(item)) for item in items]
+    return PlannedTask(task.name, status.status, tuple(dict.fromkeys(reasons)))
+
+
+def _uptodate_reason(check) -> str:
+    name = getattr(check, "__name__", type(check).__name__)
+    return {
+        "config_changed": "a recipe field, tool version or rendered command it reads changed (or never built)",
+        "outputs_intact": "an output is missing, or was changed outside trtforge",
+        "check": "the release archive is missing or changed",
+    }.get(name, "its own up-to-date check says it must run")
+
+
+def _short(item) -> str:
+    text = str(item)
+    return text.split("/artifacts/", 1)[-1] if "/artifacts/" in text else text
+
+
+def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
+    """{variant: {"argv", "model.onnx"}} for the project's TensorRT, or the renderer's refusal."""
+    from .render import RenderError, check_intent, render_argv
+    from .stages.engine import engine_intent, expand_layer_globs
+    from .tasks import engine_job
+
+    if project.trtexec is None:
+        return {v.name: project.trtexec_problem for v in variants}
+    commands: dict[str, dict | str] = {}
+    for variant in variants:
+        try:
+            mode = check_intent(variant.precision, variant.build, project.trtexec.version)
+        except RenderError as exc:
+            commands[variant.name] = f"refused: {exc}"
+            continue
+        job = engine_job(project, recipe, variant, mode)
+        keep = ()
+        if job.build.keep_fp32 and variant.precision != "fp32" and mode == "implicit":
+            if job.onnx.is_file():
+                keep = expand_layer_globs(job.onnx, job.build.keep_fp32)
+            else:
+                keep = tuple(f"<{glob} in the surgered ONNX>" for glob in job.build.keep_fp32)
+        commands[variant.name] = {"argv": ["trtexec", *render_argv(engine_intent(job, keep), project.trtexec.version)],
+                                  "model.onnx": _short(job.onnx)}
+    return commands

@@ -1,0 +1,74 @@
+"""`trtforge doctor` and `trtforge plan` on real project folders, through the installed command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import doit_env
+
+TRTFORGE = str(Path(sys.executable).parent / "trtforge")
+
+
+def trtforge(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([TRTFORGE, *args], cwd=cwd, env=doit_env(env), capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_tells_the_truth_on_a_host_without_gpu_or_trtexec(small_project):
+    result = trtforge("doctor", cwd=small_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")}
+    assert lines["recipes"] == "ok" and lines["trtexec"] == "missing" and lines["GPU"] == "missing"
+    assert "next: engines must be built on the GPU they run on" in result.stdout
+
+
+def test_doctor_names_a_corrupt_state_db_and_the_recovery(small_project):
+    (small_project / "artifacts").mkdir()
+    (small_project / "artifacts" / ".doit.db").write_bytes(b"not a database" * 100)
+    result = trtforge("doctor", cwd=small_project)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"trtforge: build state: move it aside (mv {small_project}/artifacts/.doit.db "
+        f"{small_project}/artifacts/.doit.db.bad): every artifact stays, tasks rerun once"]
+
+
+def test_doctor_fails_on_a_bad_recipe_with_its_line(small_project):
+    recipe = small_project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("opset: 17", "opset: seventeen"))
+    result = trtforge("doctor", cwd=small_project)
+    assert result.returncode == 1 and "recipes: fix the recipe" in result.stderr
+    assert "recipes/yolov8n.yaml:3:" in result.stdout
+
+
+def test_plan_without_gpu_lists_tasks_and_renders_each_generation(small_project):
+    result = trtforge("plan", "yolov8n-fp16", "--trt", "10", cwd=small_project)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == ["run  export:yolov8n", "       never built in this project"]
+    assert "--fp16 --precisionConstraints=obey --layerPrecisions=</model.22/dfl/* in the surgered ONNX>:fp32" \
+        in result.stdout
+    eleven = trtforge("plan", "yolov8n-fp16", "--trt", "11", cwd=small_project)
+    assert "model.onnx is artifacts/yolov8n/fp16/autocast.onnx" in eleven.stdout and "--fp16" not in eleven.stdout
+    refused = trtforge("plan", "yolov8n-fp16", "--trt", "8.2", cwd=small_project)
+    assert "refused: TensorRT 8.2.1 has no --layerPrecisions" in refused.stdout
+    assert not (small_project / "artifacts" / ".doit.db").exists()  # planning wrote no state
+
+
+def test_plan_refuses_an_unknown_target_in_one_line(small_project):
+    result = trtforge("plan", "yolov9", cwd=small_project)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "trtforge: no recipe or variant 'yolov9' (recipes: yolov8n); use <recipe> or <recipe>-<variant>"
+
+
+def test_doit_refuses_a_corrupt_state_db_in_one_line_and_recovers(small_project):
+    from conftest import run_doit
+
+    (small_project / "artifacts").mkdir()
+    db = small_project / "artifacts" / ".doit.db"
+    db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)  # a header, then garbage
+    result = run_doit(small_project, "list")
+    assert result.returncode == 3
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"ERROR: {db} is unreadable") and f"mv {db} {db}.bad" in line
+    db.rename(db.with_name(".doit.db.bad"))
+    assert run_doit(small_project, "list").returncode == 0

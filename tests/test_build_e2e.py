@@ -413,3 +413,69 @@ def test_outputs_changed_outside_the_tool_are_rebuilt_not_trusted(project, tmp_p
     result = run_doit(project, "build:yolov8n-fp32", env=env)
     assert executed(result)[0] == "surgery:yolov8n", result.stdout
     assert result.returncode == 0 and executed(result) == ["surgery:yolov8n"]  # same bytes again: engine stays
+
+
+# ----------------------------------------------------------------------------- trtexec faults
+
+def fake_tool(folder: Path, body: str, executable: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tool = folder / "trtexec"
+    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.chmod(0o755 if executable else 0o644)
+    return tool
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: fake_tool(d, "echo hello", executable=False), "is not executable"),
+    (lambda d: fake_tool(d, "echo 'usage: something else'"), "printed no '&&&& RUNNING TensorRT.trtexec"),
+    (lambda d: fake_tool(d, "echo '&&&& RUNNING TensorRT.trtexec [TensorRT v7103] # trtexec'"),
+     "TensorRT 7.1.3 is not supported"),
+    (lambda d: d / "nothing-here" / "trtexec", "does not exist"),
+])
+def test_a_wrong_trtexec_fails_the_engine_stage_in_one_line(project, tmp_path, make, says):
+    result = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make(tmp_path / "bin"))})
+    assert result.returncode != 0
+    assert len([line for line in (result.stdout + result.stderr).splitlines() if says in line]) == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (project / "artifacts" / "yolov8n" / "fp32" / "engine.plan").exists()
+
+
+@pytest.mark.parametrize("fault, says", [("crash", "killed by signal 11"), ("hang", "stopped after 2 s (build.timeout)")])
+def test_a_crashing_or_hanging_trtexec_is_reported_and_leaves_nothing(project, tmp_path, fault, says):
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("workspace: 1GiB", "workspace: 1GiB\n  timeout: 2s"))
+    trtexec = make_wrapper(tmp_path / "bin", "10.8", fault=fault, build_seconds=1)
+    result = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(trtexec)})
+    assert result.returncode != 0 and says in result.stdout + result.stderr, result.stdout + result.stderr
+    out = project / "artifacts" / "yolov8n" / "fp32"
+    assert not (out / "engine.plan").exists() and not list(out.glob("*trtforge-tmp*"))
+    import subprocess
+
+    assert subprocess.run(["pgrep", "-f", str(trtexec)], capture_output=True).stdout == b""
+
+
+def test_a_second_doit_in_the_same_project_fails_fast(project, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import doit_env
+
+    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=30)
+    first = subprocess.Popen([sys.executable, "-m", "doit", "build:yolov8n-fp32"], cwd=project,
+                             env=doit_env({"TRTEXEC": str(slow)}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((project / "artifacts/yolov8n/fp32").glob("*trtforge-tmp*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        started = time.monotonic()
+        second = run_doit(project, "build:yolov8n-fp16", env={"TRTEXEC": str(slow)})
+        assert time.monotonic() - started < 10
+        assert second.returncode == 3
+        assert second.stderr.strip() == (f"ERROR: another build is running in this project (pid {first.pid}); "
+                                         "wait for it to finish or stop it")
+        assert run_doit(project, "list").returncode == 0  # read-only commands still work
+    finally:
+        first.terminate()
+        first.wait(timeout=60)

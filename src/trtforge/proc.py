@@ -90,15 +90,36 @@ def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: floa
             on_line(pending.decode("utf-8", "replace"))
 
 
-def capture(argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
-    """Run a short probe (e.g. `trtexec --help`) in its own group; (exit code, output)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+def read_until(argv: list[str], wanted: Callable[[str], bool], timeout_s: float = 30.0) -> str:
+    """Run a short probe (e.g. `trtexec --help`) in its own group and return its output up to
+    and including the first line `wanted` accepts (or all of it, if it exits first). The
+    probe is ended as soon as that line arrives: a tool need not exit to be identified."""
+    lines: list[str] = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+
+    def collect(line: str) -> None:
+        lines.append(line)
+        if wanted(line):
+            raise _Found
+
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
-        return proc.returncode, out.decode("utf-8", "replace")
-    except subprocess.TimeoutExpired:
-        raise ToolTimeout(timeout_s) from None
+        _pump(proc, _Discard(), collect, deadline, timeout_s)
+    except _Found:
+        pass
     finally:
-        if proc.poll() is None:
-            end_group(proc, grace_s=1.0)
+        end_group(proc, grace_s=1.0)
+    return "\n".join(lines)
+
+
+class _Found(Exception):
+    pass
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

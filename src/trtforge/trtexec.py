@@ -55,7 +55,8 @@ def not_found_message() -> str:
 
 def probe_version(path: Path, cache_file: Path) -> TrtVersion:
     """trtexec's version from its banner, cached by (resolved path, size, mtime)."""
-    from .proc import ToolTimeout, capture
+    from .proc import ToolTimeout, read_until
+    from .trt_version import BANNER
 
     real = path.resolve()
     stat = real.stat()
@@ -64,9 +65,9 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
     if key in cached:
         return TrtVersion(*cached[key])
     try:
-        _, output = capture([str(path), "--help"])
+        output = read_until([str(path), "--help"], lambda line: bool(BANNER.match(line.strip())))
     except ToolTimeout:
-        raise ToolError(f"{path} --help did not exit within 30 s; is it really trtexec?") from None
+        raise ToolError(f"{path} --help printed no version banner within 30 s; is it really trtexec?") from None
     except OSError as exc:
         raise ToolError(f"cannot run {path}: {exc.strerror}; check it is a trtexec for this machine") from None
     version = version_from_banner(output)

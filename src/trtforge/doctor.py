@@ -12,10 +12,10 @@ import importlib.util
 import shutil
 import sqlite3
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from .errors import TrtforgeError
+from .tasks import tool_version
 
 FREE_SPACE_WARNING = 5 << 30
 
@@ -26,15 +26,6 @@ class Finding:
     status: str  # ok | missing | problem
     detail: str
     next_step: str = ""
-
-
-def _version(*distributions: str) -> str | None:
-    for dist in distributions:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def check_trtexec(root: Path) -> Finding:
@@ -53,7 +44,7 @@ def check_tensorrt_python() -> Finding:
     if importlib.util.find_spec("tensorrt") is None:
         return Finding("TensorRT Python", "missing", "not installed: engine comparisons will be reported as skipped",
                        "install TensorRT's Python wheel on a GPU host to compare engines")
-    return Finding("TensorRT Python", "ok", f"tensorrt {_version('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13')}")
+    return Finding("TensorRT Python", "ok", f"tensorrt {tool_version('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13')}")
 
 
 def check_gpu() -> Finding:
@@ -78,7 +69,7 @@ def check_onnxruntime() -> Finding:
 def check_package(topic: str, module: str, distribution: str, extra: str, needed_for: str) -> Finding:
     if importlib.util.find_spec(module) is None:
         return Finding(topic, "missing", f"not installed ({needed_for})", f"pip install -e '.[{extra}]'")
-    return Finding(topic, "ok", f"{distribution} {_version(distribution)}")
+    return Finding(topic, "ok", f"{distribution} {tool_version(distribution)}")
 
 
 def check_disk(root: Path) -> Finding:

@@ -479,3 +479,16 @@ def test_a_second_doit_in_the_same_project_fails_fast(project, tmp_path):
     finally:
         first.terminate()
         first.wait(timeout=60)
+
+
+def test_trtexec_progress_is_plain_phase_lines_without_a_terminal(project, tmp_path):
+    result = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))})
+    phases = [line.split("trtexec: ", 1)[1].rsplit(" (", 1)[0] for line in result.stderr.splitlines()
+              if line.startswith("trtforge: engine:yolov8n-fp32: trtexec: ")]
+    assert phases == ["parsing the ONNX", "building (autotuning kernels)", "engine built", "timing inference",
+                      "summarising"]
+    assert "\x1b" not in result.stdout + result.stderr  # no control characters in CI logs
+    assert run_doit(project, "forget", "engine:yolov8n-fp32").returncode == 0
+    streamed = run_doit(project, "-v", "2", "engine:yolov8n-fp32",
+                        env={"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))})
+    assert "=== Performance summary ===" in streamed.stdout  # -v 2 streams trtexec's full log

@@ -56,3 +56,44 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if self._rich is not None:
             self._rich.stop()
+
+
+class StatusLine:
+    """One live line for a long external run: on a terminal, rich's status spinner with the
+    phase, elapsed time and the tool's last line; otherwise a plain line per phase change."""
+
+    def __init__(self, description: str) -> None:
+        self.description, self.phase, self.last = description, "starting", ""
+        self._status = None
+
+    def __enter__(self) -> "StatusLine":
+        import time
+
+        self._started = time.monotonic()
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(self._text())
+            self._status.start()
+        return self
+
+    def _headline(self) -> str:
+        import time
+
+        return f"{self.description}: {self.phase} ({time.monotonic() - self._started:.0f} s)"
+
+    def _text(self) -> str:
+        return f"{self._headline()} {self.last[-80:]}"
+
+    def update(self, phase: str | None, last_line: str) -> None:
+        self.last = last_line.strip()
+        if phase and phase != self.phase:
+            self.phase = phase
+            if self._status is None:
+                info(self._headline())
+        if self._status is not None:
+            self._status.update(self._text())
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.stop()

@@ -147,6 +147,22 @@ def parse_device_info(log: str) -> dict:
     return info
 
 
+# Markers of trtexec's phases, as its log prints them (8.x to 10.x logs agree on these).
+PHASES = (
+    ("Start parsing network model", "parsing the ONNX"),
+    ("Finished parsing network model", "building (autotuning kernels)"),
+    ("Starting Calibration", "calibrating"),
+    ("Engine built in", "engine built"),
+    ("Starting inference", "timing inference"),
+    ("=== Performance summary ===", "summarising"),
+)
+
+
+def phase_of(line: str) -> str | None:
+    """The phase a trtexec log line starts, if it starts one."""
+    return next((phase for marker, phase in PHASES if marker in line), None)
+
+
 def first_error(log: str) -> str | None:
     """The first `[E]` line of a trtexec log, without its timestamp."""
     for line in log.splitlines():

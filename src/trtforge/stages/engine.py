@@ -180,14 +180,22 @@ def _publish_timing_cache(updated: Path, shared: Path) -> None:
 
 
 def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
+    from ..console import StatusLine
     from ..proc import ToolTimeout, run_logged
-    from ..trtexec import first_error
+    from ..trtexec import first_error, phase_of
 
     log = work / LOG
     info(f"{job.task}: trtexec (TensorRT {job.version}) building; log: {job.out_dir / LOG}")
     started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        print(line, flush=True)  # doit shows it live with `doit -v 2`, and on failure otherwise
+        status.update(phase_of(line), line)
+
     try:
-        code = run_logged(job.trtexec, ["trtexec", *argv], cwd=work, log_file=log, timeout_s=job.build.timeout_s)
+        with StatusLine(f"{job.task}: trtexec") as status:
+            code = run_logged(job.trtexec, ["trtexec", *argv], cwd=work, log_file=log,
+                              timeout_s=job.build.timeout_s, on_line=on_line)
     except ToolTimeout as exc:
         _keep_failed_log(job, log)
         raise StageError(f"{job.task}: trtexec was stopped after {exc.seconds:.0f} s (build.timeout); "

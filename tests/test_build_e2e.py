@@ -492,3 +492,31 @@ def test_trtexec_progress_is_plain_phase_lines_without_a_terminal(project, tmp_p
     streamed = run_doit(project, "-v", "2", "engine:yolov8n-fp32",
                         env={"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))})
     assert "=== Performance summary ===" in streamed.stdout  # -v 2 streams trtexec's full log
+
+
+def test_sigterm_to_a_parallel_doit_ends_its_workers_and_their_trtexec(project, tmp_path):
+    """DESIGN.md measured that, with `-n 2`, SIGTERM to doit's pid left its workers blocked and
+    the caller hung. The stop must end the workers and every trtexec, and exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import doit_env
+
+    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=60)
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", "engine:yolov8n-fp32", "engine:yolov8n-fp16"],
+                            cwd=project, env=doit_env({"TRTEXEC": str(slow)}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not any((project / "artifacts").rglob("*trtforge-tmp*/engine.plan")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no engine build started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the parent only
+    proc.communicate(timeout=60)  # a hang fails here
+    assert proc.returncode == 143
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""
+    assert subprocess.run(["pgrep", "-f", f"doit -n 2 engine:yolov8n-fp32"], capture_output=True).stdout == b""
+    rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
+    assert rerun.returncode == 0 and not list(project.rglob("*trtforge-tmp*"))

@@ -520,3 +520,29 @@ def test_sigterm_to_a_parallel_doit_ends_its_workers_and_their_trtexec(project, 
     assert subprocess.run(["pgrep", "-f", f"doit -n 2 engine:yolov8n-fp32"], capture_output=True).stdout == b""
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and not list(project.rglob("*trtforge-tmp*"))
+
+
+def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import doit_env
+
+    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=60)
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "build:yolov8n-fp32"], cwd=project,
+                            env=doit_env({"TRTEXEC": str(slow)}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = project / "artifacts" / "yolov8n" / "fp32"
+    deadline = time.monotonic() + 60
+    while not any(out.glob("*trtforge-tmp*/engine.plan")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""  # died with doit
+    assert not (out / "engine.plan").exists() and list(out.glob("*trtforge-tmp*"))  # only temporaries
+    rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
+    assert rerun.returncode == 0 and "removed 1 temporary file(s)" in rerun.stderr
+    assert read_engine(out / "engine.plan") and not list(project.rglob("*trtforge-tmp*"))

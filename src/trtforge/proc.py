@@ -12,9 +12,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the process that started us dies, even by
+    `kill -9` (Linux's PR_SET_PDEATHSIG), so no trtexec keeps the GPU and writes on. (A
+    tool that prints would die of SIGPIPE anyway; a real trtexec is silent for minutes.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the process-group handling above is all there is
 
 
 class ToolTimeout(Exception):
@@ -48,7 +61,8 @@ def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, tim
     """
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(argv, executable=executable, cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         deadline = time.monotonic() + timeout_s
         try:
             _pump(proc, log, on_line, deadline, timeout_s)

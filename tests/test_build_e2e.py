@@ -517,7 +517,7 @@ def test_sigterm_to_a_parallel_doit_ends_its_workers_and_their_trtexec(project, 
     assert proc.returncode == 143
     time.sleep(1)
     assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""
-    assert subprocess.run(["pgrep", "-f", f"doit -n 2 engine:yolov8n-fp32"], capture_output=True).stdout == b""
+    assert subprocess.run(["pgrep", "-f", "doit -n 2 engine:yolov8n-fp32"], capture_output=True).stdout == b""
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and not list(project.rglob("*trtforge-tmp*"))
 

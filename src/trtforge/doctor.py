@@ -41,7 +41,9 @@ def check_trtexec(root: Path) -> Finding:
 
 
 def check_tensorrt_python() -> Finding:
-    if importlib.util.find_spec("tensorrt") is None:
+    from .stages.check import tensorrt_available
+
+    if not tensorrt_available():
         return Finding("TensorRT Python", "missing", "not installed: engine comparisons will be reported as skipped",
                        "install TensorRT's Python wheel on a GPU host to compare engines")
     return Finding("TensorRT Python", "ok", f"tensorrt {tool_version('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13')}")

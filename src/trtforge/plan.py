@@ -10,7 +10,6 @@ works on a laptop with no GPU and no trtexec.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import TrtforgeError
 from .recipe import Recipe, Variant
@@ -64,20 +63,21 @@ def task_plan(project, recipe: Recipe, variants: list[Variant]) -> list[PlannedT
 
     for variant in variants:
         visit(f"build:{recipe.name}-{variant.name}")
-    return [_status(tasks[name], tasks, project.artifacts / ".doit.db")
-            for name in order if tasks[name].actions]
-
-
-def _status(task, tasks: dict, db: Path) -> PlannedTask:
-    if not db.is_file():
-        return PlannedTask(task.name, "run", ("never built in this project",))
+    runnable = [tasks[name] for name in order if tasks[name].actions]
+    db = project.artifacts / ".doit.db"
+    if not db.is_file():  # do not let doit create a state DB just to plan
+        return [PlannedTask(task.name, "run", ("never built in this project",)) for task in runnable]
     from doit.dependency import Dependency, SqliteDB
 
     dependency = Dependency(SqliteDB, str(db))
     try:
-        status = dependency.get_status(task, tasks, get_log=True)
+        return [_status(task, tasks, dependency) for task in runnable]
     finally:
         dependency.close()
+
+
+def _status(task, tasks: dict, dependency) -> PlannedTask:
+    status = dependency.get_status(task, tasks, get_log=True)
     reasons = []
     for key, value in status.reasons.items():
         if key == "uptodate_false":
@@ -105,7 +105,7 @@ def _short(item) -> str:
 def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
     """{variant: {"argv", "model.onnx"}} for the project's TensorRT, or the renderer's refusal."""
     from .render import RenderError, check_intent, render_argv
-    from .stages.engine import engine_intent, expand_layer_globs
+    from .stages.engine import engine_intent, expand_layer_globs, renders_layer_precisions
     from .tasks import engine_job
 
     if project.trtexec is None:
@@ -119,7 +119,7 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
             continue
         job = engine_job(project, recipe, variant, mode)
         keep = ()
-        if job.build.keep_fp32 and variant.precision != "fp32" and mode == "implicit":
+        if renders_layer_precisions(job, mode):
             if job.onnx.is_file():
                 keep = expand_layer_globs(job.onnx, job.build.keep_fp32)
             else:

@@ -138,6 +138,11 @@ def refuse(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
+def refusal(name: str, doc: str, message: str, **fields: Any) -> dict:
+    """A task that fails with `message` whenever it is asked for (never up to date)."""
+    return {"name": name, "doc": doc, "actions": [(refuse, [message])], "uptodate": [False], **fields}
+
+
 def load_project_or_invalid(root: Path) -> Project:
     """load_project for doit: a user error becomes InvalidDodoFile (one `ERROR:` line, exit 3)."""
     from doit.exceptions import InvalidDodoFile
@@ -313,8 +318,7 @@ def calib_tasks(project: Project) -> Iterator[dict]:
             doc = f"INT8 calibration cache of {r.name} from {spec.images} ({spec.method}, on CPU)"
             images, problem = calibration_images(project, v)
             if images is None:
-                yield {"name": name, "doc": doc, "actions": [(refuse, [f"{r.file.name}: {problem}"])],
-                       "uptodate": [False]}
+                yield refusal(name, doc, f"{r.file.name}: {problem}")
                 continue
             job = calibrate.CalibrationJob(
                 task=f"calib:{name}", onnx=surgered_onnx(project, r), images=tuple(images),
@@ -374,7 +378,7 @@ def reference_tasks(project: Project) -> Iterator[dict]:
         else:
             problem = None if images else f"{r.file.name}: verify.images: '{spec.images}' holds no image file"
         if problem:
-            yield {"name": r.name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+            yield refusal(r.name, doc, problem)
             continue
         batch = 1 if 0 in r.input.dynamic_axes else r.input.shape[0]
         yield {
@@ -488,8 +492,8 @@ def engine_tasks(project: Project) -> Iterator[dict]:
             name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
             doc = f"TensorRT {v.precision.upper()} engine of {r.name} through trtexec"
             if job is None:
-                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])],
-                       "file_dep": [str(surgered_onnx(project, r))], "uptodate": [False]}
+                # depends on the surgered ONNX, so export and surgery still run before it fails
+                yield refusal(name, doc, problem, file_dep=[str(surgered_onnx(project, r))])
                 continue
             argv = render_argv(engine.engine_intent(job), job.version)
             yield {
@@ -513,7 +517,7 @@ def build_tasks(project: Project) -> Iterator[dict]:
             doc = f"everything for the {v.name} variant of {r.name} (engine included; needs trtexec)"
             checks = [f"check:{name}"] if r.verify else []
             if job is None and project.trtexec is not None:  # refused by the renderer: before any work
-                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+                yield refusal(name, doc, problem)
             else:
                 yield {"name": name, "doc": doc, "actions": None, "task_dep": [f"engine:{name}", *checks]}
 
@@ -561,7 +565,7 @@ def package_tasks(project: Project) -> Iterator[dict]:
             name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
             doc = f"release archive of {name} (engine, ONNX, manifest, reproduce.sh)"
             if job is None:
-                yield {"name": name, "doc": doc, "actions": [(refuse, [problem])], "uptodate": [False]}
+                yield refusal(name, doc, problem)
                 continue
             files = [("engine.plan", out / engine.ENGINE), ("model.onnx", job.onnx),
                      ("summary.json", out / engine.SUMMARY), ("trtexec.log", out / engine.LOG)]

@@ -84,6 +84,12 @@ def engine_intent(job: EngineJob, keep_fp32_layers: tuple[str, ...] = ()) -> Eng
                         plugin_files=tuple(p.name for p in job.plugin_files))
 
 
+def renders_layer_precisions(job: EngineJob, mode: str) -> bool:
+    """Whether `keep_fp32` becomes --layerPrecisions (builder flags), rather than being carried
+    by the AutoCast / Q-DQ ONNX, or meaning nothing (FP32)."""
+    return bool(job.build.keep_fp32) and job.precision != "fp32" and mode == "implicit"
+
+
 def _prepare_inputs(job: EngineJob, work: Path) -> EngineIntent:
     _link(job.onnx, work / "model.onnx")
     if job.calibration_cache is not None:
@@ -91,7 +97,7 @@ def _prepare_inputs(job: EngineJob, work: Path) -> EngineIntent:
     for plugin in job.plugin_files:
         _link(plugin, work / plugin.name)
     keep = ()
-    if job.build.keep_fp32 and job.precision != "fp32" and job.mode == "implicit":
+    if renders_layer_precisions(job, job.mode):
         keep = expand_layer_globs(job.onnx, job.build.keep_fp32)
     return engine_intent(job, keep)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..atomic import atomic_output
 from ..render import RenderError, check_intent, render_argv
 from ..trt_version import GENERATIONS, version_for_generation
-from .engine import EngineJob, engine_intent, expand_layer_globs
+from .engine import EngineJob, engine_intent, expand_layer_globs, renders_layer_precisions
 from .package import reproducible_tar_gz
 
 
@@ -57,7 +57,7 @@ def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[
     if onnx not in present:
         return f"this kit has no {onnx} (rebuild the kit with trtforge's quantize stage available)"
     keep = ()
-    if job.build.keep_fp32 and job.precision != "fp32" and mode == "implicit":
+    if renders_layer_precisions(job, mode):
         keep = expand_layer_globs(dict(kit.onnx_files)["model.onnx"], job.build.keep_fp32)
     intent = replace(engine_intent(replace(job, mode=mode), keep), onnx=onnx)
     return render_argv(intent, version)

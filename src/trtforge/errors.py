@@ -32,6 +32,29 @@ class StageError(TrtforgeError):
     """A stage could not produce its outputs from its inputs."""
 
 
+# OS errors a user fixes on their machine, not in trtforge: a full or read-only disk, a
+# folder they cannot write. Any other OSError is a bug and keeps its traceback.
+_DISK_ADVICE = {
+    "ENOSPC": "free space on that disk and rerun",
+    "EDQUOT": "free space (disk quota exceeded) and rerun",
+    "EFBIG": "the file size limit (ulimit -f) was reached; raise it and rerun",
+    "EACCES": "make it writable for this user and rerun",
+    "EPERM": "make it writable for this user and rerun",
+    "EROFS": "the filesystem is read-only; move the project to a writable disk and rerun",
+}
+
+
+def disk_error_message(exc: OSError, task: str) -> str | None:
+    """One line for an OSError the user can fix (disk full, read-only, no permission), else None."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    if name not in _DISK_ADVICE:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{task}: cannot write{where}: {exc.strerror or name}; {_DISK_ADVICE[name]}"
+
+
 class MissingDependencyError(TrtforgeError):
     """An optional Python dependency is not installed."""
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from .errors import ToolError, TrtforgeError
+from .errors import ToolError, TrtforgeError, disk_error_message
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import RenderError, check_intent, default_profiles, render_argv
@@ -84,6 +84,11 @@ def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFaile
         func(*args)
     except TrtforgeError as exc:
         return TaskFailed(str(exc))
+    except OSError as exc:  # a full or read-only disk: one line, not a traceback
+        message = disk_error_message(exc, task.name)
+        if message is None:
+            raise
+        return TaskFailed(message)
     session.current_task = None
     return {"outputs": {t: _fingerprint(Path(t)) for t in targets}}
 

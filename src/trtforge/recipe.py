@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import RecipeError
-from .yamldoc import Document, FieldPath, parse_document
+from .yamldoc import Document, FieldPath, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
@@ -350,7 +350,8 @@ def _surgery(doc: Document, path: FieldPath, value: Any, known: Mapping[str, Any
         else:
             raise doc.error(p, "expected a pass name, or 'name: {param: value}'")
         if name not in known:
-            raise doc.unknown_key(p[:-1], name, known)
+            raise doc.error(p, f"no surgery pass named '{name}' (built in, or registered by a plugins/*.py "
+                               f"file); {suggestion(name, known)}")
         return PassSpec(name, tuple(sorted(params.items())))
 
     return _list(doc, path, value, one)

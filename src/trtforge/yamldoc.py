@@ -84,10 +84,14 @@ class Document:
         return loc.text if loc else None
 
     def unknown_key(self, path: FieldPath, key: str, allowed: Iterable[str]) -> RecipeError:
-        allowed = sorted(allowed)
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
-        return self.error(path + (key,), f"unknown key '{key}'; {hint}", at_key=True)
+        return self.error(path + (key,), f"unknown key '{key}'; {suggestion(key, allowed)}", at_key=True)
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """`did you mean 'x'?` when a choice is close to `word`, else the list of choices."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(choices)}"
 
 
 def parse_document(text: str, file: str) -> Document:
@@ -111,12 +115,22 @@ def parse_document(text: str, file: str) -> Document:
         if mark is None:
             raise RecipeError(file, what) from None
         raise RecipeError(file, what, line=mark.line + 1, column=mark.column + 1) from None
-    except yaml.YAMLError as exc:  # e.g. a reader error on bad bytes
+    except yaml.reader.ReaderError as exc:  # a control character: its offset gives line:col
+        line, column = _line_column(text, exc.position)
+        raise RecipeError(file, f"control character U+{exc.character:04X} is not allowed in a recipe; delete it",
+                          line=line, column=column) from None
+    except yaml.YAMLError as exc:
         raise RecipeError(file, f"not readable as YAML: {str(exc).splitlines()[0]}") from None
     finally:
         if loader is not None:
             loader.dispose()
     return Document(file, data, locations)
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
 def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath,

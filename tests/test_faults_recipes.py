@@ -55,7 +55,7 @@ CASES = {
                                    "'calib/nowhere' is not a folder or manifest inside the project"),
     "control character": (SMALL_RECIPE.replace("seed: 0", "seed: 0\x07"), "recipes/yolov8n.yaml:1:57:",
                           "control character U+0007 is not allowed in a recipe; delete it"),
-    "not utf-8": (None, "recipes/yolov8n.yaml", "cannot read"),
+    "not utf-8": (None, "recipes/yolov8n.yaml:1:56:", "byte 0xff is not UTF-8 text; save the recipe as UTF-8"),
 }
 
 

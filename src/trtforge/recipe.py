@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import RecipeError
-from .yamldoc import Document, FieldPath, parse_document, suggestion
+from .yamldoc import Document, FieldPath, line_column, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
@@ -525,9 +525,15 @@ def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Reci
     shown = str(file.relative_to(root)) if file.is_relative_to(root) else str(file)
     try:
         raw = file.read_bytes()
+    except OSError as exc:
+        raise RecipeError(shown, f"cannot read: {exc.strerror or exc}") from None
+    try:
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(shown, f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start].decode("utf-8", "replace")
+        line, column = line_column(before, len(before))
+        raise RecipeError(shown, f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the recipe as UTF-8",
+                          line=line, column=column) from None
     doc = parse_document(text, shown)
     return recipe_from_document(doc, file, root, known_passes)
 

@@ -116,7 +116,7 @@ def parse_document(text: str, file: str) -> Document:
             raise RecipeError(file, what) from None
         raise RecipeError(file, what, line=mark.line + 1, column=mark.column + 1) from None
     except yaml.reader.ReaderError as exc:  # a control character: its offset gives line:col
-        line, column = _line_column(text, exc.position)
+        line, column = line_column(text, exc.position)
         raise RecipeError(file, f"control character U+{exc.character:04X} is not allowed in a recipe; delete it",
                           line=line, column=column) from None
     except yaml.YAMLError as exc:
@@ -127,7 +127,7 @@ def parse_document(text: str, file: str) -> Document:
     return Document(file, data, locations)
 
 
-def _line_column(text: str, offset: int) -> tuple[int, int]:
+def line_column(text: str, offset: int) -> tuple[int, int]:
     """1-based line and column of a character offset."""
     before = text[:offset]
     return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1

@@ -179,3 +179,10 @@ def test_parser_tables_import_nothing_heavy():
     code = "import sys, trtforge.parser_ops; print(sorted(m for m in ('onnx', 'torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_damaged_onnx_is_one_line(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(StageError, match="model.onnx: not a readable ONNX model"):
+        preflight(bad, "10")

@@ -62,7 +62,8 @@ def preflight(onnx_path: Path | str, generation: str, *, plugin_libraries: bool 
     try:
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
-        raise StageError(f"{onnx_path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StageError(f"{onnx_path}: not a readable ONNX model: {detail}") from exc
     try:  # element types of intermediate tensors; without them only I/O and weights are typed
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # onnx raises InferenceError and others on models it cannot follow
@@ -150,7 +151,8 @@ def _opset_findings(model, table: ParserTable) -> Iterator[Finding]:
                       kind="model")
     elif table.opset_min is not None and opset < table.opset_min:
         yield Finding("warning", "", "", "", f"uses ONNX opset {opset}; {trt}'s parser documents opset "
-                      f"{table.opset_min} and later; export with export.opset: {table.opset_min} or later", kind="model")
+                      f"{table.opset_min} and later; export with export.opset: {table.opset_min} or later",
+                      kind="model")
     for since_opset, release in sorted(table.opset_since.items()):
         if table.opset_max >= opset >= since_opset:
             yield Finding("warning", "", "", "", f"uses ONNX opset {opset}, which needs TensorRT {release}; "

@@ -223,7 +223,7 @@ def test_same_inputs_reuse_stored_ranges_and_changed_inputs_do_not(model_160, im
 def test_corrupt_image_is_named_or_skipped_and_counted(model_160, image_folder, tmp_path):
     (image_folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     refs = refs_in(image_folder)
-    with pytest.raises(StageError, match=r"zz_broken.jpg: not a readable image.*bad_images: skip"):
+    with pytest.raises(StageError, match=r"zz_broken.jpg: corrupt .*bad_images: skip"):
         calibrate(job_for(model_160, refs, tmp_path))
     assert not (tmp_path / "calib.cache").exists()
     calibrate(job_for(model_160, refs, tmp_path, skip_bad_images=True))

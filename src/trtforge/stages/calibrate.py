@@ -33,7 +33,8 @@ from ..atomic import atomic_output, write_text_atomic
 from ..calib_cache import write_cache_text
 from ..console import Progress, info, warn
 from ..errors import StageError, require
-from ..images import ImageRef, decode_image, preprocess
+from ..images import (ImageRef, ImageSetChanged, UnusableImage, check_encoded, decode_image,
+                      preprocess, read_image_bytes, refuse_if_changed, sha256_hex)
 from ..trt_version import TrtVersion
 
 ALGORITHM_VERSION = 1  # bump when the statistics change, so stored ranges are not reused
@@ -62,10 +63,18 @@ class CalibrationJob:
 
 
 def calibrate(job: CalibrationJob) -> None:
-    """Write the calibration cache, its report and one preprocessed batch (for ModelOpt)."""
+    """Write the calibration cache, its report and one preprocessed batch (for ModelOpt).
+
+    Every output is written only after every image was checked to still hold the bytes
+    the key was computed from, so a set that changed while calibrating leaves nothing
+    that doit would record as computed from it."""
     if not job.images:
         raise StageError(f"{job.task}: the calibration set is empty")
-    digests = {ref.name: _sha256(ref.path.read_bytes()) for ref in job.images}
+    digests, unusable = _scan(job)
+    usable = tuple(ref for ref in job.images if ref.name not in unusable)
+    if not usable:
+        raise StageError(f"{job.task}: none of the {len(job.images)} calibration images is usable; "
+                         f"the first: {next(iter(unusable.values()))}")
     key = calibration_key(job, digests)
     stored = job.store_dir / f"{key[:24]}.json"
     if stored.is_file():
@@ -74,9 +83,14 @@ def calibrate(job: CalibrationJob) -> None:
              f"batch, method and ONNX ({stored.name})")
         result["report"]["reused"] = True
     else:
-        result = _compute(job, digests, key)
+        result = _compute(job, usable, digests, key, unusable)
         write_text_atomic(stored, json.dumps(result, sort_keys=True))
-    _write_sample_batch(job, digests)
+    sample = _sample_batch(job, usable, digests)
+    refuse_if_changed(job.images, digests, job.task)
+    _warn_skipped(job, result["report"])
+    with atomic_output(job.sample_out) as temp:
+        with open(temp, "wb") as f:
+            require("numpy", "core").save(f, sample)
     write_text_atomic(job.cache_out, write_cache_text(job.header_version, dict(result["ranges"])))
     write_text_atomic(job.report_out, json.dumps(result["report"], indent=2, sort_keys=True) + "\n")
 
@@ -90,33 +104,36 @@ def calibration_key(job: CalibrationJob, digests: dict[str, str]) -> str:
         "batch": job.batch,
         "method": job.method,
         "percentile": job.percentile if job.method == "percentile" else None,
-        "onnx": _sha256(job.onnx.read_bytes()),
+        "onnx": sha256_hex(job.onnx.read_bytes()),
         "algorithm": ALGORITHM_VERSION,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _compute(job: CalibrationJob, digests: dict[str, str], key: str) -> dict:
-    if len(job.images) < NVIDIA_SUGGESTED_IMAGES:
-        warn(f"{job.task}: calibrating on {len(job.images)} images; NVIDIA suggests about "
+def _compute(job: CalibrationJob, usable: tuple[ImageRef, ...], digests: dict[str, str], key: str,
+             unusable: dict[str, str]) -> dict:
+    if len(usable) < NVIDIA_SUGGESTED_IMAGES:
+        warn(f"{job.task}: calibrating on {len(usable)} images; NVIDIA suggests about "
              f"{NVIDIA_SUGGESTED_IMAGES} representative images for INT8")
     model, tensors = augmented_model(job.onnx, job.method)
     session = _session(model)
     collector = _collector(job.method, tensors)
-    started, used, skipped = time.monotonic(), 0, []
-    with Progress(f"{job.task}: calibrating", len(job.images)) as progress:
-        for batch, names, bad in _batches(job, digests):
-            skipped += bad
+    started, used, skipped = time.monotonic(), 0, dict(unusable)
+    with Progress(f"{job.task}: calibrating", len(usable)) as progress:
+        for batch, names, bad in _batches(job, usable, digests):
+            skipped.update(bad)
             if batch is not None:
                 collector.add(session.run(collector.outputs, {job.input_name: batch}))
                 used += len(names)
             progress.advance(len(names) + len(bad))
     if used == 0:
-        raise StageError(f"{job.task}: no calibration image could be read ({len(skipped)} skipped)")
+        raise StageError(f"{job.task}: none of the {len(job.images)} calibration images is usable; "
+                         f"the first: {next(iter(skipped.values()))}")
     seconds = time.monotonic() - started
     ranges = collector.ranges(job.percentile)
     report = {
-        "task": job.task, "key": key, "method": job.method, "images": used, "skipped": skipped,
+        "task": job.task, "key": key, "method": job.method, "images": used, "skipped": sorted(skipped),
+        "skipped_why": dict(sorted(skipped.items())),
         "batch": job.batch, "input": [job.height, job.width], "tensors": len(ranges),
         "seconds": round(seconds, 3), "images_per_second": round(used / seconds, 2), "reused": False,
         "header": "EntropyCalibration2 (trtexec's calibrator type; the ranges come from 'method')",
@@ -127,40 +144,65 @@ def _compute(job: CalibrationJob, digests: dict[str, str], key: str) -> dict:
     return {"ranges": [[name, float(value)] for name, value in ranges.items()], "report": report}
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ----------------------------------------------------------------------------- images
 
+def _scan(job: CalibrationJob) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 of every image (what the key is computed from), and why each image its
+    header already shows unusable is so: such an image is refused (or counted) at once,
+    not after calibrating on every image before it."""
+    digests, unusable = {}, {}
+    for ref in job.images:
+        data = read_image_bytes(ref)
+        digests[ref.name] = sha256_hex(data)
+        try:
+            check_encoded(data, ref.name)
+        except UnusableImage as exc:
+            unusable[ref.name] = _reason_to_skip(job, exc)
+    return digests, unusable
+
+
+def _reason_to_skip(job: CalibrationJob, exc: UnusableImage) -> str:
+    """Why an unusable image is skipped; without `bad_images: skip` it is refused instead."""
+    if not job.skip_bad_images:
+        raise StageError(f"{job.task}: {exc} (or set calibration.bad_images: skip to count and "
+                         "skip such files)") from None
+    return str(exc)
+
+
+def _warn_skipped(job: CalibrationJob, report: dict) -> None:
+    if report["skipped"]:
+        first = report.get("skipped_why", {}).get(report["skipped"][0], report["skipped"][0])
+        more = f" and {len(report['skipped']) - 1} more" if len(report["skipped"]) > 1 else ""
+        warn(f"{job.task}: skipped {first}{more} (bad_images: skip; all are listed in "
+             f"{job.report_out.name})")
+
+
 def _load(ref: ImageRef, digest: str, job: CalibrationJob):
-    """(preprocessed 1x3xHxW, None) or (None, name) for a bad image that may be skipped."""
-    data = ref.path.read_bytes()
-    if _sha256(data) != digest:
-        raise StageError(f"{ref.name} changed while calibrating; rerun once the image set is stable")
+    """(preprocessed 1x3xHxW, None), or (None, (name, why)) for an image to skip."""
+    data = read_image_bytes(ref)
+    if sha256_hex(data) != digest:
+        raise ImageSetChanged(f"{job.task}: {ref.name} changed while calibrating; nothing was written: "
+                              "rerun once the image set is stable")
     try:
         return preprocess(decode_image(data, ref.name), job.height, job.width), None
-    except StageError:
-        if not job.skip_bad_images:
-            raise StageError(f"{ref.name}: not a readable image; remove it, or set "
-                             "calibration.bad_images: skip to count and skip such files") from None
-        return None, ref.name
+    except UnusableImage as exc:
+        return None, (ref.name, _reason_to_skip(job, exc))
 
 
 def _prepare(job: CalibrationJob, group: tuple[ImageRef, ...], digests: dict[str, str]):
-    """(batch array or None, names used, names skipped) for one group of images."""
+    """(batch array or None, names used, {name: why} skipped) for one group of images."""
     np = require("numpy", "core")
     loaded = [(ref, *_load(ref, digests[ref.name], job)) for ref in group]
     arrays = [a for _, a, _ in loaded if a is not None]
     return (np.concatenate(arrays) if arrays else None,
             [ref.name for ref, a, _ in loaded if a is not None],
-            [bad for _, _, bad in loaded if bad is not None])
+            dict(bad for _, _, bad in loaded if bad is not None))
 
 
-def _batches(job: CalibrationJob, digests: dict[str, str]):
+def _batches(job: CalibrationJob, images: tuple[ImageRef, ...], digests: dict[str, str]):
     """Yield `_prepare` results in order; the next batch is decoded in a thread (OpenCV
     releases the GIL) while ONNX Runtime runs the current one."""
-    groups = [job.images[i:i + job.batch] for i in range(0, len(job.images), job.batch)]
+    groups = [images[i:i + job.batch] for i in range(0, len(images), job.batch)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(_prepare, job, groups[0], digests)
         for group in groups[1:]:
@@ -169,15 +211,12 @@ def _batches(job: CalibrationJob, digests: dict[str, str]):
         yield pending.result()
 
 
-def _write_sample_batch(job: CalibrationJob, digests: dict[str, str]) -> None:
-    """The first calibration batch as .npy: ModelOpt's Q/DQ pass needs real inputs."""
-    np = require("numpy", "core")
-    batch, _, _ = _prepare(job, job.images[:job.batch], digests)
+def _sample_batch(job: CalibrationJob, images: tuple[ImageRef, ...], digests: dict[str, str]):
+    """The first calibration batch: ModelOpt's Q/DQ pass needs real inputs."""
+    batch, _, _ = _prepare(job, images[:job.batch], digests)
     if batch is None:
         raise StageError(f"{job.task}: none of the first {job.batch} calibration images is readable")
-    with atomic_output(job.sample_out) as temp:
-        with open(temp, "wb") as f:
-            np.save(f, batch)
+    return batch
 
 
 # ----------------------------------------------------------------------------- the model

@@ -16,20 +16,28 @@ from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
-from ..images import ImageRef, decode_image, preprocess
+from ..images import ImageRef, UnusableImage, decode_image, preprocess, read_image_bytes, refuse_if_changed, sha256_hex
 
 RUNNER = "onnxrt-fp32-reference"
 
 
-def feeds_for(images: tuple[ImageRef, ...], input_name: str, height: int, width: int, batch: int) -> list[dict]:
-    """One Polygraphy feed dict per iteration, `batch` images each (the last may be short
-    only when the input's batch axis is dynamic, which is when batch is 1)."""
+def feeds_for(encoded: dict[str, bytes], input_name: str, height: int, width: int, batch: int) -> list[dict]:
+    """One Polygraphy feed dict per iteration from {image name: file bytes}, `batch` images
+    each (the last may be short only when the input's batch axis is dynamic, which is when
+    batch is 1)."""
     np = require("numpy", "core")
-    arrays = [preprocess(decode_image(ref.path.read_bytes(), ref.name), height, width) for ref in images]
+    arrays = [_preprocessed(name, data, height, width) for name, data in encoded.items()]
     if len(arrays) % batch:
         raise StageError(f"verify.count: {len(arrays)} images do not fill batches of {batch} "
                          "(the input's batch is fixed); use a multiple")
     return [{input_name: np.concatenate(arrays[i:i + batch])} for i in range(0, len(arrays), batch)]
+
+
+def _preprocessed(name: str, data: bytes, height: int, width: int):
+    try:
+        return preprocess(decode_image(data, name), height, width)
+    except UnusableImage as exc:  # no skipping: a reference on fewer images than the recipe names would mislead
+        raise StageError(f"verify.images: {exc}") from None
 
 
 def run_onnxruntime(onnx_path: Path, feeds: list[dict]) -> list[dict]:
@@ -47,9 +55,11 @@ def make_reference(onnx_path: Path, images: tuple[ImageRef, ...], input_name: st
     from polygraphy.comparator import RunResults
     from polygraphy.json import save_json
 
-    feeds = feeds_for(images, input_name, height, width, batch)
+    encoded = {ref.name: read_image_bytes(ref) for ref in images}  # a few images (verify.count)
+    feeds = feeds_for(encoded, input_name, height, width, batch)
     results = RunResults()
     results.add(run_onnxruntime(onnx_path, feeds), runner_name=RUNNER)
+    refuse_if_changed(images, {name: sha256_hex(data) for name, data in encoded.items()}, "reference")
     with atomic_output(inputs_out) as temp:
         save_json(feeds, str(temp), description="trtforge verification inputs")
     with atomic_output(outputs_out) as temp:

@@ -4,7 +4,8 @@ trtexec's first stdout line is `&&&& RUNNING TensorRT.trtexec [TensorRT v100800]
 8.x encodes the version as MAJOR*1000 + MINOR*100 + PATCH (`v8601` is 8.6.1); 10.x and
 later as MAJOR*10000 + MINOR*100 + PATCH (`v100800` is 10.8.0); 10.4+ may append
 ` [b<n>]`. The product supports the generations whose grammar it renders; any other
-version is refused with one line rather than guessed at.
+version, older or newer, is refused with one line rather than guessed at: 11.0 removed
+flags 10.x had, so a future major may well change the grammar again.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class TrtVersion:
             return "8.6"
         if self.major == 10:
             return "10"
-        if self.major >= 11:
+        if self.major == 11:
             return "11"
         raise ToolError(f"TensorRT {self} is not supported: trtforge renders trtexec commands for "
-                        "8.2 (Jetson TX2/Nano), 8.6, 10.x and 11.x; install one of those")
+                        "8.2 (Jetson TX2/Nano), 8.6, 10.x and 11.x; point TRTEXEC at a trtexec of one of those")
 
 
 def parse_banner_number(number: int) -> TrtVersion:

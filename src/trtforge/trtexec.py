@@ -45,7 +45,9 @@ def locate_trtexec() -> Path | None:
     found = shutil.which("trtexec")
     if found:
         return Path(found)
-    return DEFAULT_LOCATION if os.access(DEFAULT_LOCATION, os.X_OK) else None
+    if DEFAULT_LOCATION.is_file() and not os.access(DEFAULT_LOCATION, os.X_OK):
+        raise ToolError(f"{DEFAULT_LOCATION} is not executable; chmod +x it or set TRTEXEC")
+    return DEFAULT_LOCATION if DEFAULT_LOCATION.is_file() else None
 
 
 def not_found_message() -> str:
@@ -72,12 +74,26 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
         raise ToolError(f"cannot run {path}: {exc.strerror}; check it is a trtexec for this machine") from None
     version = version_from_banner(output)
     if version is None:
-        raise ToolError(f"{path} printed no '&&&& RUNNING TensorRT.trtexec [TensorRT vNNNN]' banner; "
-                        "it is not trtexec (point TRTEXEC at TensorRT's bin/trtexec)")
-    version.generation  # refuse unsupported versions before caching them
+        raise ToolError(_no_banner_message(path, output))
+    try:
+        version.generation  # refuse unsupported versions before caching them
+    except ToolError as exc:
+        raise ToolError(f"{path}: {exc}") from None
     cached[key] = [version.major, version.minor, version.patch]
     _write_probe_cache(cache_file, cached)
     return version
+
+
+def _no_banner_message(path: Path, output: str) -> str:
+    """Why `path` is not a usable trtexec, with the first thing it printed as evidence."""
+    first = next((line.strip() for line in output.splitlines() if line.strip()), "")
+    said = f" (it printed: {first[:160]})" if first else " (it printed nothing)"
+    # A real trtexec whose TensorRT libraries are not on the loader path fails before its banner.
+    if "error while loading shared libraries" in first:
+        return (f"{path} cannot start{said}; add TensorRT's lib folder to LD_LIBRARY_PATH "
+                "or point TRTEXEC at a trtexec that runs")
+    return (f"{path} printed no '&&&& RUNNING TensorRT.trtexec [TensorRT vNNNN]' banner{said}; "
+            "it is not trtexec (point TRTEXEC at TensorRT's bin/trtexec)")
 
 
 def _read_probe_cache(cache_file: Path) -> dict:

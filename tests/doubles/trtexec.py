@@ -30,8 +30,10 @@ version_compatible, sparsity, timing_cache.  Use ``read_engine(path)`` to decode
 
 Timing cache (--timingCacheFile), the DOUBLE'S OWN FORMAT: first line TIMING_CACHE_MAGIC
 ("trtforge-double-timing-cache v1"), then JSON {"entries": {key: entry}} where entry =
-{onnx_sha256, precision, strongly_typed, trt_version, device} and key = sha256 of the entry's
-sorted-key JSON (so: ONNX bytes + precision flags + version).  Decode with
+{onnx_sha256, precision, strongly_typed, workspace_bytes, trt_version, device} and key = sha256
+of the entry's sorted-key JSON (so: ONNX bytes + precision flags + workspace + version; the
+workspace is in the key because tactics that need more than the pool allows are not timed,
+so a build with another budget adds timings).  Decode with
 ``decode_timing_cache(bytes)``.  Each build takes fcntl.lockf on "<F>.lock" (as NVIDIA's
 FileLock; the lock file is left in place), re-reads, merges, writes a temp file and renames.  A file not in this format
 is treated as corrupt: "[W] [TRT] Detected invalid timing cache, setup a local cache instead"
@@ -992,7 +994,8 @@ class Session:
         log.i(f"Engine built in {time.monotonic() - t1:.6g} sec.")
         if use_cache:
             entry = {"onnx_sha256": model["sha256"], "precision": sorted(b.precision),
-                     "strongly_typed": b.strongly_typed, "trt_version": self.ver, "device": GPU["name"]}
+                     "strongly_typed": b.strongly_typed, "workspace_bytes": desc["workspace_bytes"],
+                     "trt_version": self.ver, "device": GPU["name"]}
             key = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
             timing_cache_update(b.timing_cache, key, entry, log, self.trt)
         if b.skip_inference:

@@ -7,10 +7,7 @@ succeeded. Nothing absolute is baked into the argv or the artifacts, so the same
 later be shipped to a machine with the target GPU.
 
 One timing cache per (GPU, TensorRT version) lives in artifacts/cache/timing/. It is a
-side input, never a doit file_dep. Builds that share it take its lock for the whole
-build: they run one at a time (autotuning timings taken while another build loads the
-same GPU are skewed anyway), and each publishes its updated cache atomically, so the
-cache keeps every build's entries and is never seen half-written.
+side input, never a doit file_dep, and never trusted unverified (see SharedTimingCache).
 """
 
 from __future__ import annotations
@@ -21,12 +18,14 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import TEMP_MARK, atomic_output, remove_path, write_text_atomic
-from ..console import info
+from ..console import info, warn
 from ..errors import StageError, ToolError, require
 from ..recipe import BuildOptions
 from ..render import EngineIntent, render_argv
@@ -65,10 +64,10 @@ def build_engine(job: EngineJob, not_found: str) -> None:
         argv = render_argv(intent, job.version)
         write_text_atomic(job.out_dir / SCRIPT, _script(job, argv))
         if intent.timing_cache:
-            with _timing_cache_lock(job) as shared_cache:
-                _copy_if_exists(shared_cache, work / intent.timing_cache)
+            with SharedTimingCache(job) as cache:
+                cache.copy_to(work / intent.timing_cache)
                 _run_trtexec(job, argv, work)
-                _publish_timing_cache(work / intent.timing_cache, shared_cache)
+                cache.update_from(work / intent.timing_cache)
         else:
             _run_trtexec(job, argv, work)
         _publish(job, argv, work)
@@ -132,11 +131,6 @@ def _link(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def _copy_if_exists(source: Path, dest: Path) -> None:
-    if source.is_file() and source.stat().st_size > 0:
-        shutil.copyfile(source, dest)
-
-
 def _script(job: EngineJob, argv: list[str]) -> str:
     """The exact command, for a person to read and rerun (inputs named as in the work folder)."""
     lines = [
@@ -154,35 +148,129 @@ def _script(job: EngineJob, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-class _timing_cache_lock:
-    """Hold the shared timing cache of this (GPU, TensorRT version) for one build."""
+class SharedTimingCache:
+    """The timing cache of one (GPU, TensorRT version), shared by every engine build here.
+
+    TensorRT's timing cache is an opaque blob with no checksum of its own: depending on the
+    version, a truncated or overwritten one is reset with a warning ("Detected invalid
+    timing cache"), fed to the builder or fails the build, and trtforge cannot parse it to
+    tell. So trtforge trusts only the bytes it published: beside each cache it writes
+    `<cache>.sha256` (sha256sum's format), and a cache that does not match that record is
+    moved aside before trtexec could read it. The cache only saves build time: one that
+    cannot be read or saved costs a one-line warning, never the engine.
+
+    Builds that share it hold its lock for the whole build: they run one at a time
+    (autotuning timings taken while another build loads the same GPU are skewed anyway), and
+    each publishes its updated cache atomically, so the cache keeps every build's entries
+    and is never seen half-written.
+    """
 
     def __init__(self, job: EngineJob) -> None:
         from ..gpu import gpu_name, gpu_slug
 
-        job.timing_cache_dir.mkdir(parents=True, exist_ok=True)
         self.path = job.timing_cache_dir / f"{gpu_slug(gpu_name())}-trt{job.version}.cache"
+        self.record = self.path.with_name(self.path.name + ".sha256")
         self.task = job.task
+        self.lock = None  # held while usable; None when the cache folder cannot be used
 
-    def __enter__(self) -> Path:
+    def __enter__(self) -> "SharedTimingCache":
         from filelock import FileLock, Timeout
 
-        self.lock = FileLock(str(self.path) + ".trtforge-lock")
         try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            info(f"{self.task}: waiting for the timing cache {self.path.name} (another engine build holds it)")
-            self.lock.acquire()
-        return self.path
+            _make_folder(self.path.parent)
+            lock = FileLock(str(self.path) + ".trtforge-lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                info(f"{self.task}: waiting for the timing cache {self.path.name} (another engine build holds it)")
+                lock.acquire()
+            self.lock = lock
+        except OSError as exc:
+            self._warn_unusable("not used or saved", exc, "the engine is built without it")
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
+
+    def copy_to(self, dest: Path) -> None:
+        """Put the shared cache at `dest` for trtexec, if it is exactly what trtforge saved."""
+        if self.lock is None or not self.path.is_file():
+            return
+        try:
+            digest = _copy_hashing(self.path, dest)
+        except OSError as exc:
+            remove_path(dest)
+            self._warn_unusable("not used", exc, "the engine is built without it")
+            return
+        recorded = self._recorded_sha256()
+        if digest != recorded:
+            remove_path(dest)
+            self._move_aside("has no checksum record beside it" if recorded is None
+                             else f"does not match the sha256 trtforge recorded when it saved it ({self.record.name})")
+
+    def update_from(self, built: Path) -> None:
+        """Publish the cache trtexec updated, then its record (a crash between the two leaves a
+        mismatch, which the next build moves aside: never a cache trusted unverified)."""
+        if self.lock is None or not built.is_file() or built.stat().st_size == 0:
+            return
+        try:
+            with atomic_output(self.path) as temp:
+                digest = _copy_hashing(built, temp)
+            write_text_atomic(self.record, f"{digest}  {self.path.name}\n")
+        except OSError as exc:
+            self._warn_unusable("not saved", exc, "the engine is built, but later builds cannot reuse its timings")
+
+    def _recorded_sha256(self) -> str | None:
+        try:
+            return self.record.read_text().split()[0]
+        except (OSError, UnicodeDecodeError, IndexError):
+            return None
+
+    def _move_aside(self, why: str) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            self.lock.release()
+            self.lock = None  # neither trust nor overwrite what could not be moved aside
+            warn(f"{self.task}: timing cache {self.path} {why} and could not be moved aside "
+                 f"({exc.strerror}); building without it: move or delete it")
+            return
+        remove_path(self.record)
+        warn(f"{self.task}: timing cache {self.path} {why}; moved it to {aside} and building with a fresh cache")
+
+    def _warn_unusable(self, what: str, exc: OSError, consequence: str) -> None:
+        warn(f"{self.task}: timing cache {self.path} {what}: {exc.strerror}; {consequence} "
+             "(fix that path so later builds reuse and update the cache)")
 
 
-def _publish_timing_cache(updated: Path, shared: Path) -> None:
-    if updated.is_file() and updated.stat().st_size > 0:
-        with atomic_output(shared) as temp:
-            shutil.copyfile(updated, temp)
+def _make_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        import errno
+
+        raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _copy_hashing(source: Path, dest: Path) -> str:
+    """Copy `source` to `dest` and return the sha256 of exactly the bytes copied."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as src, open(dest, "wb") as out:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def _doit_streams_stdout() -> bool:
+    """Whether this action's stdout is shown live (`doit -v 2`, or no doit at all).
+
+    doit 0.37 routes an action's stdout through a `Writer` whose `orig_stream` is the
+    terminal only at verbosity 2; below that it captures stdout and replays it after a
+    failure, where trtexec's whole log would bury the one-line error that names the kept
+    log (trtexec.failed.log)."""
+    return getattr(sys.stdout, "orig_stream", sys.stdout) is not None
 
 
 def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
@@ -193,9 +281,11 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
     log = work / LOG
     info(f"{job.task}: trtexec (TensorRT {job.version}) building; log: {job.out_dir / LOG}")
     started = time.monotonic()
+    stream = _doit_streams_stdout()
 
     def on_line(line: str) -> None:
-        print(line, flush=True)  # doit shows it live with `doit -v 2`, and on failure otherwise
+        if stream:
+            print(line, flush=True)
         status.update(phase_of(line), line)
 
     try:
@@ -209,7 +299,7 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
     text = log.read_text(errors="replace") if log.exists() else ""
     if code != 0:
         _keep_failed_log(job, log)
-        cause = first_error(text) or (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+        cause = _failure_cause(code, first_error(text))
         raise StageError(f"{job.task}: trtexec failed: {cause} (full log: {job.out_dir / 'trtexec.failed.log'})")
     engine = work / ENGINE
     if not engine.is_file() or engine.stat().st_size == 0:
@@ -217,6 +307,21 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
         raise StageError(f"{job.task}: trtexec exited 0 but wrote {'an empty' if engine.is_file() else 'no'} "
                          f"engine (log: {job.out_dir / 'trtexec.failed.log'})")
     info(f"{job.task}: engine built in {time.monotonic() - started:.1f} s")
+
+
+def _failure_cause(code: int, error_line: str | None) -> str:
+    """Why trtexec failed, in a few words: the signal that killed it, else its first [E] line."""
+    if code > 0:
+        return error_line or f"exit code {code} and no [E] line"
+    try:
+        cause = f"killed by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        cause = f"killed by signal {-code}"
+    if error_line:
+        cause += f" after: {error_line}"
+    if -code == signal.SIGKILL:  # the kernel's out-of-memory killer uses SIGKILL and says so only in its log
+        cause += "; if nobody stopped it, the out-of-memory killer may have (see `dmesg`)"
+    return cause
 
 
 def _keep_failed_log(job: EngineJob, log: Path) -> None:

@@ -1,0 +1,259 @@
+"""trtexec and timing-cache faults, end to end through doit with the trtexec double.
+
+Each fault ends in one line and a documented exit code (1: the engine task failed; 0: the
+build went on with a warning), leaves nothing a later run would trust, and a plain rerun
+after the fix finishes the build. The trtexec cases test_build_e2e.py already pins (missing,
+not executable, no banner, a version older than 8.2, [E] lines, SIGSEGV, hang, no or empty
+engine) are not repeated here; this file adds the cases it lacks and the timing cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import executed, run_doit
+from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine
+from test_build_e2e import exported, project  # noqa: F401  (fixtures: a copy of a project whose export ran)
+
+from trtforge.errors import ToolError
+from trtforge.trtexec import probe_version
+
+
+def output_lines_with(result, text: str) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if text in line]
+
+
+def the_line_with(result, text: str) -> str:
+    """The one output line holding `text`: a fault is told once, not repeated or scattered."""
+    lines = output_lines_with(result, text)
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def working_trtexec(tmp_path: Path) -> dict:
+    return {"TRTEXEC": str(make_wrapper(tmp_path / "ok", "10.8"))}
+
+
+def shared_timing_cache(project: Path) -> Path:
+    (cache,) = (project / "artifacts" / "cache" / "timing").glob("*.cache")
+    return cache
+
+
+def recorded_sha256(cache: Path) -> str:
+    return cache.with_name(cache.name + ".sha256").read_text().split()[0]
+
+
+def variant_out(project: Path, variant: str) -> Path:
+    return project / "artifacts" / "yolov8n" / variant
+
+
+# ----------------------------------------------------------------------------- trtexec
+
+@pytest.mark.slow
+def test_a_trtexec_newer_than_any_known_version_is_refused_naming_it_and_the_supported_ones(project, tmp_path):
+    """A TensorRT 13 banner (v130000) used to be rendered as 11.x; 11.0 itself dropped flags
+    10.x had, so an unknown major is refused rather than guessed at."""
+    future = make_wrapper(tmp_path / "future", "13.0")
+    result = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(future)})
+    assert result.returncode == 1
+    line = the_line_with(result, "is not supported")
+    assert f"{future}: TensorRT 13.0.0 is not supported" in line
+    assert "8.2 (Jetson TX2/Nano), 8.6, 10.x and 11.x" in line and "point TRTEXEC at" in line
+    out = variant_out(project, "fp32")
+    assert not (out / "engine.plan").exists()
+
+    rerun = run_doit(project, "build:yolov8n-fp32", env=working_trtexec(tmp_path))
+    assert rerun.returncode == 0 and read_engine(out / "engine.plan")["trt_version"] == "10.8.0"
+
+
+BANNER_THEN_SIGKILL = """#!/bin/sh
+echo '&&&& RUNNING TensorRT.trtexec [TensorRT v100800] # trtexec'
+[ "$1" = --help ] && exit 0
+kill -KILL $$
+"""
+
+
+@pytest.mark.slow
+def test_a_trtexec_killed_by_sigkill_names_the_signal_and_the_out_of_memory_killer(project, tmp_path):
+    """SIGKILL is what the kernel's out-of-memory killer sends to a large engine build; it
+    says so only in the kernel log, so the line points there."""
+    killed = tmp_path / "killed" / "trtexec"
+    killed.parent.mkdir()
+    killed.write_text(BANNER_THEN_SIGKILL)
+    killed.chmod(0o755)
+    result = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(killed)})
+    assert result.returncode == 1
+    line = the_line_with(result, "killed by signal 9 (SIGKILL)")
+    assert "out-of-memory killer" in line and "dmesg" in line and "trtexec.failed.log" in line
+    assert not (variant_out(project, "fp32") / "engine.plan").exists()
+
+
+@pytest.mark.parametrize("fault", ["build_error", "crash", "hang", "no_engine", "empty_engine"])
+@pytest.mark.slow
+def test_after_a_trtexec_fault_a_plain_rerun_finishes_from_the_untouched_timing_cache(project, tmp_path, fault):
+    """Recovery from the faults whose one-line message test_build_e2e.py pins: the failed build
+    publishes nothing (no engine, no temporary, the shared timing cache and its record as they
+    were), so the rerun with a working trtexec trusts the cache and finishes the build."""
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("workspace: 1GiB", "workspace: 1GiB\n  timeout: 2s"))
+    assert run_doit(project, "build:yolov8n-fp16", env=working_trtexec(tmp_path)).returncode == 0
+    cache = shared_timing_cache(project)
+    before, record_before = cache.read_bytes(), recorded_sha256(cache)
+
+    broken = make_wrapper(tmp_path / "broken", "10.8", fault=fault, build_seconds=0.5)
+    failed = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(broken)})
+    assert failed.returncode == 1
+    out = variant_out(project, "fp32")
+    assert not (out / "engine.plan").exists() and not list(project.rglob("*trtforge-tmp*"))
+    assert cache.read_bytes() == before and recorded_sha256(cache) == record_before
+
+    rerun = run_doit(project, "build:yolov8n-fp32", env=working_trtexec(tmp_path))
+    assert rerun.returncode == 0 and "engine:yolov8n-fp32" in executed(rerun)
+    assert read_engine(out / "engine.plan") and not (out / "trtexec.failed.log").exists()
+    assert f"Loaded {len(before)} bytes of timing cache" in (out / "trtexec.log").read_text()
+    assert len(decode_timing_cache(cache.read_bytes())) == 2
+
+
+def test_a_trtexec_that_cannot_load_tensorrt_says_so_and_names_ld_library_path(tmp_path):
+    """The usual way a real trtexec prints no banner: its libraries are not on the loader path."""
+    tool = tmp_path / "trtexec"
+    tool.write_text("#!/bin/sh\necho 'trtexec: error while loading shared libraries: libnvinfer.so.10: cannot "
+                    "open shared object file: No such file or directory' >&2\nexit 127\n")
+    tool.chmod(0o755)
+    with pytest.raises(ToolError, match=r"cannot start \(it printed: trtexec: error while loading shared "
+                                        r"libraries: libnvinfer\.so\.10.*LD_LIBRARY_PATH"):
+        probe_version(tool, tmp_path / "probe.json")
+    assert not (tmp_path / "probe.json").exists()  # a failed probe is never cached
+
+
+# ----------------------------------------------------------------------------- timing cache
+
+def scramble(cache: Path) -> None:
+    cache.write_bytes(random.Random(0).randbytes(cache.stat().st_size))
+
+
+def truncate(cache: Path) -> None:
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+
+
+def unrecord(cache: Path) -> None:
+    cache.with_name(cache.name + ".sha256").unlink()
+
+
+@pytest.mark.parametrize("damage, says", [
+    (scramble, "does not match the sha256 trtforge recorded"),
+    (truncate, "does not match the sha256 trtforge recorded"),
+    (unrecord, "has no checksum record beside it"),
+])
+@pytest.mark.slow
+def test_a_corrupt_timing_cache_is_moved_aside_before_trtexec_sees_it_and_the_build_goes_on(
+        project, tmp_path, damage, says):
+    good = working_trtexec(tmp_path)
+    assert run_doit(project, "build:yolov8n-fp32", env=good).returncode == 0
+    cache = shared_timing_cache(project)
+    damage(cache)
+    damaged = cache.read_bytes()
+
+    result = run_doit(project, "build:yolov8n-fp16", env=good)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (aside,) = cache.parent.glob(f"{cache.name}.corrupt-*")
+    line = the_line_with(result, "moved it to")
+    assert f"WARNING: engine:yolov8n-fp16: timing cache {cache} {says}" in line
+    assert f"moved it to {aside} and building with a fresh cache" in line
+    assert aside.read_bytes() == damaged
+    log = (variant_out(project, "fp16") / "trtexec.log").read_text()
+    assert "Could not read timing cache from: timing.cache" in log  # trtexec started fresh
+    assert len(decode_timing_cache(cache.read_bytes())) == 1
+    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+
+    assert run_doit(project, "forget", "engine:yolov8n-fp32").returncode == 0
+    rerun = run_doit(project, "build:yolov8n-fp32", env=good)
+    assert rerun.returncode == 0 and not output_lines_with(rerun, "timing cache /")  # the fresh cache is trusted
+    assert len(decode_timing_cache(cache.read_bytes())) == 2
+    assert len(list(cache.parent.glob("*.corrupt-*"))) == 1
+
+
+def cache_is_a_directory(cache: Path) -> None:
+    cache.unlink()
+    cache.mkdir()
+
+
+def cache_folder_is_a_file(cache: Path) -> None:
+    shutil.rmtree(cache.parent)
+    cache.parent.write_text("")
+
+
+def undo(cache: Path) -> None:
+    if cache.is_dir():
+        cache.rmdir()
+    elif cache.parent.is_file():
+        cache.parent.unlink()
+
+
+# Tests run as root, for whom a read-only mode stops nothing: a directory where the cache file
+# goes (rename onto it fails with EISDIR) and a file where its folder goes (ENOTDIR) fail for
+# root as a read-only or foreign folder fails for a user.
+@pytest.mark.parametrize("block, says", [
+    (cache_is_a_directory, "not saved: Is a directory; the engine is built, but later builds cannot reuse"),
+    (cache_folder_is_a_file, "not used or saved: {folder} is not a folder; the engine is built without it"),
+])
+@pytest.mark.slow
+def test_an_unwritable_timing_cache_costs_a_warning_not_the_engine(project, tmp_path, block, says):
+    good = working_trtexec(tmp_path)
+    assert run_doit(project, "build:yolov8n-fp32", env=good).returncode == 0
+    cache = shared_timing_cache(project)
+    block(cache)
+
+    result = run_doit(project, "build:yolov8n-fp16", env=good)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = the_line_with(result, f"timing cache {cache}")
+    assert "WARNING: engine:yolov8n-fp16:" in line and says.format(folder=cache.parent) in line
+    out = variant_out(project, "fp16")
+    assert read_engine(out / "engine.plan") and (out / "summary.json").is_file()
+    assert not list(project.rglob("*trtforge-tmp*"))
+
+    undo(cache)
+    assert run_doit(project, "forget", "engine:yolov8n-fp16").returncode == 0
+    rerun = run_doit(project, "build:yolov8n-fp16", env=good)
+    assert rerun.returncode == 0 and not output_lines_with(rerun, "WARNING: engine")
+    assert len(decode_timing_cache(cache.read_bytes())) == 1
+    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+
+
+# Four engines of the 160 px recipe (the size does not matter to the cache bookkeeping) whose
+# timing-cache keys all differ: the double keys entries by ONNX, precision and workspace.
+FOUR_VARIANTS = """\
+variants:
+  fp32-1g: {precision: fp32}
+  fp32-2g: {precision: fp32, build: {workspace: 2GiB}}
+  fp16-1g: {precision: fp16}
+  fp16-2g: {precision: fp16, build: {workspace: 2GiB}}
+"""
+
+
+@pytest.mark.slow
+def test_four_parallel_builders_leave_a_loadable_timing_cache_with_every_entry(project, tmp_path):
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().split("variants:")[0] + FOUR_VARIANTS)
+    names = ["fp32-1g", "fp32-2g", "fp16-1g", "fp16-2g"]
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8", build_seconds=1))}
+    result = run_doit(project, "-n", "4", *(f"build:yolov8n-{n}" for n in names), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert output_lines_with(result, "waiting for the timing cache")  # the builds really overlapped
+
+    cache = shared_timing_cache(project)
+    entries = decode_timing_cache(cache.read_bytes())
+    assert entries is not None, "the double cannot load the timing cache"
+    built = [read_engine(variant_out(project, n) / "engine.plan") for n in names]
+
+    def key(build: dict) -> tuple:
+        return tuple(build["precision"]), build["workspace_bytes"]
+
+    assert len(entries) == 4 and sorted(map(key, entries.values())) == sorted(map(key, built))
+    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert not list(cache.parent.glob("*.corrupt-*")) and not list(project.rglob("*trtforge-tmp*"))

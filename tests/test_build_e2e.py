@@ -252,7 +252,39 @@ def test_checks_run_on_cpu_and_report_the_engine_comparison_as_skipped(verified_
     recipe.write_text(recipe.read_text().replace('build: {keep_fp32: ["/model.22/dfl/*"]}',
                                                  'build: {keep_fp32: ["/model.22/dfl/*"]}\n    check: {atol: 0.04}'))
     result = run_doit(verified_project, "cpu:yolov8n")
-    assert executed(result) == ["check:yolov8n-fp16"], result.stdout  # tolerances are read by check only
+    # tolerances are read by check only (and the comparison table shows its verdict)
+    assert executed(result) == ["check:yolov8n-fp16", "compare:yolov8n"], result.stdout
+
+
+def test_compare_table_without_trtexec_says_not_measured(verified_project):
+    assert run_doit(verified_project, "cpu:yolov8n").returncode == 0
+    out = verified_project / "artifacts" / "yolov8n"
+    rows = {row["variant"]: row for row in json.loads((out / "compare.json").read_text())["variants"]}
+    assert set(rows) == {"fp32", "fp16"}
+    for variant, onnx in (("fp32", out / "model.onnx"), ("fp16", out / "fp16" / "autocast.onnx")):
+        row = rows[variant]
+        assert row["onnx_bytes"] == onnx.stat().st_size and row["ort_cpu_ms"]["runs"] >= 5
+        assert 0 < row["ort_cpu_ms"]["median"] <= row["ort_cpu_ms"]["p90"]
+        assert row["engine"]["status"].startswith("not measured: trtexec not found")
+        assert row["gate"]["passed"] is True
+    assert rows["fp32"]["ort_cpu_speedup_vs_fp32"] == 1.0
+    table = (out / "compare.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table if line.startswith("| fp")] == ["| fp32", "| fp16"]
+    assert all("| not measured |" in line for line in table if line.startswith("| fp"))
+
+
+def test_compare_table_shows_trtexec_figures_of_built_engines(verified_project, tmp_path):
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    result = run_doit(verified_project, "compare:yolov8n", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compare:yolov8n (ORT CPU here" in result.stderr
+    out = verified_project / "artifacts" / "yolov8n"
+    for row in json.loads((out / "compare.json").read_text())["variants"]:
+        summary = json.loads((out / row["variant"] / "summary.json").read_text())
+        assert row["engine"]["status"] == "measured"
+        assert row["engine"]["throughput_qps"] == summary["performance"]["throughput_qps"]
+        assert row["engine"]["latency_ms"]["median"] == summary["performance"]["latency_ms"]["median"]
+        assert row["engine"]["engine_bytes"] == (out / row["variant"] / "engine.plan").stat().st_size
 
 
 def test_a_variant_outside_tolerance_fails_the_build_in_one_line(verified_project, tmp_path):

@@ -23,7 +23,7 @@ from .errors import ToolError, TrtforgeError, disk_error_message
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import RenderError, check_intent, default_profiles, render_argv
-from .stages import (autocast, calibrate, check, engine, export, kit, package, qdq, reference,
+from .stages import (autocast, calibrate, check, compare, engine, export, kit, package, qdq, reference,
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
@@ -173,6 +173,7 @@ def doit_namespace(project: Project) -> dict[str, Callable]:
         ("check", check_tasks, "accuracy gate against the FP32 reference"),
         ("package", package_tasks, "reproducible release archive of a built variant"),
         ("kit", kit_tasks, "build kit for the target device (no Python needed there)"),
+        ("compare", compare_tasks, "per-recipe table: CPU latency, size, accuracy and TensorRT figures per variant"),
         ("build", build_tasks, "build a variant: its engine and its accuracy gate"),
         ("cpu", cpu_tasks, "every stage that runs without a GPU"),
     ]
@@ -532,9 +533,44 @@ def cpu_tasks(project: Project) -> Iterator[dict]:
         deps = [f"export:{r.name}", f"surgery:{r.name}"]
         deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if v.precision in ("fp16", "int8")]
         if r.verify:
-            deps += [f"reference:{r.name}", *(f"check:{r.name}-{v.name}" for v in r.variants)]
+            deps += [f"reference:{r.name}", *(f"check:{r.name}-{v.name}" for v in r.variants), f"compare:{r.name}"]
         yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
                "actions": None, "task_dep": deps}
+
+
+@tracked
+def compare_tasks(project: Project) -> Iterator[dict]:
+    """Recipes with a verify: section (the table needs its inputs and the accuracy gates)."""
+    for r in project.recipes:
+        if r.verify is None:
+            continue
+        variants = tuple(_compare_inputs(project, r, v) for v in r.variants)
+        out = recipe_dir(project, r)
+        job = compare.CompareJob(task=f"compare:{r.name}", reference_inputs=reference_outputs(project, r)["inputs"],
+                                 variants=variants, report_json=out / "compare.json", report_md=out / "compare.md")
+        yield {
+            "name": r.name,
+            "doc": f"{r.name}: ONNX Runtime CPU latency, size, accuracy gate and trtexec figures of every variant",
+            "actions": [(run_stage, [compare.compare_variants, job])],
+            "file_dep": [str(job.reference_inputs), *(str(p) for v in variants for p in (v.onnx, v.check_report)),
+                         *(str(v.engine_summary) for v in variants if v.engine_summary),
+                         *code("stages/compare.py")],
+            "targets": [str(job.report_json), str(job.report_md)],
+            "uptodate": [config_changed({"variants": [[v.name, v.precision, v.engine_missing_reason
+                                                       if v.engine_summary is None else None] for v in variants],
+                                         "tools": tool_versions("onnxruntime")})],
+            "clean": True,
+        }
+
+
+def _compare_inputs(project: Project, r: Recipe, v: Variant) -> compare.VariantInputs:
+    """A variant's row reads the engine's summary only where the engine can be built here."""
+    job, problem = _engine_plan(project, r, v)
+    return compare.VariantInputs(
+        name=v.name, precision=v.precision, onnx=checked_onnx(project, r, v),
+        check_report=variant_dir(project, r, v) / "check.json",
+        engine_summary=variant_dir(project, r, v) / engine.SUMMARY if job else None,
+        engine_missing_reason="" if job else problem.split(";")[0])
 
 
 def _release_record(project: Project, r: Recipe, v: Variant) -> Path:

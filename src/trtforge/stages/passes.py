@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import require
 from ..surgery import surgery_pass
+from . import nms  # noqa: F401  (registers the `nms` pass; imports no heavy library)
 
 
 @surgery_pass("fold_constants")

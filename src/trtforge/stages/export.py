@@ -49,8 +49,8 @@ def _model_metadata(module) -> dict:
     if isinstance(names, dict):
         out["names"] = {int(k): str(v) for k, v in names.items()}
     stride = getattr(module, "stride", None)
-    if stride is not None:
-        out["stride"] = int(max(stride.tolist())) if hasattr(stride, "tolist") else int(stride)
+    if hasattr(stride, "max"):  # Ultralytics keeps its strides in a tensor; a Conv2d's stride is a tuple
+        out["stride"] = int(stride.max())
     return out
 
 
@@ -231,7 +231,9 @@ def _read_onnx(source: Path, shown: Path):
     try:
         onnx.checker.check_model(str(source))
     except Exception as exc:  # onnx raises ValidationError and others from its C++ checker
-        raise StageError(f"model.path: {shown} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+        reason = str(exc).splitlines()[0].rstrip(".")
+        raise StageError(f"model.path: {shown} is not a valid ONNX model ({reason}): it is truncated or was "
+                         "written wrongly; copy or export it again") from exc
     return model
 
 

@@ -9,6 +9,7 @@ Checkpoints are real: Ultralytics saves them (`YOLO(arch).save`, the same dict
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -141,7 +142,8 @@ def test_a_real_detection_checkpoint_passes_every_check(tmp_path, checkpoints):
     (tmp_path / "best.pt").write_bytes(checkpoints["detect"].read_bytes())
     out = tmp_path / "artifacts"
     export_onnx(_ultralytics("best.pt"), SPEC, 17, tmp_path, out / "export.onnx", out / "export.json")
-    assert '"task": "detect"' in (out / "export.json").read_text()
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["task"] == "detect" and meta["stride"] == 32 and len(meta["names"]) == 80
 
 
 def _zip_without_torch(path: Path) -> None:

@@ -118,8 +118,8 @@ def _check_ultralytics_checkpoint(path: Path, shown: Path) -> None:
         raise StageError(f"model.weights: {shown} is a PyTorch file but not an Ultralytics checkpoint "
                          f"({found}); give a checkpoint Ultralytics saved (its best.pt), or load a state "
                          "dict with model.source: torch and model.factory")
-    missing = sorted({n.split(".")[0] for n in names} - set(sys.modules))
-    missing = [m for m in missing if importlib.util.find_spec(m) is None]
+    missing = sorted(m for m in {n.split(".")[0] for n in names}
+                     if m not in sys.modules and importlib.util.find_spec(m) is None)
     if missing:
         raise StageError(f"model.weights: {shown} needs the Python module(s) {', '.join(missing)}, which are "
                          "not installed here; install them and rerun")

@@ -35,8 +35,23 @@ def atomic_output(target: Path) -> Iterator[Path]:
         if not temp.exists():
             raise FileNotFoundError(f"{temp} was not written")
         os.replace(temp, target)
+    except OSError as exc:
+        name_target(exc, target)
+        raise
     finally:
         remove_path(temp)
+
+
+def name_target(exc: OSError, target: Path) -> None:
+    """Give `exc` the name `target` when it names a temporary or nothing.
+
+    A writer that fails on a full disk often loses the name: torch.onnx.export and
+    onnx.save raise a bare `OSError(ENOSPC)` from `file.write` (measured with torch 2.14,
+    onnx 1.21). The user knows the target, not the temporary, so the one-line disk error
+    (`errors.disk_error_message`) names the target.
+    """
+    if exc.filename is None or TEMP_MARK in os.fsdecode(exc.filename):
+        exc.filename = str(target)
 
 
 def write_text_atomic(target: Path, text: str) -> None:
@@ -45,7 +60,13 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 
 def remove_path(path: Path) -> None:
-    """Remove a file or folder if it exists."""
+    """Remove a file or folder if it exists.
+
+    Checked first, not left to unlink: on a read-only mount, unlinking a missing file fails
+    with EROFS, not ENOENT (measured), which would hide the error that stopped the write.
+    """
+    if not os.path.lexists(path):
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -8,7 +8,9 @@ recipes themselves.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import shutil
 import sqlite3
 from dataclasses import dataclass
@@ -88,16 +90,52 @@ def check_state_db(root: Path) -> Finding:
     if not db.exists():
         return Finding("build state", "ok", f"{db} not created yet (nothing built)")
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-            rows = connection.execute("SELECT count(*) FROM doit").fetchone()[0]
-            integrity = connection.execute("PRAGMA quick_check").fetchone()[0]
+        problem, rows = _state_db_problem(db)
     except sqlite3.Error as exc:
-        return Finding("build state", "problem", f"{db} is unreadable ({exc})",
-                       f"move it aside (mv {db} {db}.bad): every artifact stays, tasks rerun once")
-    if integrity != "ok":
-        return Finding("build state", "problem", f"{db} fails sqlite's check ({integrity})",
+        problem, rows = f"is unreadable ({exc}): corrupt, or not doit's sqlite3 backend", 0
+    if problem:
+        return Finding("build state", "problem", f"{db} {problem}",
                        f"move it aside (mv {db} {db}.bad): every artifact stays, tasks rerun once")
     return Finding("build state", "ok", f"{db}: {rows} task records")
+
+
+# The table doit's sqlite3 backend creates (doit/dependency.py, unchanged from 0.28 to 0.37)
+DOIT_COLUMNS = ["task_id", "task_data"]
+
+
+def _state_db_problem(db: Path) -> tuple[str | None, int]:
+    """(what is wrong with the state DB, or None; how many task records it holds).
+
+    doit dies with a traceback on a file that is not sqlite (a `json` or `dbm` backend's
+    DB), on a `doit` table of another layout and on a record that is not JSON, and would
+    add its table to another program's sqlite file (measured with doit 0.37), so each is
+    found here first. A sqlite file with no table at all is fine: doit creates its table.
+    """
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+        integrity = connection.execute("PRAGMA quick_check").fetchone()[0]
+        if integrity != "ok":
+            return f"fails sqlite's check ({integrity})", 0
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if not tables:
+            return None, 0
+        if "doit" not in tables:
+            return f"is a sqlite file of another program (tables: {', '.join(sorted(tables))}), not doit's state", 0
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(doit)")]
+        if columns != DOIT_COLUMNS:
+            return (f"has a doit table with columns ({', '.join(columns)}), not ({', '.join(DOIT_COLUMNS)}): "
+                    "written by another doit version"), 0
+        records = connection.execute("SELECT task_id, task_data FROM doit").fetchall()
+    for task_id, data in records:
+        if not _is_json_object(data):
+            return f"holds a record of '{task_id}' that is not JSON: written by another doit version or codec", 0
+    return None, len(records)
+
+
+def _is_json_object(data: str | bytes | None) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except (TypeError, ValueError):
+        return False
 
 
 def check_recipes(root: Path) -> Finding:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .atomic import sweep_temporaries
 from .console import info
-from .errors import TrtforgeError
+from .errors import TrtforgeError, disk_error_message
 
 # doit commands that only read the state: they neither take the lock nor sweep.
 READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
@@ -46,18 +46,77 @@ def doit_command(argv: list[str]) -> str:
 
 
 def begin(artifacts: Path, argv: list[str] | None = None) -> None:
-    """Prepare artifacts/ for this invocation; raise TrtforgeError if another one runs."""
-    artifacts.mkdir(parents=True, exist_ok=True)
-    _refuse_unreadable_db(artifacts / ".doit.db")
-    if doit_command(argv if argv is not None else sys.argv) in READ_ONLY_COMMANDS:
-        return
-    _take_lock(artifacts / ".trtforge.lock")
-    swept = sweep_temporaries(artifacts)
+    """Prepare artifacts/ for this invocation; raise TrtforgeError if another one runs or
+    artifacts/ cannot be written."""
+    read_only = doit_command(argv if argv is not None else sys.argv) in READ_ONLY_COMMANDS
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        _refuse_unreadable_db(artifacts / ".doit.db")
+        if read_only:
+            return
+        _take_lock(artifacts / ".trtforge.lock")
+        swept = sweep_temporaries(artifacts)
+    except OSError as exc:
+        raise _unwritable(exc, artifacts) from None
     if swept:
         info(f"removed {len(swept)} temporary file(s) an interrupted run left in {artifacts}")
+    _guard_state_writes()
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     sys.excepthook = _report_stop
+
+
+def _unwritable(exc: OSError, artifacts: Path) -> OSError | TrtforgeError:
+    """One line naming artifacts/ for a disk the user must fix (read-only, no permission,
+    full); any other OSError is a bug and keeps its traceback."""
+    message = disk_error_message(OSError(exc.errno, exc.strerror, str(artifacts)), "trtforge")
+    return exc if message is None else TrtforgeError(message)
+
+
+def _guard_state_writes() -> None:
+    """A failed write of doit's sqlite3 state becomes one line instead of a traceback.
+
+    doit writes the state DB in two places: removing a failed task's record (mid-run) and
+    the final commit. On a full disk both raise `sqlite3.OperationalError`, which doit 0.37
+    prints as a traceback, exit 3 (measured on a full tmpfs). sqlite rolls a failed write
+    back, so the DB stays readable. A record that could not be removed is harmless: the run
+    that failed replaced no output (atomic writes), so whatever made the task run still
+    makes it run. A failed final commit loses this run's records: its tasks run again next
+    time, and their outputs are checked, never trusted. doit reads backends from its own
+    config files only, before dodo.py loads, hence a wrapper around its sqlite3 class.
+    """
+    from doit.dependency import SqliteDB
+
+    if getattr(SqliteDB, "_trtforge_guarded", False):
+        return
+    remove, dump = SqliteDB.remove, SqliteDB.dump
+
+    def remove_or_keep(self, task_id):  # noqa: ANN001, ANN202 - doit's signature
+        import sqlite3
+
+        try:
+            remove(self, task_id)
+        except sqlite3.OperationalError:
+            pass  # see the docstring: the final commit reports the full disk
+
+    def dump_or_one_line(self):  # noqa: ANN001, ANN202 - doit's signature
+        import contextlib
+        import sqlite3
+
+        from doit.exceptions import InvalidTask
+
+        try:
+            dump(self)
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.rollback()
+                self._conn.close()
+            # doit prints InvalidTask as one `ERROR:` line, exit 3
+            raise InvalidTask(f"trtforge: cannot save the build state in {self.name} ({exc}); free space on "
+                              "that disk and rerun: finished outputs are kept and checked again, "
+                              "never trusted unchecked") from None
+
+    SqliteDB.remove, SqliteDB.dump, SqliteDB._trtforge_guarded = remove_or_keep, dump_or_one_line, True
 
 
 def _refuse_unreadable_db(db: Path) -> None:

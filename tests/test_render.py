@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from trtforge.recipe import BuildOptions, ShapeRange
+from trtforge.recipe import BuildOptions, PassSpec, ShapeRange
 from trtforge.render import EngineIntent, RenderError, check_intent, default_profiles, render_argv
 from trtforge.trt_version import TrtVersion, parse_banner_number, version_from_banner
 
@@ -71,6 +71,20 @@ def test_keep_fp32_renders_obeyed_layer_precisions_on_86_and_10():
 def test_keep_fp32_with_builder_flags_is_refused_on_82():
     with pytest.raises(RenderError, match="no --layerPrecisions"):
         check_intent("fp16", replace(BUILD, keep_fp32=("/model.22/*",)), V82)
+
+
+@pytest.mark.parametrize("backend, version, refused", [
+    ("onnx", V82, True), ("onnx", V86, False), ("onnx", V10, False),
+    ("efficient_nms", V82, False),  # the plugin node parses on every generation
+])
+def test_onnx_nms_backend_needs_a_parser_with_native_nonmaxsuppression(backend, version, refused):
+    passes = (PassSpec("fold_constants"), PassSpec("nms", (("backend", backend), ("conf", 0.25))))
+    if refused:
+        with pytest.raises(RenderError, match="no native NonMaxSuppression .from 8.5.; set the surgery pass nms "
+                                              "to backend: efficient_nms"):
+            check_intent("fp32", BUILD, version, passes)
+    else:
+        assert check_intent("fp32", BUILD, version, passes) == "implicit"
 
 
 def test_several_profiles_render_indexed_on_10_and_refused_on_8x():

@@ -112,15 +112,17 @@ def doctor(project: Path) -> None:
 def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
     """TARGET is <recipe> or <recipe>-<variant>: the tasks `doit build:` would consider, which
     would run and why (the reasons doit knows), and the exact trtexec command."""
-    from .plan import resolve_target, task_plan, trtexec_commands
+    from .plan import preflight_verdicts, resolve_target, task_plan, trtexec_commands
     from .tasks import load_project
 
     loaded = load_project(project.resolve(), trt)
     recipe, variants = resolve_target(loaded, target)
     steps = task_plan(loaded, recipe, variants)
     commands = trtexec_commands(loaded, recipe, variants)
+    verdicts = preflight_verdicts(loaded, recipe, variants)
     if as_json:
-        click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands}, indent=2))
+        click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands, "preflight": verdicts},
+                              indent=2))
         return
     for step in steps:
         click.echo(f"{'run' if step.status == 'run' else 'ok ':<4} {step.name}")
@@ -133,6 +135,7 @@ def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
             continue
         click.echo(f"\ntrtexec for {recipe.name}-{variant} ({where}; model.onnx is artifacts/{command['model.onnx']}):")
         click.echo("  " + " ".join(command["argv"]))
+        click.echo(f"  parser preflight: {verdicts[variant]}")
 
 
 if __name__ == "__main__":  # pragma: no cover

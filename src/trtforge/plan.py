@@ -113,7 +113,7 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
     commands: dict[str, dict | str] = {}
     for variant in variants:
         try:
-            mode = check_intent(variant.precision, variant.build, project.trtexec.version)
+            mode = check_intent(variant.precision, variant.build, project.trtexec.version, recipe.surgery)
         except RenderError as exc:
             commands[variant.name] = f"refused: {exc}"
             continue
@@ -127,3 +127,34 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
         commands[variant.name] = {"argv": ["trtexec", *render_argv(engine_intent(job, keep), project.trtexec.version)],
                                   "model.onnx": _short(job.onnx)}
     return commands
+
+
+def preflight_verdicts(project, recipe: Recipe, variants: list[Variant]) -> dict[str, str]:
+    """{variant: one line}: what the parser preflight says of the ONNX the engine would be built
+    from, for the project's TensorRT (or `--trt`); nothing when there is no trtexec to plan for."""
+    from .preflight import preflight
+    from .tasks import lint_target
+
+    if project.trtexec is None:
+        return {}
+    verdicts = {}
+    for variant in variants:
+        target = lint_target(project, recipe, variant, project.trtexec.version)
+        if target.onnx is None:
+            verdicts[variant.name] = f"refused: {target.refused}"
+        elif not target.onnx.is_file():
+            verdicts[variant.name] = (f"runs once {_short(target.onnx)} is built "
+                                      f"(doit lint:{recipe.name}-{variant.name})")
+        else:
+            findings = preflight(target.onnx, target.generation, plugin_libraries=bool(variant.build.plugins))
+            verdicts[variant.name] = _verdict(findings)
+    return verdicts
+
+
+def _verdict(findings) -> str:
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = len(findings) - len(errors)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"error: {errors[0].subject} {errors[0].message}{more}"
+    return "ok" + (f", {warnings} warning(s): {findings[0].subject} {findings[0].message}" if warnings else "")

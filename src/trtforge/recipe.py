@@ -20,6 +20,7 @@ from .errors import RecipeError
 from .yamldoc import Document, FieldPath, line_column, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
+OPSETS = range(13, 22)  # ONNX opsets trtforge exports and accepts: 13 is TensorRT 8.2's documented ceiling
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 ERROR_STATISTICS = ("max", "mean", "median")  # Polygraphy's check_error_stat names
 # Tolerances when a variant names none: FP32 must match the reference closely; reduced
@@ -553,7 +554,7 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
         description=_text(doc, ("description",), top["description"]) if "description" in top else "",
         model=_model(doc, ("model",), top["model"], root),
         input=spec,
-        opset=_integer(doc, ("export", "opset"), export.get("opset", 17), 13, 21),
+        opset=_integer(doc, ("export", "opset"), export.get("opset", 17), OPSETS[0], OPSETS[-1]),
         surgery=_surgery(doc, ("surgery",), top.get("surgery", []), known_passes),
         build=base,
         variants=_variants(doc, ("variants",), top["variants"], base, spec, root, verify),

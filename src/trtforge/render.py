@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import TrtforgeError
-from .recipe import BuildOptions, ShapeRange
+from .recipe import BuildOptions, PassSpec, ShapeRange
 from .trt_version import TrtVersion
 
 
@@ -93,12 +93,17 @@ def resolve_mode(precision: str, requested: str, generation: str) -> str:
     return requested
 
 
-def check_intent(precision: str, build: BuildOptions, version: TrtVersion) -> str:
-    """Refuse, before any work, what `version` cannot build; return the resolved mode."""
+def check_intent(precision: str, build: BuildOptions, version: TrtVersion,
+                 passes: tuple[PassSpec, ...] = ()) -> str:
+    """Refuse, before any work, what `version` cannot build; return the resolved mode.
+
+    `passes` are the recipe's surgery passes: some produce graphs only newer parsers take.
+    """
     generation = version.generation
     grammar = GRAMMARS[generation]
     mode = resolve_mode(precision, build.precision_mode, generation)
     where = f"TensorRT {version}"
+    _check_passes(passes, version)
     if len(build.profiles) > 1 and not grammar.several_profiles:
         raise RenderError(f"{where} builds one optimization profile; build.profiles lists "
                           f"{len(build.profiles)} (keep one, or build with TensorRT 10+)")
@@ -112,6 +117,16 @@ def check_intent(precision: str, build: BuildOptions, version: TrtVersion) -> st
             if value != default:
                 raise RenderError(f"{where} has no option for build.{field} (added in 8.6); remove it")
     return mode
+
+
+def _check_passes(passes: tuple[PassSpec, ...], version: TrtVersion) -> None:
+    from .stages.nms import ONNX_NMS_MIN_TENSORRT
+
+    onnx_nms = any(p.name == "nms" and dict(p.params).get("backend", "onnx") == "onnx" for p in passes)
+    if onnx_nms and version < ONNX_NMS_MIN_TENSORRT:
+        raise RenderError(f"TensorRT {version}'s ONNX parser has no native NonMaxSuppression (from "
+                          f"{ONNX_NMS_MIN_TENSORRT.major}.{ONNX_NMS_MIN_TENSORRT.minor}); set the surgery "
+                          "pass nms to backend: efficient_nms")
 
 
 def render_argv(intent: EngineIntent, version: TrtVersion) -> list[str]:

@@ -22,8 +22,8 @@ from doit.tools import config_changed
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
-from .render import RenderError, check_intent, default_profiles, render_argv
-from .stages import (autocast, calibrate, check, compare, engine, export, kit, package, qdq, reference,
+from .render import GRAMMARS, RenderError, check_intent, default_profiles, render_argv
+from .stages import (autocast, calibrate, check, compare, engine, export, kit, lint, package, qdq, reference,
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
@@ -169,6 +169,7 @@ def doit_namespace(project: Project) -> dict[str, Callable]:
         ("calib", calib_tasks, "INT8 calibration cache from the recipe's images"),
         ("quantize", quantize_tasks, "precision-transformed ONNX (FP16 AutoCast, INT8 Q/DQ)"),
         ("reference", reference_tasks, "FP32 reference outputs on the verification images"),
+        ("lint", lint_tasks, "parser preflight: will TensorRT's ONNX parser take the engine's ONNX?"),
         ("engine", engine_tasks, "build the TensorRT engine with trtexec"),
         ("check", check_tasks, "accuracy gate against the FP32 reference"),
         ("package", package_tasks, "reproducible release archive of a built variant"),
@@ -305,7 +306,7 @@ def surgery_tasks(project: Project) -> Iterator[dict]:
             "actions": [(run_stage, [surgery_stage.run_surgery, recipe_dir(project, r) / "export.onnx",
                                      surgered_onnx(project, r), passes, plugin_files])],
             "file_dep": [str(recipe_dir(project, r) / "export.onnx"), *map(str, plugin_files),
-                         *code("surgery.py", "stages/surgery.py", "stages/passes.py")],
+                         *code("surgery.py", "stages/surgery.py", "stages/passes.py", "stages/nms.py")],
             "targets": [str(surgered_onnx(project, r))],
             "uptodate": [config_changed({"passes": jsonable(passes),
                                          "tools": tool_versions("onnx", "onnx-graphsurgeon", "onnxslim",
@@ -480,7 +481,7 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
     if project.trtexec is None:
         return None, project.trtexec_problem
     try:
-        mode = check_intent(v.precision, v.build, project.trtexec.version)
+        mode = check_intent(v.precision, v.build, project.trtexec.version, r.surgery)
     except RenderError as exc:
         return None, f"{r.file.name}: variants.{v.name}: {exc}"
     if v.precision == "int8":
@@ -506,6 +507,7 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                 "name": name,
                 "doc": doc,
                 "actions": [(run_stage, [engine.build_engine, job, not_found_message()])],
+                "task_dep": [f"lint:{name}"],  # the parser preflight runs before any trtexec call
                 "file_dep": [str(job.onnx), *map(str, job.plugin_files), *code("stages/engine.py", "render.py"),
                              *([str(job.calibration_cache)] if job.calibration_cache else [])],
                 "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT)],
@@ -513,6 +515,42 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                                              "keep_fp32": list(job.build.keep_fp32)})],
                 "clean": True,
             }
+
+
+def lint_target(project: Project, r: Recipe, v: Variant, version: TrtVersion) -> lint.LintTarget:
+    """The ONNX an engine of `version` would be built from, or the renderer's refusal."""
+    report = variant_dir(project, r, v) / f"preflight-{version.generation}.json"
+    try:
+        mode = check_intent(v.precision, v.build, version, r.surgery)
+    except RenderError as exc:
+        return lint.LintTarget(version.generation, None, report, refused=f"variants.{v.name}: {exc}")
+    return lint.LintTarget(version.generation, _engine_onnx(project, r, v, mode), report)
+
+
+@tracked
+def lint_tasks(project: Project) -> Iterator[dict]:
+    """lint:R-V per variant and lint:R for all of them; strict for the host's trtexec, else every generation."""
+    versions = ([project.trtexec.version] if project.trtexec
+                else [version_for_generation(g) for g in GRAMMARS])
+    for r in project.recipes:
+        for v in r.variants:
+            targets = tuple(lint_target(project, r, v, version) for version in versions)
+            job = lint.LintJob(task=f"lint:{r.name}-{v.name}", targets=targets,
+                               plugin_libraries=bool(v.build.plugins), strict=project.trtexec is not None)
+            onnx_files = sorted({str(t.onnx) for t in targets if t.onnx})
+            yield {
+                "name": f"{r.name}-{v.name}",
+                "doc": f"parser preflight of {r.name}-{v.name} for TensorRT {', '.join(t.generation for t in targets)}",
+                "actions": [(run_stage, [lint.lint_variant, job])],
+                "file_dep": [*onnx_files, *code("stages/lint.py", "preflight.py", "parser_ops.py")],
+                "targets": [str(t.report) for t in targets],
+                "uptodate": [config_changed({"targets": [[t.generation, t.refused] for t in targets],
+                                             "plugin_libraries": job.plugin_libraries, "strict": job.strict,
+                                             "tools": tool_versions("onnx")})],
+                "clean": True,
+            }
+        yield {"name": r.name, "doc": f"parser preflight of every variant of {r.name}", "actions": None,
+               "task_dep": [f"lint:{r.name}-{v.name}" for v in r.variants]}
 
 
 def build_tasks(project: Project) -> Iterator[dict]:
@@ -532,6 +570,7 @@ def cpu_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         deps = [f"export:{r.name}", f"surgery:{r.name}"]
         deps += [f"quantize:{r.name}-{v.name}" for v in r.variants if v.precision in ("fp16", "int8")]
+        deps.append(f"lint:{r.name}")
         if r.verify:
             deps += [f"reference:{r.name}", *(f"check:{r.name}-{v.name}" for v in r.variants), f"compare:{r.name}"]
         yield {"name": r.name, "doc": f"every stage of {r.name} that runs without a GPU (all variants)",
@@ -667,7 +706,8 @@ def kit_tasks(project: Project) -> Iterator[dict]:
                 extra += [("verify/inputs.json", refs["inputs"]), ("verify/outputs.json", refs["outputs"])]
             output = project.artifacts / "kit" / f"{name}-kit.tar.gz"
             job = kit.KitJob(task=f"kit:{name}", stem=f"{name}-kit", job=engine_job(project, r, v, "auto"),
-                             onnx_files=tuple(onnx_files), extra_files=tuple(extra), output=output)
+                             onnx_files=tuple(onnx_files), extra_files=tuple(extra), output=output,
+                             passes=r.surgery)
             yield {
                 "name": name,
                 "doc": f"build kit of {name} for building on the target device (build.sh per TensorRT version)",

@@ -16,12 +16,10 @@ from pathlib import Path
 from ..atomic import atomic_output, write_text_atomic
 from ..console import warn
 from ..errors import StageError, require
-from ..recipe import InputSpec, ModelSource
+from ..recipe import OPSETS, InputSpec, ModelSource
 
 # Ultralytics tasks trtforge builds end to end; issue 7 adds segment, classify, pose and obb.
 SUPPORTED_TASKS = ("detect",)
-# Default-domain opsets an ONNX source may use: the range recipe.py accepts for export.opset.
-SUPPORTED_OPSETS = range(13, 22)
 
 
 def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, output: Path,
@@ -249,9 +247,9 @@ def _external_data_files(model) -> list[str]:
 def _check_onnx_matches_recipe(model, spec: InputSpec, shown: Path) -> None:
     """Refuse an ONNX source whose opset or input name the later stages and the recipe cannot use."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is not None and opset not in SUPPORTED_OPSETS:
+    if opset is not None and opset not in OPSETS:
         raise StageError(f"model.path: {shown} uses ONNX opset {opset}; trtforge supports opsets "
-                         f"{SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}: convert it "
+                         f"{OPSETS[0]}..{OPSETS[-1]}: convert it "
                          "(onnx.version_converter) or export it again with an opset in that range")
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..atomic import atomic_output
+from ..recipe import PassSpec
 from ..render import RenderError, check_intent, render_argv
 from ..trt_version import GENERATIONS, version_for_generation
 from .engine import EngineJob, engine_intent, expand_layer_globs, renders_layer_precisions
@@ -31,6 +32,7 @@ class KitJob:
     onnx_files: tuple[tuple[str, Path], ...]  # model.onnx (surgered) and the precision forms that exist
     extra_files: tuple[tuple[str, Path], ...]  # calib.cache, verify/inputs.json, verify/outputs.json
     output: Path
+    passes: tuple[PassSpec, ...] = ()  # the recipe's surgery passes (some need a newer parser)
 
 
 def make_kit(kit: KitJob) -> None:
@@ -49,7 +51,7 @@ def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[
     version = version_for_generation(generation)
     job = kit.job
     try:
-        mode = check_intent(job.precision, job.build, version)
+        mode = check_intent(job.precision, job.build, version, kit.passes)
     except RenderError as exc:
         return str(exc)
     onnx = {("fp16", "explicit"): "autocast.onnx", ("int8", "explicit"): "qdq.onnx"}.get((job.precision, mode),

@@ -12,6 +12,7 @@ those tests are skipped with the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import resource
 import shutil
@@ -26,6 +27,7 @@ from typing import Iterator
 import pytest
 from conftest import SMALL_RECIPE, doit_env, executed, make_project, run_doit
 
+from trtforge.atomic import disk_fault
 from trtforge.doctor import check_state_db
 
 pytestmark = pytest.mark.slow
@@ -227,6 +229,21 @@ def test_a_state_db_that_cannot_be_saved_is_one_line_and_stays_readable(project)
         rerun = run_doit(project, "surgery:yolov8n")
         assert rerun.returncode == 0 and sha256(model) == good, rerun.stdout + rerun.stderr
         assert executed(run_doit(project, "surgery:yolov8n")) == []
+
+
+def test_a_disk_fault_wrapped_by_a_library_is_found_and_others_are_not():
+    """What a stage's catch-all asks before turning an exception into its own StageError."""
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("quantization failed") from exc
+    except RuntimeError as wrapped:
+        assert disk_fault(wrapped) is full
+    assert disk_fault(OSError(errno.EROFS, "Read-only file system")) is not None
+    assert disk_fault(FileNotFoundError(errno.ENOENT, "gone")) is None  # a missing input is not the disk
+    assert disk_fault(ValueError("bad graph")) is None
 
 
 # ----------------------------------------------------------------------------- state DB

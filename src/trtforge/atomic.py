@@ -54,6 +54,27 @@ def name_target(exc: OSError, target: Path) -> None:
         exc.filename = str(target)
 
 
+def disk_fault(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` that the user fixes on their machine (disk full, read-only,
+    no permission, `ulimit -f`), following `raise ... from` chains; None for anything else.
+
+    A stage that turns a library's every exception into a StageError must let this one
+    through, re-raised inside its `atomic_output` block, so that `tasks.run_stage` reports
+    it as the one disk line naming the target: ModelOpt's quantize, on a full disk, raised
+    the bare OSError that qdq.py's catch-all turned into "ModelOpt could not quantize
+    model.onnx: [Errno 28] No space left on device" (measured with nvidia-modelopt 0.47).
+    """
+    from .errors import disk_error_message
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and disk_error_message(exc, "") is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_output(target) as temp:
         temp.write_text(text)

@@ -67,3 +67,14 @@ def test_onnx_source_is_checked_and_copied(tmp_path):
     (tmp_path / "truncated.onnx").write_bytes((tmp_path / "given.onnx").read_bytes()[:100])
     with pytest.raises(StageError, match="model.path: truncated.onnx cannot be read as ONNX"):
         export_onnx(ModelSource("onnx", path=Path("truncated.onnx")), SPEC, 13, tmp_path, tmp_path / "x.onnx")
+
+
+def test_export_reports_its_phases_as_plain_lines_without_a_terminal(tmp_path, capfd):
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    export_onnx(ModelSource("torch", factory="mymodels:tiny"), SPEC, 13, tmp_path, tmp_path / "export.onnx")
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines[:2]] == [
+        "trtforge: export of mymodels:tiny: building the network",
+        "trtforge: export of mymodels:tiny: tracing to ONNX opset 13"]
+    assert lines[-1].startswith("trtforge: exported export.onnx (") and " MiB) in " in lines[-1]
+    assert not any(ch in "".join(lines) for ch in "\x1b\r")  # CI logs: no control characters

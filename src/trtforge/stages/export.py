@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
-from ..console import warn
+from ..console import StatusLine, info, warn
 from ..errors import StageError, require
 from ..recipe import OPSETS, InputSpec, ModelSource
 
@@ -27,15 +28,21 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
     """Write the recipe's model as ONNX to `output` (atomically), and what is known about
     it (class names, stride, task) as JSON to `metadata_out`, for release packaging."""
     metadata = {"source": model.source, "imgsz": list(spec.shape[2:])}
-    if model.source == "onnx":
-        _copy_checked_onnx(model.path, spec, root, output)
-    else:
-        if model.source == "ultralytics":
-            module, metadata["task"] = _ultralytics_module(model, root)
+    started = time.monotonic()
+    with StatusLine(f"export of {model.weights or model.arch or model.factory or model.path}") as status:
+        if model.source == "onnx":
+            status.update("checking the ONNX", "")
+            _copy_checked_onnx(model.path, spec, root, output)
         else:
-            module = _factory_module(model, root)
-        metadata.update(_model_metadata(module))
-        _export_module(module, spec, opset, output)
+            status.update("building the network", "")
+            if model.source == "ultralytics":
+                module, metadata["task"] = _ultralytics_module(model, root)
+            else:
+                module = _factory_module(model, root)
+            metadata.update(_model_metadata(module))
+            status.update(f"tracing to ONNX opset {opset}", "")
+            _export_module(module, spec, opset, output)
+    info(f"exported {output.name} ({output.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.1f} s")
     if metadata_out is not None:
         write_text_atomic(metadata_out, json.dumps(metadata, indent=1, sort_keys=True) + "\n")
 

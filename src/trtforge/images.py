@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
-import warnings
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,38 +192,126 @@ def check_encoded(data: bytes, name: str) -> None:
     grey lower part and only a "Premature end of JPEG file" warning: opencv/opencv#6468)."""
     if not data:
         raise UnusableImage(f"{name}: empty file; replace it or remove it from the set")
-    kind, width, height = _header(data, name)
+    kind, width, height = read_header(data, name)
     if width * height > MAX_PIXELS:
-        raise UnusableImage(f"{name}: {width}x{height} is {width * height:,} pixels, over the limit of "
-                            f"{MAX_PIXELS:,} (decompression-bomb guard); resize it or remove it from the set")
+        raise _too_large(name, f"{width}x{height} = {width * height:,}")
     if _truncated(kind, data):
         raise UnusableImage(f"{name}: truncated {kind} (its end is missing); replace it with a complete "
                             "copy or remove it from the set")
 
 
-def _header(data: bytes, name: str) -> tuple[str, int, int]:
-    """(format, width, height) as Pillow reads them from the header, decoding no pixel."""
-    image_module = require("PIL.Image", "core")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's own bomb warning and EXIF chatter: MAX_PIXELS decides
-        try:
-            with image_module.open(io.BytesIO(data)) as image:
-                return image.format or "image", *image.size
-        except image_module.DecompressionBombError:  # over twice Pillow's limit, which is MAX_PIXELS
-            raise UnusableImage(f"{name}: over {2 * image_module.MAX_IMAGE_PIXELS:,} pixels, above the limit "
-                                f"of {MAX_PIXELS:,} (decompression-bomb guard); resize it or remove it "
-                                "from the set") from None
-        except image_module.UnidentifiedImageError:
-            raise UnusableImage(f"{name}: not an image ({_what_it_holds(data)}), whatever its suffix says; "
-                                "remove it from the set") from None
-        except (OSError, ValueError) as exc:  # Pillow knew the format but not this header
-            raise UnusableImage(f"{name}: corrupt image header ({exc}); replace it or remove it "
-                                "from the set") from None
+def read_header(data: bytes, name: str) -> tuple[str, int, int]:
+    """(format, width, height) from the file's header alone, so a decompression bomb costs
+    nothing; the format is what the first bytes say, whatever the suffix.
+
+    Read here, not with Pillow: importing Ultralytics (the export stage does, in the same doit process)
+    replaces PIL.Image.open with a wrapper that, on a file it cannot identify, tries to
+    pip-install pi-heif (ultralytics/utils/patches.py, 8.4), and Pillow's own bomb check
+    fails before it tells the size."""
+    kind = _format_of(data)
+    if kind is None:
+        raise UnusableImage(f"{name}: not an image ({_what_it_holds(data)}), whatever its suffix says; "
+                            "remove it from the set")
+    try:
+        width, height = _SIZE_READERS[kind](data)
+    except (struct.error, IndexError, KeyError, TypeError):  # cut short, odd field type, no size
+        width = height = 0
+    if width <= 0 or height <= 0:
+        raise UnusableImage(f"{name}: corrupt {kind} header (no image size in it); replace it or remove it "
+                            "from the set")
+    return kind, width, height
+
+
+def _format_of(data: bytes) -> str | None:
+    """The format of IMAGE_SUFFIXES that the first bytes announce (the suffix does not count)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"),
+          (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"II+\0", "TIFF"), (b"MM\0+", "TIFF"))  # + : BigTIFF
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" else None
+
+
+# Start-of-frame markers (C4, C8 and CC are other segments); they hold the image size.
+_JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in the first frame header, walking the marker segments that precede it."""
+    i = 2
+    while data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_FRAMES:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        elif marker in (0xDA, 0xD9):  # a scan or the end before any frame header
+            return None
+        else:
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return width, abs(height)  # negative height: rows stored top-down
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """ImageWidth (tag 256) and ImageLength (257) from the first IFD, classic or BigTIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2] == 0x2B or data[3] == 0x2B
+    count_type, entry_size, value_at = ("Q", 20, 12) if big else ("H", 12, 8)
+    ifd = struct.unpack(order + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
+    count_size = struct.calcsize(count_type)
+    count = struct.unpack(order + count_type, data[ifd:ifd + count_size])[0]
+    found: dict[int, int] = {}
+    for k in range(count):
+        entry = ifd + count_size + k * entry_size
+        tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
+        if tag in (256, 257):
+            value_type = {3: "H", 4: "I", 16: "Q"}[kind]  # SHORT, LONG, LONG8
+            start = entry + value_at
+            found[tag] = struct.unpack(order + value_type, data[start:start + struct.calcsize(value_type)])[0]
+            if len(found) == 2:
+                return found[256], found[257]
+    return 0, 0
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":  # lossless: 14-bit sizes minus one, packed after the signature byte
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+_SIZE_READERS = {"PNG": _png_size, "JPEG": _jpeg_size, "BMP": _bmp_size, "TIFF": _tiff_size, "WebP": _webp_size}
+
+
+def _too_large(name: str, pixels: str) -> UnusableImage:
+    return UnusableImage(f"{name}: {pixels} pixels, over the limit of {MAX_PIXELS:,} (decompression-bomb "
+                         "guard: nothing was decoded); resize it or remove it from the set")
 
 
 def _what_it_holds(data: bytes) -> str:
     if data.startswith(b"%PDF"):
         return "it holds a PDF document"
+    if data.startswith(b"GIF8"):
+        return "it holds a GIF; convert it to PNG"
     head = data[:1024]
     if b"\0" not in head and head.decode("utf-8", "replace").count("\ufffd") <= 1:  # 1: a character cut at 1024
         return "it holds text"
@@ -232,7 +319,7 @@ def _what_it_holds(data: bytes) -> str:
 
 
 def _truncated(kind: str, data: bytes) -> bool:
-    if kind in ("JPEG", "MPO"):  # MPO: the multi-picture JPEG some cameras write
+    if kind == "JPEG":
         # Entropy-coded data never holds FF D9 or FF DA (every FF in it is followed by 00
         # or a restart marker), so a complete JPEG has an end-of-image marker after its
         # last start-of-scan; an EXIF thumbnail's markers all come before the main scan.

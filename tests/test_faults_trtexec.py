@@ -15,12 +15,33 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import executed, run_doit
+from conftest import SMALL_RECIPE, executed, make_project, run_doit
 from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine
-from test_build_e2e import exported, project  # noqa: F401  (fixtures: a copy of a project whose export ran)
 
 from trtforge.errors import ToolError
 from trtforge.trtexec import probe_version
+
+
+@pytest.fixture(scope="module")
+def surgered(tmp_path_factory) -> tuple[Path, Path]:
+    """(where, pristine): a project at `where` whose export and surgery ran, and a copy of it.
+
+    doit records file_deps by absolute path, so a copy run elsewhere reruns surgery and
+    everything after it; restoring the copy at the very same path keeps them up to date."""
+    base = tmp_path_factory.mktemp("faults")
+    where = make_project(base / "proj", {"yolov8n": SMALL_RECIPE})
+    result = run_doit(where, "surgery:yolov8n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    shutil.copytree(where, base / "pristine", symlinks=True)
+    return where, base / "pristine"
+
+
+@pytest.fixture
+def project(surgered) -> Path:
+    where, pristine = surgered
+    shutil.rmtree(where)
+    shutil.copytree(pristine, where, symlinks=True)
+    return where
 
 
 def output_lines_with(result, text: str) -> list[str]:
@@ -146,9 +167,9 @@ def unrecord(cache: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, says", [
-    (scramble, "does not match the sha256 trtforge recorded"),
-    (truncate, "does not match the sha256 trtforge recorded"),
-    (unrecord, "has no checksum record beside it"),
+    pytest.param(scramble, "does not match the sha256 trtforge recorded", id="random-bytes"),
+    pytest.param(truncate, "does not match the sha256 trtforge recorded", id="truncated"),
+    pytest.param(unrecord, "has no checksum record beside it", id="not-written-by-trtforge"),
 ])
 @pytest.mark.slow
 def test_a_corrupt_timing_cache_is_moved_aside_before_trtexec_sees_it_and_the_build_goes_on(
@@ -199,8 +220,10 @@ def undo(cache: Path) -> None:
 # goes (rename onto it fails with EISDIR) and a file where its folder goes (ENOTDIR) fail for
 # root as a read-only or foreign folder fails for a user.
 @pytest.mark.parametrize("block, says", [
-    (cache_is_a_directory, "not saved: Is a directory; the engine is built, but later builds cannot reuse"),
-    (cache_folder_is_a_file, "not used or saved: {folder} is not a folder; the engine is built without it"),
+    pytest.param(cache_is_a_directory, "not saved: Is a directory; the engine is built, but later builds cannot "
+                 "reuse", id="cache-file-is-a-directory"),
+    pytest.param(cache_folder_is_a_file, "not used or saved: {folder} is not a folder; the engine is built without "
+                 "it", id="cache-folder-is-a-file"),
 ])
 @pytest.mark.slow
 def test_an_unwritable_timing_cache_costs_a_warning_not_the_engine(project, tmp_path, block, says):

@@ -63,7 +63,7 @@ def reference(tmp_path) -> tuple[Path, Path]:
 
 
 def job(folder: Path, candidate: Path, **tolerances) -> CheckJob:
-    spec = {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_map50_vs_fp32": 0.9, **tolerances}
+    spec = {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_agreement_vs_fp32": 0.9, **tolerances}
     return CheckJob(task="check:t-v", variant_onnx=candidate, engine=folder / "engine.plan",
                     reference_inputs=folder / "inputs.json", reference_outputs=folder / "outputs.json",
                     check=CheckSpec(**spec), verify=VerifySpec(images=Path("x"), conf=0.25, iou=0.7),

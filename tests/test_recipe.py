@@ -27,6 +27,7 @@ variants:
 
 def load_text(tmp_path: Path, text: str, name: str = "r.yaml"):
     (tmp_path / "recipes").mkdir(exist_ok=True)
+    (tmp_path / "calib").mkdir(exist_ok=True)
     file = tmp_path / "recipes" / name
     file.write_text(text)
     return load_recipe(file, tmp_path, PASSES)
@@ -88,6 +89,10 @@ def test_variant_build_overrides_only_the_fields_it_names(tmp_path):
     (VALID + "build:\n  profiles:\n    - images: {min: [1,3,320,320], opt: [1,3,640,640], max: [1,3,640,640]}\n",
      "build.profiles[0].images.min", "add 2 to input.dynamic_axes"),
     (VALID + "released: 2024-01-01\n", "released", "unknown key"),
+    (VALID + "verify: {images: calib, task: pose, head: rtdetr}\n", "verify.head", "it needs task: detect"),
+    (VALID + "verify: {images: calib, task: segmentation}\n", "verify.task", "allowed: detect, segment, classify"),
+    (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_agreement_vs_fp32: 0.5}}")
+     + "verify: {images: calib, task: raw}\n", "variants.fp16.check.min_agreement_vs_fp32", "no task-aware gate"),
     ("", "", "file is empty"),
     (VALID.replace("name: images", "name: 123"), "input.name", "expected text, got int 123"),
 ])

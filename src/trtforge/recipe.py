@@ -27,10 +27,19 @@ ERROR_STATISTICS = ("max", "mean", "median")  # Polygraphy's check_error_stat na
 # precision is judged mostly by the detection gate, the raw-tensor check only catching
 # collapse (NaNs, saturated outputs).
 DEFAULT_TOLERANCES = {
-    "fp32": {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_map50_vs_fp32": 0.99},
-    "fp16": {"atol": 0.05, "rtol": 0.01, "statistic": "median", "min_map50_vs_fp32": 0.9},
-    "int8": {"atol": 0.5, "rtol": 0.05, "statistic": "median", "min_map50_vs_fp32": 0.8},
+    "fp32": {"atol": 1e-3, "rtol": 1e-3, "statistic": "max", "min_agreement_vs_fp32": 0.99},
+    "fp16": {"atol": 0.05, "rtol": 0.01, "statistic": "median", "min_agreement_vs_fp32": 0.9},
+    "int8": {"atol": 0.5, "rtol": 0.05, "statistic": "median", "min_agreement_vs_fp32": 0.8},
 }
+# verify.task: which task-aware gate judges a variant against FP32 (raw: tensor statistics only).
+VERIFY_TASKS = ("detect", "segment", "classify", "pose", "obb", "raw")
+# verify.head: the layout of a detector's outputs, which decides how they are decoded:
+# yolo     Ultralytics export-mode head [B, 4+nc(+extra), N]: xywh pixels, class scores (seg/pose/obb add rows)
+# yolov5   anchor-based YOLOv5 [B, N, 5+nc]: xywh pixels, objectness, class scores
+# end2end  NMS-free end-to-end head [B, max_det, 6]: x1 y1 x2 y2 pixels, score, class (YOLO26, YOLOv10)
+# rtdetr   RT-DETR decoder [B, 300, 4+nc]: cx cy w h normalised to 0..1, class scores
+# nms      the four outputs of the `nms` surgery pass (num_detections, detection_boxes/scores/classes)
+VERIFY_HEADS = ("yolo", "yolov5", "end2end", "rtdetr", "nms")
 PRECISION_MODES = ("auto", "implicit", "explicit")
 MODEL_SOURCES = ("ultralytics", "torch", "onnx")
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
@@ -122,7 +131,7 @@ class CheckSpec:
     atol: float
     rtol: float
     statistic: str  # max | mean | median
-    min_map50_vs_fp32: float | None  # detection gate; None for non-detection recipes
+    min_agreement_vs_fp32: float | None  # the task gate's floor (see VerifySpec.task); None for task raw
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ class VerifySpec:
 
     images: Path
     count: int | None = 8
-    task: str = "detect"  # detect: decode + NMS + agreement gate; raw: tensors only
+    task: str = "detect"  # one of VERIFY_TASKS: the task-aware gate; raw: tensors only
+    head: str = "yolo"  # one of VERIFY_HEADS: how the outputs are laid out
     conf: float = 0.25  # NMS score threshold for the detection gate
     iou: float = 0.7  # NMS IoU threshold
 
@@ -461,28 +471,34 @@ def _image_source(doc: Document, path: FieldPath, value: Any, root: Path) -> Pat
 
 
 def _verify(doc: Document, path: FieldPath, value: Any, root: Path) -> VerifySpec:
-    value = _check_keys(doc, path, value, {"images", "count", "task", "conf", "iou"}, required=("images",))
+    value = _check_keys(doc, path, value, {"images", "count", "task", "head", "conf", "iou"}, required=("images",))
+    task = _choice(doc, path + ("task",), value.get("task", "detect"), VERIFY_TASKS)
+    head = _choice(doc, path + ("head",), value.get("head", "yolo"), VERIFY_HEADS)
+    if head != "yolo" and task != "detect":
+        raise doc.error(path + ("head",), f"head '{head}' is a detector's layout; it needs task: detect")
     return VerifySpec(
         images=_image_source(doc, path + ("images",), value["images"], root),
         count=_integer(doc, path + ("count",), value.get("count", 8), 1, 10**6),
-        task=_choice(doc, path + ("task",), value.get("task", "detect"), ("detect", "raw")),
+        task=task,
+        head=head,
         conf=_number(doc, path + ("conf",), value.get("conf", 0.25), 0, 1),
         iou=_number(doc, path + ("iou",), value.get("iou", 0.7), 0, 1),
     )
 
 
-def _check(doc: Document, path: FieldPath, value: Any, precision: str, detect: bool) -> CheckSpec:
-    value = _check_keys(doc, path, value, {"atol", "rtol", "statistic", "min_map50_vs_fp32"})
+def _check(doc: Document, path: FieldPath, value: Any, precision: str, gated: bool) -> CheckSpec:
+    """`gated`: the recipe's verify.task has a task-aware gate (every task but raw)."""
+    value = _check_keys(doc, path, value, {"atol", "rtol", "statistic", "min_agreement_vs_fp32"})
     merged = {**DEFAULT_TOLERANCES[precision], **value}
-    floor = merged["min_map50_vs_fp32"]
-    if "min_map50_vs_fp32" in value and not detect:
-        raise doc.error(path + ("min_map50_vs_fp32",), "needs verify.task: detect")
+    floor = merged["min_agreement_vs_fp32"]
+    if "min_agreement_vs_fp32" in value and not gated:
+        raise doc.error(path + ("min_agreement_vs_fp32",), "verify.task raw has no task-aware gate to hold to it")
     return CheckSpec(
         atol=_nonnegative(doc, path + ("atol",), merged["atol"]),
         rtol=_nonnegative(doc, path + ("rtol",), merged["rtol"]),
         statistic=_choice(doc, path + ("statistic",), merged["statistic"], ERROR_STATISTICS),
-        min_map50_vs_fp32=(_number(doc, path + ("min_map50_vs_fp32",), floor, 0, 1, low_ok=True)
-                           if detect else None),
+        min_agreement_vs_fp32=(_number(doc, path + ("min_agreement_vs_fp32",), floor, 0, 1, low_ok=True)
+                               if gated else None),
     )
 
 
@@ -509,7 +525,7 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
             if precision == "int8" else None
         if "check" in body and verify is None:
             raise doc.error(p + ("check",), "needs a top-level verify: section (the images to check on)")
-        check = (_check(doc, p + ("check",), body.get("check", {}), precision, verify.task == "detect")
+        check = (_check(doc, p + ("check",), body.get("check", {}), precision, verify.task != "raw")
                  if verify else None)
         variants.append(Variant(name, precision, build, calibration, check))
     return tuple(variants)

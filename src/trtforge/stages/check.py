@@ -66,7 +66,7 @@ def run_check(job: CheckJob) -> None:
         "onnx": {"model": job.variant_onnx.name, "outputs": compare_outputs(reference, onnx_outputs, job.check)},
         "engine": _engine_comparison(job, feeds, reference),
     }
-    if job.verify.task == "detect":
+    if job.verify.task == "detect" and job.verify.head == "yolo":
         report["detection"] = _detection_gate(reference, onnx_outputs, job)
     failures = gate_failures(report)
     report["passed"] = not failures
@@ -144,12 +144,12 @@ def _detection_gate(reference: list[dict], candidate: list[dict], job: CheckJob)
         return [d for it in outputs for d in decode_yolo(next(iter(it.values())), job.verify.conf, job.verify.iou)]
 
     result = detection_agreement(detections(reference), detections(candidate))
-    result["min_map50_vs_fp32"] = job.check.min_map50_vs_fp32
+    result["min_map50_vs_fp32"] = job.check.min_agreement_vs_fp32
     if result["reference_detections"] == 0:  # nothing to agree on: say so, never "passed"
         result["status"] = (f"skipped: the FP32 reference detects nothing at verify.conf "
                             f"{job.verify.conf:g} (untrained weights, or conf too high)")
     else:
-        result["status"] = "passed" if result["map50"] >= job.check.min_map50_vs_fp32 else "failed"
+        result["status"] = "passed" if result["map50"] >= job.check.min_agreement_vs_fp32 else "failed"
     return result
 
 

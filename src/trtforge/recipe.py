@@ -41,7 +41,7 @@ VERIFY_TASKS = ("detect", "segment", "classify", "pose", "obb", "raw")
 # nms      the four outputs of the `nms` surgery pass (num_detections, detection_boxes/scores/classes)
 VERIFY_HEADS = ("yolo", "yolov5", "end2end", "rtdetr", "nms")
 PRECISION_MODES = ("auto", "implicit", "explicit")
-MODEL_SOURCES = ("ultralytics", "torch", "onnx")
+MODEL_SOURCES = ("ultralytics", "yolov5", "torch", "onnx")  # yolov5: the anchor-based YOLOv5 package
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)\s*$")
@@ -63,7 +63,7 @@ class ModelSource:
     """Where the network comes from: an Ultralytics model, a torch factory, or an ONNX file."""
 
     source: str
-    arch: str | None = None  # Ultralytics architecture yaml, e.g. yolov8n.yaml
+    arch: str | None = None  # architecture yaml: Ultralytics' (yolov8n.yaml) or the yolov5 package's (yolov5s.yaml)
     weights: Path | None = None  # trained checkpoint; None means untrained + seeded
     factory: str | None = None  # torch: "package.module:function" returning an nn.Module
     path: Path | None = None  # onnx: an existing model file
@@ -311,7 +311,7 @@ def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSourc
     value = _check_keys(doc, path, value, {"source", "arch", "weights", "factory", "path", "seed"},
                         required=("source",))
     source = _choice(doc, path + ("source",), value["source"], MODEL_SOURCES)
-    needs = {"ultralytics": ("arch",), "torch": ("factory",), "onnx": ("path",)}[source]
+    needs = {"ultralytics": ("arch",), "yolov5": ("arch",), "torch": ("factory",), "onnx": ("path",)}[source]
     for key in needs:
         if key not in value:
             raise doc.error(path, f"source '{source}' needs '{key}'")

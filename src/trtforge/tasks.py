@@ -281,7 +281,7 @@ def _selected_images(root: Path, images: Path, count: int | None, fraction: floa
 def export_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         source = r.model.weights or r.model.path
-        tools = ("onnx",) if r.model.source == "onnx" else ("torch", "ultralytics")
+        tools = {"onnx": ("onnx",), "yolov5": ("torch", "yolov5")}.get(r.model.source, ("torch", "ultralytics"))
         yield {
             "name": r.name,
             "doc": f"export {r.name} to ONNX (opset {r.opset})",

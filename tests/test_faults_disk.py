@@ -316,3 +316,30 @@ def test_ctrl_c_while_the_export_writes_removes_its_temporary_and_exits_130(smal
         "trtforge: stopped by SIGINT during export:yolov8n; finished tasks are recorded and partial outputs "
         "were removed: rerun the same command to continue")
     assert not list(out.iterdir())  # no temporary, no export.onnx
+
+
+def test_modelopt_wrapping_a_full_disk_still_gives_the_disk_line(tmp_path, monkeypatch):
+    """ModelOpt's quantize turns ENOSPC into its own exception; qdq must still report the disk."""
+    import errno
+    from types import SimpleNamespace
+
+    import numpy as np
+    from modelopt.onnx import quantization
+
+    from trtforge.stages import qdq
+    from trtforge.tasks import run_stage
+
+    def full_disk(**_):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("quantization failed") from exc
+
+    monkeypatch.setattr(quantization, "quantize", full_disk)
+    np.save(tmp_path / "sample.npy", np.zeros((1, 3, 8, 8), np.float32))
+    out = tmp_path / "qdq.onnx"
+    failure = run_stage(qdq.quantize_int8, tmp_path / "model.onnx", tmp_path / "calib.cache", tmp_path / "sample.npy",
+                        out, (), task=SimpleNamespace(name="quantize:m-int8"), targets=[])
+    assert failure.message == (f"quantize:m-int8: cannot write {out}: No space left on device; "
+                               "free space on that disk and rerun")
+    assert not list(tmp_path.glob("*qdq.onnx"))

@@ -19,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, disk_fault
 from ..errors import StageError, require
 
 
@@ -38,4 +38,6 @@ def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: P
                 log_file=os.path.join(scratch, "modelopt.log"), log_level="WARNING",
             )
         except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot quantize
+            if (fault := disk_fault(exc)) is not None:  # ModelOpt wraps a full disk in its own error
+                raise fault from None
             raise StageError(f"ModelOpt could not quantize {source.name}: {str(exc).splitlines()[0]}") from exc

@@ -129,6 +129,7 @@ def test_after_a_trtexec_fault_a_plain_rerun_finishes_from_the_untouched_timing_
     broken = make_wrapper(tmp_path / "broken", "10.8", fault=fault, build_seconds=0.5)
     failed = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(broken)})
     assert failed.returncode == 1
+    assert "&&&& RUNNING" not in failed.stdout  # the one line names the kept log; doit does not replay it
     out = variant_out(project, "fp32")
     assert not (out / "engine.plan").exists() and not list(project.rglob("*trtforge-tmp*"))
     assert cache.read_bytes() == before and recorded_sha256(cache) == record_before
@@ -150,6 +151,21 @@ def test_a_trtexec_that_cannot_load_tensorrt_says_so_and_names_ld_library_path(t
                                         r"libraries: libnvinfer\.so\.10.*LD_LIBRARY_PATH"):
         probe_version(tool, tmp_path / "probe.json")
     assert not (tmp_path / "probe.json").exists()  # a failed probe is never cached
+
+
+def test_a_trtexec_at_the_default_location_that_is_not_executable_is_named_not_reported_missing(
+        tmp_path, monkeypatch):
+    import trtforge.trtexec as trtexec
+
+    default = tmp_path / "tensorrt" / "bin" / "trtexec"
+    default.parent.mkdir(parents=True)
+    default.write_text("#!/bin/sh\n")
+    default.chmod(0o644)
+    monkeypatch.setattr(trtexec, "DEFAULT_LOCATION", default)
+    monkeypatch.delenv("TRTEXEC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ToolError, match=f"^{default} is not executable; chmod \\+x it or set TRTEXEC$"):
+        trtexec.locate_trtexec()
 
 
 # ----------------------------------------------------------------------------- timing cache

@@ -204,10 +204,13 @@ class SharedTimingCache:
             self._warn_unusable("not used", exc, "the engine is built without it")
             return
         recorded = self._recorded_sha256()
-        if digest != recorded:
+        if recorded is None:
             remove_path(dest)
-            self._move_aside("has no checksum record beside it" if recorded is None
-                             else f"does not match the sha256 trtforge recorded when it saved it ({self.record.name})")
+            self._move_aside("has no checksum record beside it", "unverified")
+        elif digest != recorded:
+            remove_path(dest)
+            self._move_aside(f"does not match the sha256 trtforge recorded when it saved it ({self.record.name})",
+                             "corrupt")
 
     def update_from(self, built: Path) -> None:
         """Publish the cache trtexec updated, then its record (a crash between the two leaves a
@@ -227,8 +230,9 @@ class SharedTimingCache:
         except (OSError, UnicodeDecodeError, IndexError):
             return None
 
-    def _move_aside(self, why: str) -> None:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    def _move_aside(self, why: str, label: str) -> None:
+        """Rename the cache to `<name>.<label>-<time>`: kept for a person to inspect, unseen by builds."""
+        aside = self.path.with_name(f"{self.path.name}.{label}-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             os.replace(self.path, aside)
         except OSError as exc:

@@ -204,10 +204,10 @@ def read_header(data: bytes, name: str) -> tuple[str, int, int]:
     """(format, width, height) from the file's header alone, so a decompression bomb costs
     nothing; the format is what the first bytes say, whatever the suffix.
 
-    Read here, not with Pillow: importing Ultralytics (the export stage does, in the same doit process)
-    replaces PIL.Image.open with a wrapper that, on a file it cannot identify, tries to
-    pip-install pi-heif (ultralytics/utils/patches.py, 8.4), and Pillow's own bomb check
-    fails before it tells the size."""
+    Read here, not with Pillow: importing Ultralytics (the export stage does, in the same
+    doit process) replaces PIL.Image.open with a wrapper that, on a file it cannot
+    identify, tries to pip-install pi-heif (ultralytics/utils/patches.py, 8.4); and
+    Pillow's own bomb check raises before it tells the size."""
     kind = _format_of(data)
     if kind is None:
         raise UnusableImage(f"{name}: not an image ({_what_it_holds(data)}), whatever its suffix says; "

@@ -60,6 +60,7 @@ class CalibrationJob:
     cache_out: Path
     report_out: Path
     sample_out: Path
+    recipe_field: str = "calibration"  # where the recipe sets it, for messages: variants.<V>.calibration
 
 
 def calibrate(job: CalibrationJob) -> None:
@@ -73,8 +74,7 @@ def calibrate(job: CalibrationJob) -> None:
     digests, unusable = _scan(job)
     usable = tuple(ref for ref in job.images if ref.name not in unusable)
     if not usable:
-        raise StageError(f"{job.task}: none of the {len(job.images)} calibration images is usable; "
-                         f"the first: {next(iter(unusable.values()))}")
+        raise _nothing_usable(job, unusable)
     key = calibration_key(job, digests)
     stored = job.store_dir / f"{key[:24]}.json"
     if stored.is_file():
@@ -88,6 +88,10 @@ def calibrate(job: CalibrationJob) -> None:
     sample = _sample_batch(job, usable, digests)
     refuse_if_changed(job.images, digests, job.task)
     _warn_skipped(job, result["report"])
+    _write_outputs(job, result, sample)
+
+
+def _write_outputs(job: CalibrationJob, result: dict, sample) -> None:
     with atomic_output(job.sample_out) as temp:
         with open(temp, "wb") as f:
             require("numpy", "core").save(f, sample)
@@ -127,8 +131,7 @@ def _compute(job: CalibrationJob, usable: tuple[ImageRef, ...], digests: dict[st
                 used += len(names)
             progress.advance(len(names) + len(bad))
     if used == 0:
-        raise StageError(f"{job.task}: none of the {len(job.images)} calibration images is usable; "
-                         f"the first: {next(iter(skipped.values()))}")
+        raise _nothing_usable(job, skipped)
     seconds = time.monotonic() - started
     ranges = collector.ranges(job.percentile)
     report = {
@@ -147,8 +150,8 @@ def _compute(job: CalibrationJob, usable: tuple[ImageRef, ...], digests: dict[st
 # ----------------------------------------------------------------------------- images
 
 def _scan(job: CalibrationJob) -> tuple[dict[str, str], dict[str, str]]:
-    """sha256 of every image (what the key is computed from), and why each image its
-    header already shows unusable is so: such an image is refused (or counted) at once,
+    """({name: sha256}: what the key is computed from, {name: why} of the images whose
+    header already shows them unusable). Such an image is refused (or counted) at once,
     not after calibrating on every image before it."""
     digests, unusable = {}, {}
     for ref in job.images:
@@ -164,9 +167,14 @@ def _scan(job: CalibrationJob) -> tuple[dict[str, str], dict[str, str]]:
 def _reason_to_skip(job: CalibrationJob, exc: UnusableImage) -> str:
     """Why an unusable image is skipped; without `bad_images: skip` it is refused instead."""
     if not job.skip_bad_images:
-        raise StageError(f"{job.task}: {exc} (or set calibration.bad_images: skip to count and "
+        raise StageError(f"{job.task}: {exc} (or set {job.recipe_field}.bad_images: skip to count and "
                          "skip such files)") from None
     return str(exc)
+
+
+def _nothing_usable(job: CalibrationJob, reasons: dict[str, str]) -> StageError:
+    return StageError(f"{job.task}: none of the {len(job.images)} calibration images is usable; "
+                      f"the first: {next(iter(reasons.values()))}")
 
 
 def _warn_skipped(job: CalibrationJob, report: dict) -> None:

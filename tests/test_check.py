@@ -1,5 +1,6 @@
 """The accuracy gate: Polygraphy comparisons of real ONNX models under ONNX Runtime, the
-detection agreement gate, the report files, and one-line failures."""
+task-aware gate in check.json, the report files, and one-line failures (every task's gate:
+tests/test_gates.py)."""
 
 from __future__ import annotations
 
@@ -76,8 +77,10 @@ def test_identical_model_passes_and_the_report_is_complete(reference):
     report = json.loads((folder / "check.json").read_text())
     assert report["passed"] and report["onnx"]["outputs"]["output0"]["max_absdiff"] == 0
     assert report["engine"] == {"status": "skipped: TensorRT not installed"}  # never "passed" here
-    detection = report["detection"]
-    assert detection["status"] == "passed" and detection["matched"] == detection["reference_detections"] == 8
+    gate = report["gate"]
+    assert (gate["task"], gate["head"], gate["figure"], gate["value"], gate["floor"], gate["status"]) == (
+        "detect", "yolo", "mAP50", 1.0, 0.9, "passed")
+    assert gate["details"]["matched"] == gate["details"]["reference_detections"] == 8
     assert (folder / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,9 +102,11 @@ def test_detection_gate_fails_when_classes_change(reference, tmp_path):
     model, folder = reference
     swapped = [(x, y, w, h, (c + 1) % 5 if i % 2 else c, s) for i, (x, y, w, h, c, s) in enumerate(REFERENCE_BOXES)]
     candidate = constant_head_model(raw_head(swapped), tmp_path / "swapped.onnx")
-    with pytest.raises(StageError, match=r"detection agreement with FP32: mAP50 0\.\d+ is below min_map50_vs_fp32 0.9"):
+    with pytest.raises(StageError, match=r"check:t-v: mAP50 agreement with FP32: 0\.\d{3} is below "
+                                         r"min_agreement_vs_fp32 0.9 \(report: "):
         run_check(job(folder, candidate, atol=100.0, rtol=100.0))  # raw tensors pass; detections do not
-    assert json.loads((folder / "check.json").read_text())["detection"]["recall"] == 0.5
+    gate = json.loads((folder / "check.json").read_text())["gate"]
+    assert gate["status"] == "failed" and gate["details"]["recall"] == 0.5
 
 
 def test_no_reference_detections_is_reported_as_skipped_not_passed(tmp_path):
@@ -114,8 +119,9 @@ def test_no_reference_detections_is_reported_as_skipped_not_passed(tmp_path):
     results.add([{"output0": empty}], runner_name=RUNNER)
     results.save(str(tmp_path / "outputs.json"))
     run_check(job(tmp_path, constant_head_model(empty, tmp_path / "m.onnx")))
-    status = json.loads((tmp_path / "check.json").read_text())["detection"]["status"]
-    assert status.startswith("skipped: the FP32 reference detects nothing")
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["gate"]["status"].startswith("skipped: the FP32 reference detects nothing")
+    assert report["gate"]["value"] is None and report["passed"] is True  # raw tensors agree; the gate could not judge
 
 
 def test_saved_reference_loads_in_the_real_polygraphy_cli(reference):

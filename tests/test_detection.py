@@ -1,4 +1,4 @@
-"""The detection gate: YOLO decoding pinned to Ultralytics' NMS, and agreement metrics."""
+"""The detection gate (trtforge.gates.detect): YOLO decoding pinned to Ultralytics' NMS, and agreement metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
-from trtforge.detection import Detections, decode_yolo, detection_agreement  # noqa: E402
+from trtforge.gates.detect import Detections, decode_yolo, detection_agreement  # noqa: E402
 
 NC, N = 80, 100
 
@@ -101,14 +101,15 @@ def test_agreement_with_itself_is_perfect():
     ref = scene()
     r = detection_agreement(ref, ref)
     assert r == {"precision": 1.0, "recall": 1.0, "map50": pytest.approx(1.0), "reference_detections": 48,
-                 "candidate_detections": 48, "matched": 48}
-    assert all(type(r[k]) is float for k in ("precision", "recall", "map50"))
+                 "candidate_detections": 48, "matched": 48, "mean_matched_similarity": pytest.approx(1.0)}
+    assert all(type(r[k]) is float for k in ("precision", "recall", "map50", "mean_matched_similarity"))
 
 
 def test_small_jitter_still_matches():
     ref = scene()
     cand = [replace(d, boxes=d.boxes + 3, scores=d.scores * 0.9) for d in ref]
-    assert detection_agreement(ref, cand)["matched"] == 48
+    r = detection_agreement(ref, cand)
+    assert r["matched"] == 48 and r["mean_matched_similarity"] == pytest.approx(57 * 57 / (2 * 3600 - 57 * 57))
 
 
 def test_shifted_boxes_match_nothing():

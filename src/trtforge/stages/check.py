@@ -8,13 +8,14 @@ Three comparisons, all on the reference's fixed real inputs:
 2. the built engine through Polygraphy's TensorRT runner, when TensorRT's Python package
    is importable and the engine exists; otherwise recorded as `skipped: <reason>`, never
    as passed.
-3. for detection recipes, the task-aware gate: both outputs decoded and NMS'd, the
-   variant's detections matched to the FP32 detections (same class, IoU >= 0.5), and the
-   agreement mAP50 held to the recipe's floor. Raw INT8 differences on box coordinates
-   are large by nature; this is the figure users care about.
+3. the task-aware gate of verify.task (trtforge.gates): both outputs decoded as Ultralytics'
+   predictor decodes them (detections, masks, keypoints, rotated boxes, class rankings), the
+   variant's matched against FP32's, and the task's figure (mAP50, mask mAP50, OKS mAP50,
+   OBB mAP50, top-1) held to check.min_agreement_vs_fp32. Raw INT8 differences on box
+   coordinates are large by nature; this is the figure users care about.
 
 The report is written whether the gate passes or not: check.json (machine), a table on
-the terminal, and check.png (error distribution per output, detection agreement).
+the terminal, and check.png (error distribution per output, the gate's figures).
 """
 
 from __future__ import annotations
@@ -63,11 +64,10 @@ def run_check(job: CheckJob) -> None:
     report = {
         "task": job.task,
         "tolerances": {"atol": job.check.atol, "rtol": job.check.rtol, "statistic": job.check.statistic},
-        "onnx": {"model": job.variant_onnx.name, "outputs": compare_outputs(reference, onnx_outputs, job.check)},
+        "onnx": {"model": job.variant_onnx.name, **_raw_comparison(reference, onnx_outputs, job)},
         "engine": _engine_comparison(job, feeds, reference),
+        "gate": _task_gate(reference, onnx_outputs, feeds, job),
     }
-    if job.verify.task == "detect" and job.verify.head == "yolo":
-        report["detection"] = _detection_gate(reference, onnx_outputs, job)
     failures = gate_failures(report)
     report["passed"] = not failures
     write_text_atomic(job.report_json, json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -77,11 +77,25 @@ def run_check(job: CheckJob) -> None:
         raise StageError(f"{job.task}: {failures[0]} (report: {job.report_json})")
 
 
+def _raw_comparison(reference: list[dict], candidate: list[dict], job: CheckJob) -> dict:
+    """{"outputs": per-output comparison}, or {"status": "skipped: ..."} when the variant's
+    outputs are by design not the reference's: the reference is the export before surgery,
+    and the `nms` pass replaces the raw head with detections, which only the gate can compare."""
+    if job.verify.head == "nms" and not set(reference[0]) & set(candidate[0]):
+        return {"status": f"skipped: the nms surgery pass replaced the raw outputs ({', '.join(reference[0])}) "
+                          f"with {', '.join(candidate[0])}; the gate compares detections"}
+    return {"outputs": compare_outputs(reference, candidate, job.check)}
+
+
 def compare_outputs(reference: list[dict], candidate: list[dict], spec: CheckSpec) -> dict:
-    """Per output: Polygraphy's verdict and error statistics over all iterations."""
+    """Per output: Polygraphy's verdict and error statistics over all iterations; a reference
+    output the candidate lacks is marked missing (Polygraphy would skip it)."""
     from polygraphy.comparator import Comparator, RunResults
     from polygraphy.comparator.compare import SimpleCompareFunc
 
+    missing = [name for name in reference[0] if name not in candidate[0]]
+    if len(missing) == len(reference[0]):  # Polygraphy refuses a comparison with nothing in common
+        return {name: {"passed": False, "missing": True} for name in missing}
     results = RunResults()
     results.add(reference, runner_name="reference")
     results.add(candidate, runner_name="variant")
@@ -100,7 +114,7 @@ def compare_outputs(reference: list[dict], candidate: list[dict], spec: CheckSpe
                 for kind in ("abs", "rel"):
                     key = f"{stat}_{kind}diff"
                     entry[key] = max(entry.get(key, 0.0), float(getattr(result, key)))
-    return outputs
+    return {**outputs, **{name: {"passed": False, "missing": True} for name in missing}}
 
 
 def gate_failures(report: dict) -> list[str]:
@@ -109,17 +123,19 @@ def gate_failures(report: dict) -> list[str]:
     failures = []
     for where in ("onnx", "engine"):
         for name, out in report[where].get("outputs", {}).items():
-            if out.get("shape_mismatch"):
+            if out.get("missing"):
+                failures.append(f"{where} output '{name}': the variant has no such output")
+            elif out.get("shape_mismatch"):
                 failures.append(f"{where} output '{name}': its shape differs from the reference's")
             elif not out["passed"]:
                 stat = tol["statistic"]
                 failures.append(f"{where} output '{name}': {stat} abs error {out[f'{stat}_absdiff']:.4g} "
                                 f"exceeds atol {tol['atol']:g} and {stat} rel error "
                                 f"{out[f'{stat}_reldiff']:.4g} exceeds rtol {tol['rtol']:g}")
-    detection = report.get("detection")
-    if detection and detection["status"] == "failed":
-        failures.append(f"detection agreement with FP32: mAP50 {detection['map50']:.3f} is below "
-                        f"min_map50_vs_fp32 {detection['min_map50_vs_fp32']:g}")
+    gate = report["gate"]
+    if gate["status"] == "failed":
+        failures.append(f"{gate['figure']} agreement with FP32: {gate['value']:.3f} is below "
+                        f"min_agreement_vs_fp32 {gate['floor']:g}")
     return failures
 
 
@@ -133,24 +149,26 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
 
     with TrtRunner(EngineFromBytes(BytesFromPath(str(job.engine)))) as runner:
         outputs = [{k: v.copy() for k, v in runner.infer(feed).items()} for feed in feeds]
-    compared = compare_outputs(reference, outputs, job.check)
-    return {"status": "passed" if all(o["passed"] for o in compared.values()) else "failed", "outputs": compared}
+    compared = _raw_comparison(reference, outputs, job)
+    if "outputs" not in compared:
+        return compared
+    passed = all(o["passed"] for o in compared["outputs"].values())
+    return {"status": "passed" if passed else "failed", **compared}
 
 
-def _detection_gate(reference: list[dict], candidate: list[dict], job: CheckJob) -> dict:
-    from ..detection import decode_yolo, detection_agreement
+def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
+    """verify.task's gate (trtforge.gates) as check.json's `gate`; outputs laid out otherwise
+    than verify.task / verify.head say are the recipe's fault, so a one-line StageError."""
+    from ..gates import GateSetting, LayoutError, run_gate
 
-    def detections(outputs: list[dict]) -> list:
-        return [d for it in outputs for d in decode_yolo(next(iter(it.values())), job.verify.conf, job.verify.iou)]
-
-    result = detection_agreement(detections(reference), detections(candidate))
-    result["min_map50_vs_fp32"] = job.check.min_agreement_vs_fp32
-    if result["reference_detections"] == 0:  # nothing to agree on: say so, never "passed"
-        result["status"] = (f"skipped: the FP32 reference detects nothing at verify.conf "
-                            f"{job.verify.conf:g} (untrained weights, or conf too high)")
-    else:
-        result["status"] = "passed" if result["map50"] >= job.check.min_agreement_vs_fp32 else "failed"
-    return result
+    image = next(iter(feeds[0].values()))
+    setting = GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
+                          floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]))
+    try:
+        return run_gate(reference, candidate, setting).as_json()
+    except LayoutError as exc:
+        raise StageError(f"{job.task}: verify.task {setting.task} (head {setting.head}): {exc}; "
+                         "set verify.task / verify.head to the model's outputs") from None
 
 
 def _print_table(report: dict) -> None:
@@ -167,44 +185,64 @@ def _print_table(report: dict) -> None:
             table.add_row(where, "-", "", "", "", "skipped")
             skipped.append(f"{where}: {section['status'].removeprefix('skipped: ')}")
         for name, out in section.get("outputs", {}).items():
-            stats = [f"{out[f'{s}_absdiff']:.4g}" if f"{s}_absdiff" in out else "shape!" for s in ("max", "mean", "median")]
+            stats = [f"{out[f'{s}_absdiff']:.4g}" if f"{s}_absdiff" in out else "missing" if out.get("missing")
+                     else "shape!" for s in ("max", "mean", "median")]
             table.add_row(where, name, *stats, "passed" if out["passed"] else "FAILED")
-    if "detection" in report:
-        d = report["detection"]
-        table.add_row("detection", f"P {d['precision']:.3f} R {d['recall']:.3f}", f"mAP50 {d['map50']:.3f}",
-                      f">= {d['min_map50_vs_fp32']:g}", f"{d['matched']}/{d['reference_detections']}",
-                      d["status"].split(":")[0])
-        if d["status"].startswith("skipped"):
-            skipped.append(f"detection: {d['status'].removeprefix('skipped: ')}")
+    gate = report["gate"]
+    value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
+    floor = "" if gate["floor"] is None else f">= {gate['floor']:g}"
+    table.add_row(f"gate ({gate['task']})", gate["figure"] or "-", value, floor, _gate_summary(gate["details"]),
+                  gate["status"].split(":")[0])
+    if gate["status"].startswith("skipped"):
+        skipped.append(f"gate: {gate['status'].removeprefix('skipped: ')}")
     table.caption = "; ".join(f"skipped {s}" for s in skipped) or None
     Console(stderr=True).print(table)
 
 
+def _gate_summary(details: dict) -> str:
+    """The gate's other figures in one short cell: P/R and matched counts, or top-5."""
+    if "matched" in details:
+        return (f"P {details['precision']:.3f} R {details['recall']:.3f} "
+                f"{details['matched']}/{details['reference_detections']}")
+    if "top-5" in details:
+        return f"top-5 {details['top-5']:.3f}"
+    return ""
+
+
 def _plot(reference: list[dict], candidate: list[dict], report: dict, out: Path) -> None:
-    """Error distribution per output (log counts) and, for detectors, the agreement bars."""
+    """Error distribution per compared output (log counts) and the gate's figures as bars."""
     np = require("numpy", "core")
     matplotlib = require("matplotlib", "yolo")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(reference[0])
-    panels = len(names) + ("detection" in report)
+    names = [name for name in reference[0] if name in candidate[0]]
+    gate = report["gate"]
+    panels = max(1, len(names) + (gate["value"] is not None))
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         pairs = [(r[name], c[name]) for r, c in zip(reference, candidate) if r[name].shape == c[name].shape]
         if pairs:
-            ax.hist(np.concatenate([np.abs(c - r).ravel() for r, c in pairs]), bins=100, log=True)
+            ax.hist(np.concatenate([np.abs(c.astype(np.float64) - r).ravel() for r, c in pairs]), bins=100, log=True)
         else:
             ax.text(0.5, 0.5, "shape differs from the reference", ha="center", transform=ax.transAxes)
         ax.set(title=f"{name}: |variant - FP32|", xlabel="absolute error", ylabel="count")
-    if "detection" in report:
-        d, ax = report["detection"], axes[0][-1]
-        ax.bar(["precision", "recall", "mAP50"], [d["precision"], d["recall"], d["map50"]])
-        ax.axhline(d["min_map50_vs_fp32"], color="red", linestyle="--", label="mAP50 floor")
-        ax.set(ylim=(0, 1.05), title=f"detections vs FP32 ({d['status'].split(':')[0]})")
+    if gate["value"] is not None:
+        ax = axes[0][-1]
+        ratios = {key: v for key, v in gate["details"].items() if key in GATE_RATIOS}
+        ax.bar([gate["figure"], *ratios], [gate["value"], *ratios.values()])
+        ax.axhline(gate["floor"], color="red", linestyle="--", label=f"{gate['figure']} floor")
+        ax.set(ylim=(0, 1.05), title=f"{gate['task']} vs FP32 ({gate['status'].split(':')[0]})")
         ax.legend()
+    elif not names:
+        axes[0][0].text(0.5, 0.5, "nothing compared", ha="center", transform=axes[0][0].transAxes)
     fig.suptitle(report["task"])
     fig.tight_layout()
     with atomic_output(out) as temp:
         fig.savefig(temp, format="png")
     plt.close(fig)
+
+
+# The gates' details drawn beside their figure (all ratios in 0..1).
+GATE_RATIOS = ("precision", "recall", "top-5", "mean_matched_box_iou", "mean_matched_mask_iou", "mean_matched_oks",
+               "mean_matched_probiou")

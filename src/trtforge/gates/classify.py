@@ -34,7 +34,7 @@ def class_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
     torch = require("torch", "yolo")
     metrics = require("ultralytics.utils.metrics", "yolo")
     labels = torch.from_numpy(reference.argmax(1))
-    ranked = torch.from_numpy(candidate).argsort(1, descending=True, stable=True)[:, :TOP_K]  # as ClassificationValidator
+    ranked = torch.sort(torch.from_numpy(candidate), dim=1, descending=True, stable=True).indices[:, :TOP_K]  # as the validator
     figures = metrics.ClassifyMetrics()
     figures.process([labels], [ranked])
     return {"top-1": float(figures.top1), "top-5": float(figures.top5), "images": len(labels),

@@ -46,11 +46,11 @@ def keypoint_similarity(reference: np.ndarray, candidate: np.ndarray) -> np.ndar
     """OKS [n, m] between every reference and candidate person, through `metrics.kpt_iou`."""
     torch = require("torch", "yolo")
     metrics = require("ultralytics.utils.metrics", "yolo")
-    ref_kpts = reference[:, 6:].reshape(len(reference), -1, KEYPOINT_DIMS).copy()
+    count = (reference.shape[1] - 6) // KEYPOINT_DIMS
+    ref_kpts = reference[:, 6:].reshape(len(reference), count, KEYPOINT_DIMS).copy()
     ref_kpts[..., 2] = (ref_kpts[..., 2] >= VISIBLE).astype(np.float32)  # kpt_iou counts nonzero ones
-    count = ref_kpts.shape[1]
     sigma = metrics.OKS_SIGMA if count == len(metrics.OKS_SIGMA) else np.ones(count) / count
     area = (reference[:, 2] - reference[:, 0]) * (reference[:, 3] - reference[:, 1]) * AREA_SCALE
-    cand_kpts = candidate[:, 6:].reshape(len(candidate), -1, KEYPOINT_DIMS)
+    cand_kpts = candidate[:, 6:].reshape(len(candidate), count, KEYPOINT_DIMS)
     return metrics.kpt_iou(torch.from_numpy(ref_kpts), torch.from_numpy(np.ascontiguousarray(cand_kpts)),
                            torch.from_numpy(area.astype(np.float32)), sigma).numpy()

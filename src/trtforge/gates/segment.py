@@ -55,5 +55,6 @@ def mask_similarity(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """`ultralytics.utils.metrics.mask_iou` between every reference and candidate mask, [n, m]."""
     torch = require("torch", "yolo")
     metrics = require("ultralytics.utils.metrics", "yolo")
-    flat = [torch.from_numpy(m.reshape(len(m), -1).astype(np.float32)) for m in (reference, candidate)]
+    flat = [torch.from_numpy(m.reshape(len(m), m[0].size if len(m) else 0).astype(np.float32))
+            for m in (reference, candidate)]
     return metrics.mask_iou(*flat).numpy()

@@ -81,10 +81,14 @@ def _raw_comparison(reference: list[dict], candidate: list[dict], job: CheckJob)
     """{"outputs": per-output comparison}, or {"status": "skipped: ..."} when the variant's
     outputs are by design not the reference's: the reference is the export before surgery,
     and the `nms` pass replaces the raw head with detections, which only the gate can compare."""
-    if job.verify.head == "nms" and not set(reference[0]) & set(candidate[0]):
+    if _nms_replaced_head(reference, candidate, job):
         return {"status": f"skipped: the nms surgery pass replaced the raw outputs ({', '.join(reference[0])}) "
                           f"with {', '.join(candidate[0])}; the gate compares detections"}
     return {"outputs": compare_outputs(reference, candidate, job.check)}
+
+
+def _nms_replaced_head(reference: list[dict], candidate: list[dict], job: CheckJob) -> bool:
+    return job.verify.head == "nms" and not set(reference[0]) & set(candidate[0])
 
 
 def compare_outputs(reference: list[dict], candidate: list[dict], spec: CheckSpec) -> dict:
@@ -159,11 +163,15 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
 def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
     """verify.task's gate (trtforge.gates) as check.json's `gate`; outputs laid out otherwise
     than verify.task / verify.head say are the recipe's fault, so a one-line StageError."""
-    from ..gates import GateSetting, LayoutError, run_gate
+    from ..gates import GateResult, GateSetting, LayoutError, run_gate
 
     image = next(iter(feeds[0].values()))
     setting = GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
                           floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]))
+    missing = [name for name in reference[0] if name not in candidate[0]]
+    if missing and not _nms_replaced_head(reference, candidate, job):  # the raw comparison fails it, naming them
+        return GateResult(setting.task, setting.head, None, None, setting.floor,
+                          f"skipped: the variant has no output {', '.join(missing)}").as_json()
     try:
         return run_gate(reference, candidate, setting).as_json()
     except LayoutError as exc:

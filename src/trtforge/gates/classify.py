@@ -34,7 +34,8 @@ def class_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
     torch = require("torch", "yolo")
     metrics = require("ultralytics.utils.metrics", "yolo")
     labels = torch.from_numpy(reference.argmax(1))
-    ranked = torch.sort(torch.from_numpy(candidate), dim=1, descending=True, stable=True).indices[:, :TOP_K]  # as the validator
+    # ClassificationValidator ranks with argsort(descending); stable, so a tie keeps argmax's choice
+    ranked = torch.sort(torch.from_numpy(candidate), dim=1, descending=True, stable=True).indices[:, :TOP_K]
     figures = metrics.ClassifyMetrics()
     figures.process([labels], [ranked])
     return {"top-1": float(figures.top1), "top-5": float(figures.top5), "images": len(labels),

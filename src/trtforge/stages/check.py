@@ -199,8 +199,8 @@ def _print_table(report: dict) -> None:
     gate = report["gate"]
     value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
     floor = "" if gate["floor"] is None else f">= {gate['floor']:g}"
-    table.add_row(f"gate ({gate['task']})", gate["figure"] or "-", value, floor, _gate_summary(gate["details"]),
-                  gate["status"].split(":")[0])
+    summary = _gate_summary(gate["details"]) if gate["value"] is not None else ""  # P and R of nothing mislead
+    table.add_row(f"gate ({gate['task']})", gate["figure"] or "-", value, floor, summary, gate["status"].split(":")[0])
     if gate["status"].startswith("skipped"):
         skipped.append(f"gate: {gate['status'].removeprefix('skipped: ')}")
     table.caption = "; ".join(f"skipped {s}" for s in skipped) or None

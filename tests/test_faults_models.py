@@ -34,12 +34,13 @@ SPEC = InputSpec("images", (1, 3, 160, 160), "float32", (0,))
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Untrained Ultralytics checkpoints of two tasks, saved the way Ultralytics saves them."""
+    """Untrained Ultralytics checkpoints of three tasks, saved the way Ultralytics saves them;
+    semantic segmentation (YOLO26's per-pixel classes) is a task trtforge does not build."""
     import ultralytics
 
     folder = tmp_path_factory.mktemp("checkpoints")
     saved = {}
-    for task, arch in (("detect", "yolov8n.yaml"), ("classify", "yolov8n-cls.yaml")):
+    for task, arch in (("detect", "yolov8n.yaml"), ("classify", "yolov8n-cls.yaml"), ("semantic", "yolo26n-sem.yaml")):
         saved[task] = folder / f"{task}.pt"
         ultralytics.YOLO(arch).save(saved[task])
     return saved
@@ -196,27 +197,58 @@ def test_torch_factory_weights_that_are_no_checkpoint_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_of_an_unsupported_task_names_it_and_the_supported_ones(tmp_path, checkpoints):
-    shutil.copy(checkpoints["classify"], tmp_path / "cls.pt")
-    assert _refusal(_ultralytics("cls.pt"), tmp_path) == (
-        "model.weights: cls.pt is an Ultralytics 'classify' model; trtforge builds detect models so far: "
-        "give a model of a supported task")
+    shutil.copy(checkpoints["semantic"], tmp_path / "sem.pt")
+    assert _refusal(_ultralytics("sem.pt"), tmp_path) == (
+        "model.weights: sem.pt is an Ultralytics 'semantic' model; trtforge builds detect, segment, classify, "
+        "pose, obb models: give a model of a supported task")
 
 
 @pytest.mark.slow
 def test_architecture_of_an_unsupported_task_is_refused_the_same_way(tmp_path):
-    model = ModelSource("ultralytics", arch="yolov8n-pose.yaml")
-    assert _refusal(model, tmp_path).startswith("model.arch: yolov8n-pose.yaml is an Ultralytics 'pose' model;")
+    model = ModelSource("ultralytics", arch="yolo26n-depth.yaml")
+    assert _refusal(model, tmp_path).startswith("model.arch: yolo26n-depth.yaml is an Ultralytics 'depth' model;")
 
 
 @pytest.mark.slow
 def test_supported_tasks_is_the_one_place_a_task_is_enabled(tmp_path, checkpoints, monkeypatch):
-    monkeypatch.setattr(export, "SUPPORTED_TASKS", ("detect", "classify"))
     shutil.copy(checkpoints["classify"], tmp_path / "cls.pt")
+    monkeypatch.setattr(export, "SUPPORTED_TASKS", ("detect",))
+    assert _refusal(_ultralytics("cls.pt"), tmp_path).startswith(
+        "model.weights: cls.pt is an Ultralytics 'classify' model; trtforge builds detect models:")
+    monkeypatch.undo()
     out = tmp_path / "artifacts" / "export.onnx"
     export_onnx(_ultralytics("cls.pt"), SPEC, 17, tmp_path, out)
     (probs,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
         None, {"images": np.zeros(SPEC.shape, np.float32)})
     assert probs.shape == (1, 1000)
+
+
+# ----------------------------------------------------------------------------- YOLOv5 sources
+
+def _yolov5(weights: str | None = None, arch: str = "yolov5s.yaml") -> ModelSource:
+    return ModelSource("yolov5", arch=arch, weights=Path(weights) if weights else None)
+
+
+def test_yolov5_architecture_that_is_neither_in_the_project_nor_bundled_is_one_line(tmp_path):
+    assert _refusal(_yolov5(arch="yolov5q.yaml"), tmp_path) == (
+        "model.arch: 'yolov5q.yaml' is neither a file in the project nor a YOLOv5 architecture the yolov5 package "
+        "bundles (yolov5l.yaml, yolov5m.yaml, yolov5n.yaml, yolov5s.yaml, yolov5x.yaml)")
+
+
+def test_an_ultralytics_checkpoint_given_as_yolov5_weights_is_one_line(tmp_path, checkpoints):
+    shutil.copy(checkpoints["detect"], tmp_path / "best.pt")
+    assert re.fullmatch(r"model.weights: best.pt is a PyTorch file but not a YOLOv5 checkpoint \(it names [^)]+\); "
+                        r"give a checkpoint YOLOv5 saved \(its best.pt\), or load a state dict with "
+                        r"model.source: torch and model.factory", _refusal(_yolov5("best.pt"), tmp_path))
+
+
+def test_a_yolov5_pickle_without_a_network_is_one_line(tmp_path):
+    from yolov5.models.common import Conv  # a class of the package, so the pickle names yolov5
+
+    torch.save({"epoch": 3, "layer": Conv}, tmp_path / "best.pt")
+    assert _refusal(_yolov5("best.pt"), tmp_path) == (
+        "model.weights: best.pt holds no YOLOv5 network (no 'model' or 'ema' entry); give the best.pt "
+        "YOLOv5's train.py saved")
 
 
 @pytest.mark.parametrize("content, found", [

@@ -1,9 +1,10 @@
 """export: the recipe's model -> ONNX.
 
-Ultralytics models are exported the way Ultralytics' own exporter prepares them (fused,
-heads in export mode so a detector emits one `[B, 4+classes, anchors]` tensor, C2f with
-the split forward that gives a cleaner graph) but through plain `torch.onnx.export`, so
-that opset, names and dynamic axes come from the recipe alone.
+Ultralytics and YOLOv5 models are exported the way their own exporters prepare them (fused,
+heads in export mode so that each task emits the tensors its predictor decodes, C2f with the
+split forward that gives a cleaner graph) but through plain `torch.onnx.export`, so that
+opset, names and dynamic axes come from the recipe alone. Outputs are named output0,
+output1, ... in the order the head returns them (Ultralytics' order).
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
 from ..console import StatusLine, info, warn
-from ..errors import StageError, require
+from ..errors import MissingDependencyError, StageError, require
 from ..recipe import OPSETS, InputSpec, ModelSource
 
-# Ultralytics tasks trtforge builds end to end; issue 7 adds segment, classify, pose and obb.
-SUPPORTED_TASKS = ("detect",)
+# Ultralytics tasks trtforge builds end to end, as Ultralytics names them (RT-DETR and the
+# NMS-free YOLO26/YOLOv10 heads are 'detect' models).
+SUPPORTED_TASKS = ("detect", "segment", "classify", "pose", "obb")
+# Ultralytics' exporter clamps the end-to-end heads' top-k to this (its default max_det).
+MAX_DETECTIONS = 300
 
 
 def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, output: Path,
                 metadata_out: Path | None = None) -> None:
     """Write the recipe's model as ONNX to `output` (atomically), and what is known about
-    it (class names, stride, task) as JSON to `metadata_out`, for release packaging."""
+    it (task, class names, stride, keypoint shape) as JSON to `metadata_out`, for release
+    packaging and the accuracy gates."""
     metadata = {"source": model.source, "imgsz": list(spec.shape[2:])}
     started = time.monotonic()
     with StatusLine(f"export of {model.weights or model.arch or model.factory or model.path}") as status:
@@ -36,7 +41,9 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
         else:
             status.update("building the network", "")
             if model.source == "ultralytics":
-                module, metadata["task"] = _ultralytics_module(model, root)
+                module, metadata["task"] = _ultralytics_module(model, spec, root)
+            elif model.source == "yolov5":
+                module, metadata["task"] = _yolov5_module(model, root), "detect"
             else:
                 module = _factory_module(model, root)
             metadata.update(_model_metadata(module))
@@ -48,15 +55,30 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
 
 
 def _model_metadata(module) -> dict:
-    """Class names and stride as Ultralytics models carry them (empty for other modules)."""
+    """Class names, stride, keypoint shape and end-to-end flag as Ultralytics and YOLOv5
+    models carry them (empty for other modules); Ultralytics' exporter writes the same keys."""
     out = {}
     names = getattr(module, "names", None)
+    if isinstance(names, (list, tuple)):  # YOLOv5 keeps a list
+        names = dict(enumerate(names))
     if isinstance(names, dict):
         out["names"] = {int(k): str(v) for k, v in names.items()}
     stride = getattr(module, "stride", None)
     if hasattr(stride, "max"):  # Ultralytics keeps its strides in a tensor; a Conv2d's stride is a tuple
         out["stride"] = int(stride.max())
+    head = _head(module)
+    if getattr(head, "kpt_shape", None) is not None:  # pose: [keypoints, 2 or 3 values each]
+        out["kpt_shape"] = [int(n) for n in head.kpt_shape]
+    if head is not None and hasattr(head, "end2end"):
+        out["end2end"] = bool(head.end2end)
     return out
+
+
+def _head(module):
+    """The last layer of an Ultralytics or YOLOv5 network (both keep their layers in `model`), else None."""
+    torch = require("torch", "yolo")
+    layers = getattr(module, "model", None)
+    return layers[-1] if isinstance(layers, torch.nn.Sequential) else None
 
 
 def _export_module(module, spec: InputSpec, opset: int, output: Path) -> None:
@@ -79,34 +101,47 @@ def _axis_name(axis: int) -> str:
     return {0: "batch", 2: "height", 3: "width"}.get(axis, f"dim{axis}")
 
 
-def _ultralytics_module(model: ModelSource, root: Path):
+def _ultralytics_module(model: ModelSource, spec: InputSpec, root: Path):
     """The Ultralytics network in export mode and its task, from weights or a seeded architecture yaml."""
     torch = require("torch", "yolo")
     ultralytics = require("ultralytics", "yolo")
     torch.manual_seed(model.seed)
     if model.weights is None:
-        warn(f"model.weights is not set: exporting an UNTRAINED {model.arch} (random weights, "
-             f"seed {model.seed}); its outputs are meaningless for deployment. Set model.weights "
-             "to your trained checkpoint.")
+        _warn_untrained(model)
         field, shown, source = "model.arch", model.arch, model.arch
     else:
-        _check_ultralytics_checkpoint(root / model.weights, model.weights)
+        _check_checkpoint(root / model.weights, model.weights, "Ultralytics", ("ultralytics.",))
         field, shown, source = "model.weights", model.weights, str(root / model.weights)
+    # Ultralytics' own CLI picks the RT-DETR class by file name (ultralytics/cfg/__init__.py);
+    # YOLO() cannot build an RT-DETR architecture yaml (no task for its decoder head).
+    loader = ultralytics.RTDETR if "rtdetr" in Path(source).stem.lower() else ultralytics.YOLO
     try:
-        yolo = ultralytics.YOLO(source)
+        yolo = loader(source)
     except Exception as exc:  # Ultralytics raises many types for a bad checkpoint
         raise StageError(f"{field}: Ultralytics cannot load {shown}: {str(exc).splitlines()[0]}") from exc
     if yolo.task not in SUPPORTED_TASKS:
         raise StageError(f"{field}: {shown} is an Ultralytics '{yolo.task}' model; trtforge builds "
-                         f"{', '.join(SUPPORTED_TASKS)} models so far: give a model of a supported task")
+                         f"{', '.join(SUPPORTED_TASKS)} models: give a model of a supported task")
     net = yolo.model.float().eval()
-    net = net.fuse() if hasattr(net, "fuse") else net
-    _set_export_mode(net)
+    head = _head(net)
+    if getattr(head, "one2one_cv2", None) is not None:
+        # The NMS-free head, as Ultralytics exports it with nms=False; set before fuse(), which
+        # drops the branch not selected (ultralytics/nn/modules/head.py, Detect.fuse).
+        net.end2end = True
+    net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
+    _set_export_mode(net, spec.shape[2:])
     return net, yolo.task
 
 
-def _check_ultralytics_checkpoint(path: Path, shown: Path) -> None:
-    """Refuse, before Ultralytics unpickles it, a file that is no Ultralytics checkpoint.
+def _warn_untrained(model: ModelSource) -> None:
+    warn(f"model.weights is not set: exporting an UNTRAINED {model.arch} (random weights, "
+         f"seed {model.seed}); its outputs are meaningless for deployment. Set model.weights "
+         "to your trained checkpoint.")
+
+
+def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, ...]) -> None:
+    """Refuse, before `maker`'s loader unpickles it, a file that is no checkpoint of that maker
+    (its pickle names no class from `packages`).
 
     Ultralytics' loader would otherwise fail with a message about its own models, and for a
     pickle naming a module that is not installed it runs `pip install <module>` mid-build.
@@ -114,14 +149,15 @@ def _check_ultralytics_checkpoint(path: Path, shown: Path) -> None:
     import importlib.util
     import sys
 
-    if path.suffix != ".pt":  # Ultralytics loads checkpoints only from .pt; other suffixes mean other formats
-        raise StageError(f"model.weights: {shown} is not a .pt file; Ultralytics reads checkpoints from .pt "
+    if path.suffix != ".pt":  # Ultralytics and YOLOv5 load checkpoints only from .pt; other suffixes mean other formats
+        raise StageError(f"model.weights: {shown} is not a .pt file; {maker} reads checkpoints from .pt "
                          "files only (an ONNX model goes in model.path with model.source: onnx)")
     names = _torch_file_globals(path, shown)
-    if not any(n.startswith("ultralytics.") for n in names):
+    if not any(n.startswith(packages) for n in names):
         found = f"it names {', '.join(names[:3])}" if names else "it holds only tensors and plain values"
-        raise StageError(f"model.weights: {shown} is a PyTorch file but not an Ultralytics checkpoint "
-                         f"({found}); give a checkpoint Ultralytics saved (its best.pt), or load a state "
+        article = "an" if maker[0] in "AEIOU" else "a"
+        raise StageError(f"model.weights: {shown} is a PyTorch file but not {article} {maker} checkpoint "
+                         f"({found}); give a checkpoint {maker} saved (its best.pt), or load a state "
                          "dict with model.source: torch and model.factory")
     missing = sorted(m for m in {n.split(".")[0] for n in names}
                      if m not in sys.modules and importlib.util.find_spec(m) is None)
@@ -164,17 +200,82 @@ def _torch_file_problem(path: Path) -> str | None:
     return None if damaged is None else f"is damaged ({damaged} inside it fails its CRC check)"
 
 
-def _set_export_mode(net) -> None:
+def _set_export_mode(net, imgsz: tuple[int, ...]) -> None:
+    """Put every head in export mode with the attributes Ultralytics' exporter sets
+    (ultralytics/engine/exporter.py, Exporter.__call__, for format onnx without embedded NMS)."""
     from ultralytics.nn.modules import C2f, Detect, RTDETRDecoder
     from ultralytics.nn.modules.head import Classify
 
     for m in net.modules():
-        if isinstance(m, (Detect, RTDETRDecoder, Classify)):
+        if isinstance(m, Classify):
+            m.export, m.format = True, "onnx"  # softmax probabilities, alone
+        elif isinstance(m, (Detect, RTDETRDecoder)):  # Segment, Pose, OBB and the end-to-end heads are Detects
             m.export, m.format = True, "onnx"
-            if hasattr(m, "dynamic"):
-                m.dynamic = False  # anchors are fixed by the export size; batch stays dynamic
+            m.dynamic = False  # anchors are fixed by the export size; batch stays dynamic
+            m.max_det = min(MAX_DETECTIONS, _candidates(m, net.stride, imgsz))
+            m.xyxy = False  # xywh like Ultralytics' raw outputs; the end-to-end head gives xyxy regardless
+            m.shape = None  # anchors are recomputed for this input size
         elif isinstance(m, C2f):
             m.forward = m.forward_split
+
+
+def _candidates(head, strides, imgsz: tuple[int, ...]) -> int:
+    """How many detections a head can rank: RT-DETR's queries, or a YOLO head's anchor points.
+    Ultralytics clamps max_det to it, which TensorRT's TopK needs at small input sizes."""
+    if hasattr(head, "num_queries"):
+        return int(head.num_queries)
+    height, width = imgsz
+    return sum((height // int(s)) * (width // int(s)) for s in strides.tolist())
+
+
+def _yolov5_module(model: ModelSource, root: Path):
+    """The anchor-based YOLOv5 network (the `yolov5` package) with its Detect head in export
+    mode, which decodes in the graph to one `[B, anchors, 5 + classes]` tensor, as the
+    package's own export.py prepares it (inplace off, dynamic grid off, export on)."""
+    import importlib
+
+    torch = require("torch", "yolov5")
+    try:
+        # Importing it also puts the package folder on sys.path, where the `models.yolo` named by
+        # checkpoints of the original ultralytics/yolov5 repository resolves (yolov5/models/yolo.py).
+        yolo = importlib.import_module("yolov5.models.yolo")
+    except ImportError as exc:  # the package, or pandas, seaborn, pkg_resources (setuptools<81) it imports
+        raise MissingDependencyError(exc.name or "yolov5", "yolov5") from exc
+    torch.manual_seed(model.seed)
+    if model.weights is None:
+        _warn_untrained(model)
+        net = yolo.Model(str(_yolov5_arch(model.arch, root)))
+    else:
+        net = _yolov5_checkpoint_model(root / model.weights, model.weights)
+    net = net.float().eval().fuse()
+    head = net.model[-1]
+    head.inplace, head.dynamic, head.export = False, False, True
+    return net
+
+
+def _yolov5_arch(arch: str, root: Path) -> Path:
+    """The YOLOv5 architecture yaml: a project file, or one bundled with the package (yolov5s.yaml)."""
+    import yolov5
+
+    bundled = Path(yolov5.__file__).parent / "models"
+    for candidate in (root / arch, bundled / arch):
+        if candidate.is_file():
+            return candidate
+    raise StageError(f"model.arch: '{arch}' is neither a file in the project nor a YOLOv5 architecture the "
+                     f"yolov5 package bundles ({', '.join(sorted(p.name for p in bundled.glob('yolov5*.yaml')))})")
+
+
+def _yolov5_checkpoint_model(path: Path, shown: Path):
+    """The network inside a YOLOv5 training checkpoint (its EMA weights when present, as
+    YOLOv5's attempt_load takes them)."""
+    torch = require("torch", "yolov5")
+    _check_checkpoint(path, shown, "YOLOv5", ("models.", "yolov5."))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # checked above: a YOLOv5 pickle
+    net = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
+    if not isinstance(net, torch.nn.Module):
+        raise StageError(f"model.weights: {shown} holds no YOLOv5 network (no 'model' or 'ema' entry); "
+                         "give the best.pt YOLOv5's train.py saved")
+    return net
 
 
 def _factory_module(model: ModelSource, root: Path):

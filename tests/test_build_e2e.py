@@ -86,7 +86,8 @@ def test_editing_one_field_reruns_only_its_readers(project, tmp_path):
     shutil.copy(project / "recipes" / "yolov8n.yaml", tmp_path / "keep.yaml")
     env11 = {"TRTEXEC": str(make_wrapper(tmp_path / "bin11", "11.0"))}
     result = run_doit(project, "build:yolov8n-fp16", env=env11)
-    assert executed(result) == ["quantize:yolov8n-fp16", "engine:yolov8n-fp16"], result.stdout
+    # another generation: its AutoCast ONNX, its parser preflight, its engine
+    assert executed(result) == ["quantize:yolov8n-fp16", "lint:yolov8n-fp16", "engine:yolov8n-fp16"], result.stdout
 
 
 def test_without_trtexec_export_and_surgery_complete_and_engine_fails_in_one_line(small_project):
@@ -106,6 +107,7 @@ def test_failed_trtexec_leaves_no_engine_and_names_the_first_error(project, tmp_
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert "engine:yolov8n-fp32: trtexec failed: " in text and "trtexec.failed.log" in text
+    assert "Could not find any implementation for node" in text  # the first [E] line is the cause shown
     out = project / "artifacts" / "yolov8n" / "fp32"
     assert not (out / "engine.plan").exists() and (out / "trtexec.failed.log").is_file()
     assert not list(out.glob("*trtforge-tmp*"))
@@ -198,7 +200,8 @@ def test_changing_one_calibration_image_reruns_exactly_the_int8_chain(int8_proje
 
     images[0].write_bytes(images[1].read_bytes())  # new content
     result = run_doit(int8_project, *everything, env=env)
-    assert executed(result) == ["calib:yolov8n-int8", "quantize:yolov8n-int8", "engine:yolov8n-int8"], result.stdout
+    assert executed(result) == ["calib:yolov8n-int8", "quantize:yolov8n-int8", "lint:yolov8n-int8",
+                                "engine:yolov8n-int8"], result.stdout
     assert {"export:yolov8n", "surgery:yolov8n", "engine:yolov8n-fp32", "engine:yolov8n-fp16"} <= set(up_to_date(result))
 
     images[0].unlink()  # a removed image changes the set too

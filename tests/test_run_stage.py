@@ -22,17 +22,17 @@ def raising(exc: BaseException):
     return stage
 
 
-@pytest.mark.parametrize("code, advice", [
-    (errno.ENOSPC, "free space on that disk and rerun"),
-    (errno.EROFS, "read-only; move the project to a writable disk"),
-    (errno.EACCES, "make it writable for this user"),
-    (errno.EFBIG, "ulimit -f"),
+@pytest.mark.parametrize("code, verb, advice", [
+    (errno.ENOSPC, "cannot write", "free space on that disk and rerun"),
+    (errno.EROFS, "cannot write", "read-only; move the project to a writable disk"),
+    (errno.EACCES, "no access to", "give this user read and write access to it"),
+    (errno.EFBIG, "cannot write", "ulimit -f"),
 ])
-def test_a_full_or_read_only_disk_is_one_line_naming_the_file(code, advice):
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file(code, verb, advice):
     failure = run_stage(raising(OSError(code, "cannot", "/p/artifacts/demo/export.onnx")), task=TASK, targets=[])
     assert isinstance(failure, TaskFailed)
     message = failure.message
-    assert "\n" not in message and message.startswith("export:demo: cannot write /p/artifacts/demo/export.onnx: ")
+    assert "\n" not in message and message.startswith(f"export:demo: {verb} /p/artifacts/demo/export.onnx: ")
     assert advice in message
 
 

@@ -35,12 +35,13 @@ class StageError(TrtforgeError):
 # OS errors a user fixes on their machine, not in trtforge: a full or read-only disk, a
 # folder they cannot write. Any other OSError is a bug and keeps its traceback.
 _DISK_ADVICE = {
-    "ENOSPC": "free space on that disk and rerun",
-    "EDQUOT": "free space (disk quota exceeded) and rerun",
-    "EFBIG": "the file size limit (ulimit -f) was reached; raise it and rerun",
-    "EACCES": "make it writable for this user and rerun",
-    "EPERM": "make it writable for this user and rerun",
-    "EROFS": "the filesystem is read-only; move the project to a writable disk and rerun",
+    "ENOSPC": ("cannot write", "free space on that disk and rerun"),
+    "EDQUOT": ("cannot write", "free space (disk quota exceeded) and rerun"),
+    "EFBIG": ("cannot write", "the file size limit (ulimit -f) was reached; raise it and rerun"),
+    "EROFS": ("cannot write", "the filesystem is read-only; move the project to a writable disk and rerun"),
+    # a permission error may come from a read as well as a write: the line does not guess which
+    "EACCES": ("no access to", "give this user read and write access to it and rerun"),
+    "EPERM": ("no access to", "give this user read and write access to it and rerun"),
 }
 
 
@@ -51,8 +52,9 @@ def disk_error_message(exc: OSError, task: str) -> str | None:
     name = errno.errorcode.get(exc.errno or 0, "")
     if name not in _DISK_ADVICE:
         return None
+    verb, advice = _DISK_ADVICE[name]
     where = f" {exc.filename}" if exc.filename else ""
-    return f"{task}: cannot write{where}: {exc.strerror or name}; {_DISK_ADVICE[name]}"
+    return f"{task}: {verb}{where}: {exc.strerror or name}; {advice}"
 
 
 class MissingDependencyError(TrtforgeError):

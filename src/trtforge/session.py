@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from doit.reporter import ConsoleReporter
+
 from .atomic import sweep_temporaries
 from .console import info
 from .errors import TrtforgeError, disk_error_message
@@ -33,7 +35,25 @@ def doit_config(artifacts: Path) -> dict:
         "dep_file": str(artifacts / ".doit.db"),
         "default_tasks": [],
         "action_string_formatting": "new",
+        "reporter": OneLineFailureReporter,
     }
+
+
+class OneLineFailureReporter(ConsoleReporter):
+    """doit's console reporter, minus the replay of a failed task's output when it has none.
+
+    doit ends every failure with a rule and the task's captured stdout, even when that is
+    empty, so a failure that trtforge already reported in one line would end on noise.
+    Output a task did print (and that was not shown live) is still replayed as doit does.
+    """
+
+    def complete_run(self) -> None:
+        self.failures = [f for f in self.failures if _captured_output(f["task"]).strip()]
+        super().complete_run()
+
+
+def _captured_output(task) -> str:
+    return "".join(a.out or "" for a in task.actions) + "".join(a.err or "" for a in task.actions)
 
 
 def doit_command(argv: list[str]) -> str:

@@ -209,6 +209,11 @@ def code(*relative: str) -> list[str]:
     return [str(PACKAGE_DIR / r) for r in relative]
 
 
+def package_code(subpackage: str) -> list[str]:
+    """Every source file of one of the package's subpackages (the gates, say)."""
+    return sorted(str(p) for p in (PACKAGE_DIR / subpackage).glob("*.py"))
+
+
 def recipe_dir(project: Project, recipe: Recipe) -> Path:
     return project.artifacts / recipe.name
 
@@ -332,6 +337,7 @@ def calib_tasks(project: Project) -> Iterator[dict]:
                 input_name=r.input.name, height=r.input.shape[-2], width=r.input.shape[-1],
                 batch=spec.batch, method=spec.method, percentile=spec.percentile,
                 skip_bad_images=spec.skip_bad_images, header_version=header_version(project),
+                recipe_field=f"variants.{v.name}.calibration",
                 store_dir=project.artifacts / "calib", cache_out=outs["cache"], report_out=outs["report"],
                 sample_out=outs["sample"])
             yield {
@@ -383,7 +389,8 @@ def reference_tasks(project: Project) -> Iterator[dict]:
         except ImageSetError as exc:
             images, problem = (), f"{r.file.name}: verify.images: {exc}"
         else:
-            problem = None if images else f"{r.file.name}: verify.images: '{spec.images}' holds no image file"
+            problem = None if images else (f"{r.file.name}: verify.images: '{spec.images}' holds no image file; "
+                                           "add images or point verify.images at another set")
         if problem:
             yield refusal(r.name, doc, problem)
             continue
@@ -422,7 +429,7 @@ def check_tasks(project: Project) -> Iterator[dict]:
                 "actions": [(run_stage, [check.run_check, job])],
                 "file_dep": [str(refs["inputs"]), str(refs["outputs"]), str(job.variant_onnx),
                              *([str(job.engine)] if with_engine else []),
-                             *code("stages/check.py", "stages/reference.py", "detection.py")],
+                             *code("stages/check.py", "stages/reference.py"), *package_code("gates")],
                 "targets": [str(job.report_json), str(job.report_png)],
                 "uptodate": [config_changed({"check": jsonable(v.check), "verify": jsonable(r.verify),
                                              "tensorrt": with_engine,

@@ -109,17 +109,19 @@ def _row(variant: VariantInputs, feed: dict, seconds: float) -> dict:
 
 
 def gate_summary(check: dict) -> dict:
-    """The accuracy gate's verdict and the figure users read first (detection mAP50)."""
+    """The accuracy gate's verdict and the task's own figure (mAP50, top-1, OKS mAP50 ...)."""
     summary = {"passed": bool(check["passed"])}
-    detection = check.get("detection")
-    if detection:
-        summary["detection"] = detection["status"].split(":")[0]
-        if not detection["status"].startswith("skipped"):
-            summary["map50_vs_fp32"] = round(detection["map50"], 4)
-    worst = [out.get(f"{check['tolerances']['statistic']}_absdiff") for out in check["onnx"]["outputs"].values()]
+    gate = check.get("gate")
+    if gate:
+        summary["gate"] = gate["status"].split(":")[0]
+        if gate["value"] is not None:
+            summary["figure"], summary["value"] = gate["figure"], round(gate["value"], 4)
+    statistic = check["tolerances"]["statistic"]
+    # an nms variant has no raw outputs to compare (its section says why)
+    worst = [out.get(f"{statistic}_absdiff") for out in check["onnx"].get("outputs", {}).values()]
     worst = [w for w in worst if w is not None]
     if worst:
-        summary[f"{check['tolerances']['statistic']}_abs_error"] = max(worst)
+        summary[f"{statistic}_abs_error"] = max(worst)
     return summary
 
 
@@ -141,8 +143,8 @@ def _cells(row: dict) -> list[str]:
     """One table row as text, shared by the terminal and the Markdown report."""
     ort, gate, engine = row["ort_cpu_ms"], row["gate"], row["engine"]
     speedup = f"{row['ort_cpu_speedup_vs_fp32']:.2f}x" if row["ort_cpu_speedup_vs_fp32"] else "-"
-    figure = (f"mAP50 {gate['map50_vs_fp32']:.3f}" if "map50_vs_fp32" in gate
-              else f"detection {gate['detection']}" if "detection" in gate else "")
+    figure = (f"{gate['figure']} {gate['value']:.3f}" if "value" in gate
+              else f"task gate {gate['gate']}" if "gate" in gate else "")
     verdict = ("passed" if gate["passed"] else "FAILED") + (f", {figure}" if figure else "")
     if engine["status"] == "measured":
         lat = engine["latency_ms"]

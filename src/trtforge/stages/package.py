@@ -106,8 +106,8 @@ def _verification(check: dict) -> dict:
         "passed": check.get("passed"),
         "onnx": {name: out.get("passed") for name, out in check.get("onnx", {}).get("outputs", {}).items()},
         "engine": check.get("engine", {}).get("status"),
-        "detection": {k: check["detection"].get(k) for k in ("status", "map50", "precision", "recall")}
-        if "detection" in check else None,
+        "gate": {k: check["gate"].get(k) for k in ("task", "figure", "value", "floor", "status")}
+        if "gate" in check else None,
     }
 
 

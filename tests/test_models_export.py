@@ -123,3 +123,25 @@ def test_a_trained_yolov5_checkpoint_in_model_weights_exports_the_decoded_head(t
     outputs = _run(onnx_path, np.zeros((2, 3, 160, 160), np.float32))
     assert {name: y.shape for name, y in outputs.items()} == {"output0": (2, 1575, 8)}  # xywh, objectness, 3 classes
     assert meta["names"] == {"0": "car", "1": "bus", "2": "truck"} and meta["task"] == "detect"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, size", [("yolo26n.yaml", 160), ("yolov8n-seg.yaml", 160), ("yolov8n-obb.yaml", 256)])
+def test_export_computes_what_ultralytics_own_onnx_export_computes(tmp_path, monkeypatch, arch, size):
+    # The heads whose export attributes differ most (end-to-end top-k, two outputs, angle), same seed,
+    # against Ultralytics' exporter with nms=False (the NMS-free head where there is one).
+    import ultralytics
+    from ultralytics.utils import checks
+
+    from trtforge.recipe import InputSpec, ModelSource
+
+    monkeypatch.setattr(checks, "AUTOINSTALL", False)  # its requirement checks must not pip install mid-test
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    theirs = ultralytics.YOLO(arch).export(format="onnx", nms=False, imgsz=size, simplify=False, opset=17)
+    export_onnx(ModelSource("ultralytics", arch=arch, seed=0), InputSpec("images", (1, 3, size, size)), 17,
+                tmp_path, tmp_path / "ours.onnx")
+    images = np.random.default_rng(0).random((1, 3, size, size), np.float32)
+    for mine, reference in zip(_run(tmp_path / "ours.onnx", images).values(), _run(Path(theirs), images).values(),
+                               strict=True):
+        np.testing.assert_allclose(mine, reference, atol=1e-5)

@@ -233,14 +233,19 @@ def _yolov5_module(model: ModelSource, root: Path):
     mode, which decodes in the graph to one `[B, anchors, 5 + classes]` tensor, as the
     package's own export.py prepares it (inplace off, dynamic grid off, export on)."""
     import importlib
+    import logging
+    import warnings
 
     torch = require("torch", "yolov5")
     try:
-        # Importing it also puts the package folder on sys.path, where the `models.yolo` named by
-        # checkpoints of the original ultralytics/yolov5 repository resolves (yolov5/models/yolo.py).
-        yolo = importlib.import_module("yolov5.models.yolo")
+        with warnings.catch_warnings():  # its pkg_resources deprecation notice: setuptools<81 is pinned for it
+            warnings.simplefilter("ignore", UserWarning)
+            # Importing it also puts the package folder on sys.path, where the `models.yolo` named by
+            # checkpoints of the original ultralytics/yolov5 repository resolves (yolov5/models/yolo.py).
+            yolo = importlib.import_module("yolov5.models.yolo")
     except ImportError as exc:  # the package, or pandas, seaborn, pkg_resources (setuptools<81) it imports
         raise MissingDependencyError(exc.name or "yolov5", "yolov5") from exc
+    logging.getLogger("yolov5").setLevel(logging.WARNING)  # not its 30-line layer table on every export
     torch.manual_seed(model.seed)
     if model.weights is None:
         _warn_untrained(model)

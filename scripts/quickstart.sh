@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e '.[all]'
+# YOLOv5 without its declared requirements: the [yolov5] extra installs what it imports (pyproject.toml)
+.venv/bin/python -m pip install --quiet --no-deps yolov5==7.0.14
 if [ "$#" -eq 0 ]; then
   set -- build:yolov8n-fp16
 fi

@@ -57,11 +57,16 @@ def disk_error_message(exc: OSError, task: str) -> str | None:
     return f"{task}: {verb}{where}: {exc.strerror or name}; {advice}"
 
 
+# Extras pip cannot install alone: the yolov5 package's declared requirements would add 28
+# packages, a second OpenCV among them, so it is installed without them (scripts/quickstart.sh).
+_EXTRA_STEPS = {"yolov5": " && pip install --no-deps yolov5==7.0.14"}
+
+
 class MissingDependencyError(TrtforgeError):
     """An optional Python dependency is not installed."""
 
     def __init__(self, module: str, extra: str) -> None:
-        super().__init__(f"{module} is not installed: pip install -e '.[{extra}]'")
+        super().__init__(f"{module} is not installed: pip install -e '.[{extra}]'{_EXTRA_STEPS.get(extra, '')}")
 
 
 def require(module: str, extra: str):

@@ -37,7 +37,7 @@ VERIFY_TASKS = ("detect", "segment", "classify", "pose", "obb", "raw")
 # yolo     Ultralytics export-mode head [B, 4+nc(+extra), N]: xywh pixels, class scores (seg/pose/obb add rows)
 # yolov5   anchor-based YOLOv5 [B, N, 5+nc]: xywh pixels, objectness, class scores
 # end2end  NMS-free end-to-end head [B, max_det, 6]: x1 y1 x2 y2 pixels, score, class (YOLO26, YOLOv10)
-# rtdetr   RT-DETR decoder [B, 300, 4+nc]: cx cy w h normalised to 0..1, class scores
+# rtdetr   RT-DETR decoder [B, 300, 6]: cx cy w h normalised to 0..1, score, class (Ultralytics 8.4's export)
 # nms      the four outputs of the `nms` surgery pass (num_detections, detection_boxes/scores/classes)
 VERIFY_HEADS = ("yolo", "yolov5", "end2end", "rtdetr", "nms")
 PRECISION_MODES = ("auto", "implicit", "explicit")

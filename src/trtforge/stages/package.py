@@ -180,5 +180,7 @@ def ultralytics_engine(plan: bytes, metadata: dict, batch: int) -> bytes:
         "imgsz": metadata.get("imgsz"),
         "names": metadata.get("names", {}),
     }
+    # Ultralytics' AutoBackend reads these too: keypoint layout (pose) and an NMS-free head
+    meta.update({key: metadata[key] for key in ("kpt_shape", "end2end") if key in metadata})
     blob = json.dumps(meta, sort_keys=True).encode()
     return len(blob).to_bytes(4, byteorder="little", signed=True) + blob + plan

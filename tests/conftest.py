@@ -42,6 +42,22 @@ def make_project(root: Path, recipes: dict[str, str]) -> Path:
     return root
 
 
+def prepared_project(folder: Path, *tasks: str) -> Path:
+    """A SMALL_RECIPE project in `folder` after `doit <tasks>`: module fixtures prepare one, and
+    each test works on a `copied` one (export and surgery take seconds; a copy, milliseconds)."""
+    project = make_project(folder / "proj", {"yolov8n": SMALL_RECIPE})
+    result = run_doit(project, *tasks)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
+def copied(project: Path, tmp_path: Path) -> Path:
+    """A private copy of a prepared project, for a test that changes it."""
+    copy = tmp_path / "proj"
+    shutil.copytree(project, copy, symlinks=True)
+    return copy
+
+
 @pytest.fixture
 def small_project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "proj", {"yolov8n": SMALL_RECIPE})

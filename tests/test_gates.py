@@ -159,13 +159,17 @@ def test_identical_outputs_agree_perfectly(task):
 
 
 @pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb"])
-def test_small_noise_agrees_highly_but_loses_the_borderline_objects(task):
+def test_small_noise_drops_borderline_objects_below_the_operating_point_but_keeps_them_ranked(task):
+    """Two objects just above verify.conf in FP32 fall just below it in the variant: at the
+    operating point they are missed (recall 10/12), but the variant still finds them, ranked
+    below every other, so its AP (decoded down to gates.CANDIDATE_CONF, as `yolo val` does)
+    stays whole: a score that moved a little costs the operating point, not the ranking."""
     reference, perturbed, _ = SCENES[task]()
     result = gate(task, reference, perturbed)
     d = result.details
     assert (d["matched"], d["candidate_detections"], d["reference_detections"]) == (10, 10, 12)
     assert d["precision"] == 1.0 and d["recall"] == pytest.approx(10 / 12)
-    assert 0.8 < result.value < 1.0
+    assert result.value == 1.0 and result.status == "passed"
     similarity = next(v for k, v in d.items() if k.startswith("mean_matched_"))
     assert 0.9 < similarity < 1.0  # the agreeing instances are close, not identical
 

@@ -14,8 +14,16 @@ check.py writes `GateResult.as_json()` into check.json as `gate`.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+# The variant's predictions are decoded down to this score, as Ultralytics' validators decode
+# theirs (conf 0.001), so that AP integrates over the whole confidence range: a detection whose
+# score moved from 0.26 in FP32 to 0.24 in INT8 costs a little AP, not the whole object, as it
+# would if both sides were cut at verify.conf 0.25 (measured on a trained YOLOv8 and the demo
+# photos: INT8 mAP50 0.21 with both sides cut, recall 3/8). Precision and recall are still
+# counted at verify.conf, the operating point.
+CANDIDATE_CONF = 0.001
 
 # verify.task -> the module whose `judge` gates it; raw has no task-aware gate.
 GATES = {
@@ -43,6 +51,10 @@ class GateSetting:
     iou: float  # NMS IoU threshold, both sides
     floor: float | None  # check.min_agreement_vs_fp32; None for task raw
     image_hw: tuple[int, int]  # the model input's height and width (normalised boxes are scaled by it)
+
+    def for_candidate(self) -> "GateSetting":
+        """The setting the variant's outputs are decoded with (see CANDIDATE_CONF)."""
+        return replace(self, conf=min(self.conf, CANDIDATE_CONF))
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,13 @@ class Detections:
 
 def judge(reference: Outputs, candidate: Outputs, setting: GateSetting) -> GateResult:
     """mAP50 of the variant's detections against the reference's."""
-    result = detection_agreement(detections(reference, setting), detections(candidate, setting))
+    result = detection_agreement(detections(reference, setting), detections(candidate, setting.for_candidate()),
+                                 operating_conf=setting.conf)
     return instance_verdict(setting, "mAP50", result, "box_iou")
 
 
-def detection_agreement(reference: list[Detections], candidate: list[Detections], iou_threshold: float = 0.5) -> dict:
+def detection_agreement(reference: list[Detections], candidate: list[Detections], iou_threshold: float = 0.5,
+                        operating_conf: float = 0.0) -> dict:
     """`matching.agreement` on box IoU (`ultralytics.utils.metrics.box_iou`); ValueError if the
     image counts differ."""
     if len(reference) != len(candidate):
@@ -50,7 +52,7 @@ def detection_agreement(reference: list[Detections], candidate: list[Detections]
                        metrics.box_iou(torch.from_numpy(np.asarray(ref.boxes, np.float32).reshape(-1, 4)),
                                        torch.from_numpy(np.asarray(cand.boxes, np.float32).reshape(-1, 4))).numpy())
              for ref, cand in zip(reference, candidate)]
-    return agreement(pairs, iou_threshold)
+    return agreement(pairs, iou_threshold, operating_conf)
 
 
 def detections(outputs: Outputs, setting: GateSetting) -> list[Detections]:

@@ -28,7 +28,7 @@ class ImagePair:
     similarity: np.ndarray  # [n, m] in 0..1
 
 
-def agreement(pairs: list[ImagePair], threshold: float = 0.5) -> dict:
+def agreement(pairs: list[ImagePair], threshold: float = 0.5, operating_conf: float = 0.0) -> dict:
     """Agreement of the candidates with the reference taken as ground truth, over all images.
 
     Matching is Ultralytics' validator matching: per image, candidates in descending score
@@ -36,7 +36,8 @@ def agreement(pairs: list[ImagePair], threshold: float = 0.5) -> dict:
     similarity, if that similarity is >= `threshold`. `matched` counts the candidates that found one.
 
     - precision = matched / candidate_detections and recall = matched / reference_detections:
-      plain counts at the operating point both sides were decoded at (their NMS `conf`). Not
+      plain counts at the operating point, over the candidates scoring above `operating_conf`
+      (verify.conf; the candidates may be decoded lower, for AP: gates.CANDIDATE_CONF). Not
       the max-F1 P and R of `ap_per_class`, which re-choose a confidence threshold on
       interpolated curves: an agreement gate should judge the detections actually produced.
     - map50: `ap_per_class` AP at `threshold`, averaged over the classes present in the
@@ -69,16 +70,17 @@ def agreement(pairs: list[ImagePair], threshold: float = 0.5) -> dict:
             matcher, torch.from_numpy(classes), torch.from_numpy(reference), torch.from_numpy(similarity))
         correct = correct.numpy().reshape(-1, 1)
         same_class = np.where(reference[:, None] == classes[None], similarity, 0.0)
-        best.append(same_class.max(0, initial=0.0)[correct[:, 0]])
+        best.append(same_class.max(0, initial=0.0))
         tp.append(correct)
         conf.append(np.asarray(pair.candidate_scores, np.float64)[order])
         pred_cls.append(classes)
         target_cls.append(reference)
     tp, conf, best = np.concatenate(tp), np.concatenate(conf), np.concatenate(best)
     pred_cls, target_cls = np.concatenate(pred_cls), np.concatenate(target_cls)
-    n_ref, n_cand, matched = len(target_cls), len(pred_cls), int(tp.sum())
+    operating = conf > operating_conf
+    n_ref, n_cand, matched = len(target_cls), int(operating.sum()), int(tp[operating].sum())
 
-    if n_ref and n_cand:
+    if n_ref and len(pred_cls):
         ap = metrics.ap_per_class(tp, conf, pred_cls, target_cls)[5]  # [classes in reference, 1]
         ceiling = metrics.compute_ap(np.ones(1), np.ones(1))[0]
         map50 = float(np.minimum(ap[:, 0] / ceiling, 1.0).mean())  # per class first: a perfect score is exactly 1
@@ -88,7 +90,7 @@ def agreement(pairs: list[ImagePair], threshold: float = 0.5) -> dict:
         "precision": matched / n_cand if n_cand else (0.0 if n_ref else 1.0),
         "recall": matched / n_ref if n_ref else 1.0,
         "map50": map50,
-        "mean_matched_similarity": float(best.mean()) if matched else 0.0,
+        "mean_matched_similarity": float(best[tp[:, 0] & operating].mean()) if matched else 0.0,
         "reference_detections": n_ref,
         "candidate_detections": n_cand,
         "matched": matched,

@@ -20,8 +20,8 @@ from .detect import yolo_nms
 def judge(reference: Outputs, candidate: Outputs, setting: GateSetting) -> GateResult:
     metrics = require("ultralytics.utils.metrics", "yolo")
     pairs = [ImagePair(ref[:, 5], cand[:, 5], cand[:, 4], metrics.batch_probiou(xywhr(ref), xywhr(cand)).numpy())
-             for ref, cand in zip(rotated_boxes(reference, setting), rotated_boxes(candidate, setting))]
-    return instance_verdict(setting, "OBB mAP50", agreement(pairs), "probiou")
+             for ref, cand in zip(rotated_boxes(reference, setting), rotated_boxes(candidate, setting.for_candidate()))]
+    return instance_verdict(setting, "OBB mAP50", agreement(pairs, operating_conf=setting.conf), "probiou")
 
 
 def rotated_boxes(outputs: Outputs, setting: GateSetting) -> list[np.ndarray]:

@@ -29,8 +29,8 @@ AREA_SCALE = 0.53  # PoseValidator._process_batch, from xtcocotools cocoeval
 
 def judge(reference: Outputs, candidate: Outputs, setting: GateSetting) -> GateResult:
     pairs = [ImagePair(ref[:, 5], cand[:, 5], cand[:, 4], keypoint_similarity(ref, cand))
-             for ref, cand in zip(people(reference, setting), people(candidate, setting))]
-    return instance_verdict(setting, "OKS mAP50", agreement(pairs), "oks")
+             for ref, cand in zip(people(reference, setting), people(candidate, setting.for_candidate()))]
+    return instance_verdict(setting, "OKS mAP50", agreement(pairs, operating_conf=setting.conf), "oks")
 
 
 def people(outputs: Outputs, setting: GateSetting) -> list[np.ndarray]:

@@ -19,7 +19,9 @@ from .detect import yolo_nms
 
 def judge(reference: Outputs, candidate: Outputs, setting: GateSetting) -> GateResult:
     result = agreement([ImagePair(ref[1], cand[1], cand[2], mask_similarity(ref[0], cand[0]))
-                        for ref, cand in zip(instances(reference, setting), instances(candidate, setting))])
+                        for ref, cand in zip(instances(reference, setting),
+                                             instances(candidate, setting.for_candidate()))],
+                       operating_conf=setting.conf)
     return instance_verdict(setting, "mask mAP50", result, "mask_iou")
 
 
@@ -53,8 +55,9 @@ def head_and_protos(outputs: Outputs) -> tuple[np.ndarray, np.ndarray]:
 
 def mask_similarity(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """`ultralytics.utils.metrics.mask_iou` between every reference and candidate mask, [n, m]."""
+    if not len(reference) or not len(candidate):  # mask_iou cannot multiply an empty side
+        return np.zeros((len(reference), len(candidate)), np.float32)
     torch = require("torch", "yolo")
     metrics = require("ultralytics.utils.metrics", "yolo")
-    flat = [torch.from_numpy(m.reshape(len(m), m[0].size if len(m) else 0).astype(np.float32))
-            for m in (reference, candidate)]
+    flat = [torch.from_numpy(m.reshape(len(m), m[0].size).astype(np.float32)) for m in (reference, candidate)]
     return metrics.mask_iou(*flat).numpy()

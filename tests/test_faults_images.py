@@ -451,7 +451,8 @@ def test_doit_empty_sets_are_one_line_and_adding_images_fixes_them(project):
         photo.unlink()
     result = run_doit(project, "reference:yolov8n")
     assert result.returncode == 1
-    assert the_error(result) == "yolov8n.yaml: verify.images: 'calib/verify' holds no image file"
+    assert the_error(result) == ("yolov8n.yaml: verify.images: 'calib/verify' holds no image file; "
+                                 "add images or point verify.images at another set")
 
     (project / "calib" / "set.txt").write_text("photos/*.png\n")
     result = run_doit(project, "calib:yolov8n-int8")
@@ -472,7 +473,7 @@ def test_doit_bad_calibration_images_are_one_line_then_skipped_or_removed(projec
         assert result.returncode == 1
         line = the_error(result)
         assert line.startswith(f"calib:yolov8n-int8: calib/imgs/{name}: ") and reasons[name] in line, line
-        assert line.endswith("(or set calibration.bad_images: skip to count and skip such files)")
+        assert line.endswith("(or set variants.int8.calibration.bad_images: skip to count and skip such files)")
         assert not any((out / name).exists() for name in CALIB_OUTPUTS)
         (imgs / name).unlink()
 

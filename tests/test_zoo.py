@@ -51,7 +51,7 @@ def zoo(tmp_path_factory) -> Path:
     (project / "calib").mkdir()
     for manifest in ("demo-calibration.txt", "demo-verification.txt"):
         shutil.copy(REPO / "calib" / manifest, project / "calib")
-    result = run_doit(project, "cpu", timeout=3000)
+    result = run_doit(project, "-n", "2", "cpu", timeout=3000)  # both cores: the longest fixture of the suite
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project
 

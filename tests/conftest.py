@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -40,6 +41,11 @@ def make_project(root: Path, recipes: dict[str, str]) -> Path:
     for name, text in recipes.items():
         (root / "recipes" / f"{name}.yaml").write_text(text)
     return root
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def prepared_project(folder: Path, *tasks: str) -> Path:

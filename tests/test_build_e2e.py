@@ -9,14 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import copied, executed, prepared_project, run_doit, up_to_date
+from conftest import copied, executed, prepared_project, run_doit, sha256, up_to_date
 from doubles.trtexec import make_wrapper, read_engine
 
 pytestmark = pytest.mark.slow
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

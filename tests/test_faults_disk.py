@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import resource
 import shutil
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import copied, doit_env, executed, prepared_project, run_doit
+from conftest import copied, doit_env, executed, prepared_project, run_doit, sha256
 
 from trtforge.atomic import disk_fault
 from trtforge.doctor import check_state_db
@@ -46,10 +45,6 @@ def exported(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(exported, tmp_path) -> Path:
     return copied(exported, tmp_path)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def reseed(project: Path) -> None:

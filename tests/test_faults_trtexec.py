@@ -9,13 +9,12 @@ engine) are not repeated here; this file adds the cases it lacks and the timing 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RECIPE, executed, make_project, run_doit
+from conftest import SMALL_RECIPE, executed, make_project, run_doit, sha256
 from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine
 
 from trtforge.errors import ToolError
@@ -210,7 +209,7 @@ def test_a_corrupt_timing_cache_is_moved_aside_before_trtexec_sees_it_and_the_bu
     log = (variant_out(project, "fp16") / "trtexec.log").read_text()
     assert "Could not read timing cache from: timing.cache" in log  # trtexec started fresh
     assert len(decode_timing_cache(cache.read_bytes())) == 1
-    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert recorded_sha256(cache) == sha256(cache)
 
     assert run_doit(project, "forget", "engine:yolov8n-fp32").returncode == 0
     rerun = run_doit(project, "build:yolov8n-fp32", env=good)
@@ -266,7 +265,7 @@ def test_an_unwritable_timing_cache_costs_a_warning_not_the_engine(project, tmp_
     rerun = run_doit(project, "build:yolov8n-fp16", env=good)
     assert rerun.returncode == 0 and not output_lines_with(rerun, "WARNING: engine")
     assert len(decode_timing_cache(cache.read_bytes())) == 1
-    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert recorded_sha256(cache) == sha256(cache)
 
 
 # Four engines of the 160 px recipe (the size does not matter to the cache bookkeeping) whose
@@ -299,6 +298,6 @@ def test_four_parallel_builders_leave_a_loadable_timing_cache_with_every_entry(p
         return tuple(build["precision"]), build["workspace_bytes"]
 
     assert len(entries) == 4 and sorted(map(key, entries.values())) == sorted(map(key, built))
-    assert recorded_sha256(cache) == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert recorded_sha256(cache) == sha256(cache)
     assert timing_folder_names(cache) == {cache.name, f"{cache.name}.sha256", f"{cache.name}.trtforge-lock"}
     assert not list(project.rglob("*trtforge-tmp*"))

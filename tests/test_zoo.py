@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_project, run_doit
+from conftest import REPO, make_project, run_doit, sha256
 from doubles.trtexec import make_wrapper, read_engine
 
 pytestmark = pytest.mark.slow
@@ -95,16 +95,10 @@ def test_fp16_and_int8_engines_of_every_recipe_on_every_generation(zoo, tmp_path
             assert summary["argv"][0] == "--onnx=model.onnx"
             explicit = generation in ("10", "11") and variant == "int8" or generation == "11"
             built_from = {"fp16": "autocast.onnx", "int8": "qdq.onnx"}[variant] if explicit else "model.onnx"
-            assert engine["onnx_sha256"] == _sha256(out / built_from if explicit else out.parent / "model.onnx")
+            assert engine["onnx_sha256"] == sha256(out / built_from if explicit else out.parent / "model.onnx")
     # --continue: a refused variant fails (1), and a task it blocks is reported UnmetDependency (2)
     refused_here = any(k[2] == generation for k in REFUSED)
     assert result.returncode in ((1, 2) if refused_here else (0,)) and "Traceback" not in text, text[-3000:]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_the_jetson_tx2_kit_of_yolov5s_builds_with_tensorrt_8_2_grammar(zoo, tmp_path):
@@ -125,4 +119,4 @@ def test_the_jetson_tx2_kit_of_yolov5s_builds_with_tensorrt_8_2_grammar(zoo, tmp
     assert engine["trt_version"] == "8.2.1" and engine["grammar"] == "8.2"
     assert engine["precision"] == ["int8"] and engine["calibration"]["source"] == "cache"
     assert engine["workspace_bytes"] == 4 << 30 and "--workspace=4096" in (folder / "build.sh").read_text()
-    assert engine["onnx_sha256"] == _sha256(folder / "model.onnx")
+    assert engine["onnx_sha256"] == sha256(folder / "model.onnx")

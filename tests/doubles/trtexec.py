@@ -26,7 +26,10 @@ precision_constraints, layer_precisions (layer -> type, as applied to node names
 workspace_bytes (int or null = TensorRT default), mem_pools_bytes, profiles (list of
 {input: {min, opt, max}}), calibration (null or {file, source: cache|random|dynamic_range,
 sha256?, algorithm?}), plugins, builder_optimization_level, hardware_compatibility_level,
-version_compatible, sparsity, timing_cache.  Use ``read_engine(path)`` to decode.
+version_compatible, sparsity, timing_cache.  A calibration read from a cache also lists its tensors, the
+network's float activations without a scale there (missing_scales) and the layers that
+consume or produce one (layers_above_int8: TensorRT runs them above INT8, warning per
+tensor).  Use ``read_engine(path)`` to decode.
 
 Timing cache (--timingCacheFile), the DOUBLE'S OWN FORMAT: first line TIMING_CACHE_MAGIC
 ("trtforge-double-timing-cache v1"), then JSON {"entries": {key: entry}} where entry =
@@ -509,9 +512,29 @@ def load_onnx(path: str, log: Log) -> dict | None:
             dims = vi.type.tensor_type.shape.dim
             inputs[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    nodes = [n.name or f"node_of_{(list(n.output) or [''])[0]}" for n in graph.node]
     return {"sha256": hashlib.sha256(data).hexdigest(), "inputs": inputs, "n_outputs": len(graph.output),
-            "nodes": [n.name or f"node_of_{(list(n.output) or [''])[0]}" for n in graph.node], "ir": model.ir_version,
-            "opset": opset, "producer": (model.producer_name, model.producer_version)}
+            "nodes": nodes, "ir": model.ir_version, "opset": opset,
+            "producer": (model.producer_name, model.producer_version),
+            "io": [(name, [t for t in n.input if t], [t for t in n.output if t]) for name, n in zip(nodes, graph.node)],
+            "activations": float_activations(model)}
+
+
+def float_activations(model) -> list[str]:
+    """Float tensors an implicit INT8 build wants a scale for: graph inputs and node outputs
+    (not weights, not Constant outputs), typed by ONNX shape inference. A tensor whose type
+    inference cannot tell is left out, so the double never reports a scale missing wrongly."""
+    import onnx
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # custom-domain nodes (plugins): the types the file itself records
+        graph = model.graph
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    typed = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    weights = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in weights]
+    names += [t for n in graph.node if n.op_type != "Constant" for t in n.output if t]
+    return [t for t in names if typed.get(t) in floats]
 
 
 def _wild(pattern: str, name: str) -> bool:  # matchStringWithOneWildcard
@@ -575,16 +598,33 @@ _CALIB_HEADER = re.compile(r"TRT-(\d+)-(EntropyCalibration2|EntropyCalibration|M
 _CALIB_LINE = re.compile(r"(.+): ([0-9a-f]{8})")
 
 
-def check_calibration_cache(path: str) -> tuple[str | None, str | None]:
-    """-> (algorithm, error).  Format: header line, then 'tensor: hhhhhhhh' lines."""
+def check_calibration_cache(path: str) -> tuple[str | None, str | None, set]:
+    """-> (algorithm, error, tensor names).  Format: header line, then 'tensor: hhhhhhhh' lines."""
     lines = Path(path).read_text(errors="replace").splitlines()
     head = _CALIB_HEADER.fullmatch(lines[0]) if lines else None
     if not head:
-        return None, "line 1: expected header TRT-<version>-EntropyCalibration2|MinMaxCalibration"
+        return None, "line 1: expected header TRT-<version>-EntropyCalibration2|MinMaxCalibration", set()
+    tensors = set()
     for no, line in enumerate(lines[1:], 2):
-        if line and not _CALIB_LINE.fullmatch(line):
-            return None, f"line {no}: expected '<tensor>: <8 lowercase hex digits>', got {line!r}"
-    return head[2], None
+        entry = _CALIB_LINE.fullmatch(line)
+        if line and not entry:
+            return None, f"line {no}: expected '<tensor>: <8 lowercase hex digits>', got {line!r}", set()
+        if entry:
+            tensors.add(entry[1])
+    return head[2], None, tensors
+
+
+def missing_scales(model: dict, scaled: set, log: Log) -> tuple[list, list]:
+    """The builder's implicit-INT8 rule (NVIDIA/TensorRT issues 3131, 4058): an activation with
+    no scale in the cache is warned about, and every layer consuming or producing it runs above
+    INT8.  -> (tensors without a scale, layers above INT8), in graph order."""
+    missing = [t for t in model["activations"] if t not in scaled]
+    for tensor in missing:
+        log.w(f"Missing scale and zero-point for tensor {tensor}, expect fall back to non-int8 implementation "
+              "for any layer consuming or producing given tensor", trt=True)
+    unscaled = set(missing)
+    above = [name for name, inputs, outputs in model["io"] if unscaled & {*inputs, *outputs}]
+    return missing, above
 
 
 # ------------------------------------------------------------------------------- timing cache
@@ -942,10 +982,10 @@ class Session:
             return {"file": None, "source": "dynamic_range"}, None
         if not os.path.isfile(b.calib):  # trtexec then calibrates with random data
             return {"file": b.calib, "source": "random"}, None
-        algo, problem = check_calibration_cache(b.calib)
+        algo, problem, tensors = check_calibration_cache(b.calib)
         if problem:  # the double's choice of message; TensorRT's own was not verified
             return None, f"Error[1]: Calibration cache {b.calib} is malformed: {problem}"
-        return {"file": b.calib, "source": "cache", "algorithm": algo,
+        return {"file": b.calib, "source": "cache", "algorithm": algo, "tensors": sorted(tensors),
                 "sha256": hashlib.sha256(Path(b.calib).read_bytes()).hexdigest()}, None
 
     def build(self, b: Build) -> int:
@@ -977,6 +1017,8 @@ class Session:
         if calib and calib["source"] != "dynamic_range":
             log.i("Starting Calibration.", trt=True)
             log.i("Post Processing Calibration data in 0.0012 seconds.", trt=True)
+        if calib and calib["source"] == "cache":
+            calib["missing_scales"], calib["layers_above_int8"] = missing_scales(model, set(calib["tensors"]), log)
         log.i(f"Detected {len(model['inputs'])} inputs and {model['n_outputs']} output network tensors.", trt=True)
         log.v(f"Original: {len(model['nodes'])} layers", trt=True)
         desc = engine_description(b, self.g, self.ver, model, profiles, calib, applied)

@@ -11,7 +11,8 @@ from dataclasses import replace
 import pytest
 
 from trtforge.recipe import BuildOptions, PassSpec, ShapeRange
-from trtforge.render import EngineIntent, RenderError, check_intent, default_profiles, render_argv
+from trtforge.render import (EngineIntent, RenderError, check_intent, default_profiles, keep_fp32_route,
+                             render_argv)
 from trtforge.trt_version import TrtVersion, parse_banner_number, version_from_banner
 
 V82, V86, V10, V11 = TrtVersion(8, 2, 1), TrtVersion(8, 6, 1), TrtVersion(10, 8, 0), TrtVersion(11, 0, 0)
@@ -68,9 +69,23 @@ def test_keep_fp32_renders_obeyed_layer_precisions_on_86_and_10():
                              "--layerPrecisions=/model.22/dfl/conv/Conv:fp32,/model.22/dfl/Softmax:fp32"]
 
 
-def test_keep_fp32_with_builder_flags_is_refused_on_82():
-    with pytest.raises(RenderError, match="no --layerPrecisions"):
+def test_keep_fp32_on_an_fp16_engine_is_refused_on_82_in_one_line():
+    with pytest.raises(RenderError) as refused:
         check_intent("fp16", replace(BUILD, keep_fp32=("/model.22/*",)), V82)
+    assert str(refused.value) == ("TensorRT 8.2.1 has no --layerPrecisions, so an FP16 engine cannot keep "
+                                  "build.keep_fp32 layers in FP32 (INT8 can); remove keep_fp32 from this variant "
+                                  "or build with TensorRT 8.6+")
+
+
+@pytest.mark.parametrize("precision, mode, generation, route", [
+    ("int8", "implicit", "8.2", "calibration_cache"),  # no --layerPrecisions: the cache lacks the kept scales
+    ("int8", "implicit", "8.6", "layer_precisions"), ("int8", "implicit", "10", "layer_precisions"),
+    ("int8", "explicit", "8.6", "onnx"), ("int8", "explicit", "10", "onnx"), ("int8", "explicit", "11", "onnx"),
+    ("fp16", "implicit", "8.2", "unsupported"), ("fp16", "implicit", "8.6", "layer_precisions"),
+    ("fp16", "explicit", "11", "onnx"), ("fp32", "implicit", "8.2", "fp32"),
+])
+def test_keep_fp32_route_per_generation(precision, mode, generation, route):
+    assert keep_fp32_route(precision, mode, generation) == route
 
 
 @pytest.mark.parametrize("backend, version, refused", [
@@ -174,5 +189,101 @@ def test_int8_keep_fp32_on_the_implicit_path_obeys_layer_precisions():
     argv = argv_for("int8", replace(BUILD, keep_fp32=("/m/*",), precision_mode="implicit"), V10, ("/m/a", "/m/b"))
     assert argv[2:6] == ["--int8", "--calib=calib.cache", "--precisionConstraints=obey",
                          "--layerPrecisions=/m/a:fp32,/m/b:fp32"]
-    with pytest.raises(RenderError, match="precision_mode: explicit"):
-        check_intent("int8", replace(BUILD, keep_fp32=("/m/*",)), V82)
+    assert check_intent("int8", replace(BUILD, keep_fp32=("/m/*",)), V82) == "implicit"  # no longer refused
+
+
+# ------------------------------------------------------------------ keep_fp32 on every generation
+# One INT8 intent (keep the head's Sigmoid and Mul in FP32) built by the engine stage against the
+# trtexec double of each generation. The model is a real ONNX, tiny (1x3x16x16): node and
+# tensor names are what the rendering reads, not sizes.
+KEPT_NODES, KEPT_TENSORS = ("/head/sigmoid", "/head/mul"), ("/head/sigmoid_output_0", "y")
+
+
+@pytest.fixture(scope="module")
+def head_model(tmp_path_factory):
+    """(model.onnx, its calibration cache): x -> conv -> relu -> conv -> sigmoid -> mul -> y."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtforge.calib_cache import write_cache_text
+
+    folder = tmp_path_factory.mktemp("head")
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w0"),
+               numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w1"),
+               numpy_helper.from_array(np.float32([16.0]), "stride")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["/backbone/conv_output_0"], name="/backbone/conv", pads=[1] * 4),
+             helper.make_node("Relu", ["/backbone/conv_output_0"], ["/backbone/relu_output_0"], name="/backbone/relu"),
+             helper.make_node("Conv", ["/backbone/relu_output_0", "w1"], ["/head/conv_output_0"], name="/head/conv"),
+             helper.make_node("Sigmoid", ["/head/conv_output_0"], ["/head/sigmoid_output_0"], name="/head/sigmoid"),
+             helper.make_node("Mul", ["/head/sigmoid_output_0", "stride"], ["y"], name="/head/mul")]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 16, 16])], weights)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.save(model, str(folder / "model.onnx"))
+    activations = ["x", *(n.output[0] for n in nodes)]
+    (folder / "calib.cache").write_text(write_cache_text(V82, {name: 4.0 for name in activations}))
+    return folder / "model.onnx", folder / "calib.cache"
+
+
+def built_with_double(tmp_path, head_model, generation: str, mode: str):
+    """Run the engine stage for the keep_fp32 intent; returns (summary, the double's engine, out folder)."""
+    import json
+
+    from doubles.trtexec import make_wrapper, read_engine
+
+    from trtforge.stages.engine import ENGINE, SUMMARY, EngineJob, build_engine
+    from trtforge.trt_version import version_for_generation
+
+    onnx_path, cache = head_model
+    version = version_for_generation(generation)
+    profile = (("x", ShapeRange((1, 3, 16, 16), (2, 3, 16, 16), (2, 3, 16, 16))),)
+    build = BuildOptions(profiles=(profile,), keep_fp32=("/head/sig*", "/head/mul"), timing_cache=False)
+    assert check_intent("int8", replace(build, precision_mode=mode), version) == mode
+    job = EngineJob(task="engine:head-int8", trtexec=make_wrapper(tmp_path / "bin", str(version)), version=version,
+                    onnx=onnx_path, precision="int8", mode=mode, build=build, plugin_files=(),
+                    calibration_cache=cache if mode == "implicit" else None, out_dir=tmp_path / "out",
+                    timing_cache_dir=tmp_path / "timing")
+    build_engine(job, "no trtexec")
+    out = tmp_path / "out"
+    return json.loads((out / SUMMARY).read_text()), read_engine(out / ENGINE), out
+
+
+def test_keep_fp32_on_82_int8_builds_from_a_cache_without_the_kept_outputs(tmp_path, head_model):
+    from conftest import sha256
+
+    from trtforge.calib_cache import read_cache
+
+    summary, engine, out = built_with_double(tmp_path, head_model, "8.2", "implicit")
+    assert summary["argv"][2:4] == ["--int8", "--calib=calib.keep-fp32.cache"]
+    assert not [a for a in summary["argv"] if a.startswith(("--layerPrecisions", "--precisionConstraints", "--fp16"))]
+    calibration = engine["calibration"]
+    # the cache trtexec read: every scale but those of the tensors the kept nodes produce
+    assert calibration["sha256"] == sha256(out / "calib.keep-fp32.cache")
+    assert set(read_cache((out / "calib.keep-fp32.cache").read_text())[2]) == set(calibration["tensors"])
+    assert calibration["tensors"] == sorted(["x", "/backbone/conv_output_0", "/backbone/relu_output_0",
+                                             "/head/conv_output_0"])
+    assert calibration["missing_scales"] == list(KEPT_TENSORS) == summary["calibration_cache_without"]
+    # the kept nodes run above INT8; the head's conv, which feeds them, stays INT8 (outputs only are dropped)
+    assert calibration["layers_above_int8"] == list(KEPT_NODES)
+    assert "calib.keep-fp32.cache <- " in (out / "trtexec.sh").read_text()
+
+
+@pytest.mark.parametrize("generation", ["8.6", "10"])
+def test_keep_fp32_on_86_and_10_implicit_int8_obeys_layer_precisions(tmp_path, head_model, generation):
+    summary, engine, out = built_with_double(tmp_path, head_model, generation, "implicit")
+    assert summary["argv"][2:6] == ["--int8", "--calib=calib.cache", "--precisionConstraints=obey",
+                                    "--layerPrecisions=/head/sigmoid:fp32,/head/mul:fp32"]
+    assert engine["layer_precisions"] == {"/head/sigmoid": "fp32", "/head/mul": "fp32"}
+    assert engine["calibration"]["missing_scales"] == [] and not (out / "calib.keep-fp32.cache").exists()
+
+
+@pytest.mark.parametrize("generation", ["10", "11"])
+def test_keep_fp32_on_explicit_int8_is_carried_by_the_qdq_onnx(tmp_path, head_model, generation):
+    # The Q/DQ ONNX, made with the kept nodes excluded (stages/qdq.py; tested on a real model in
+    # test_keep_fp32.py), is all trtexec gets: no precision flag names a layer.
+    summary, engine, _ = built_with_double(tmp_path, head_model, generation, "explicit")
+    assert not [a for a in summary["argv"] if a.startswith(("--layerPrecisions", "--precisionConstraints",
+                                                            "--calib", "--int8"))]
+    assert engine["strongly_typed"] and engine["calibration"] is None and engine["layer_precisions"] == {}

@@ -65,3 +65,22 @@ def read_cache(text: str) -> tuple[int, str, dict[str, float]]:
             raise StageError(f"calibration cache line {number} is not 'tensor: hhhhhhhh': {line!r}")
         scales[entry.group(1)] = struct.unpack(">f", bytes.fromhex(entry.group(2)))[0]
     return int(header.group(1)), header.group(2), scales
+
+
+def without_tensors(text: str, tensors: set[str]) -> tuple[str, tuple[str, ...]]:
+    """(cache text without the entries of `tensors`, the names actually left out).
+
+    Every other line is kept byte for byte (scales are not re-encoded); a malformed cache is
+    refused here rather than handed to TensorRT. TensorRT runs a layer above INT8 when a
+    tensor it consumes or produces has no scale (see render.keep_fp32_route), which is how
+    TensorRT 8.2 keeps layers in FP32."""
+    read_cache(text)
+    lines = text.splitlines()
+    kept, dropped = [lines[0]], []
+    for line in lines[1:]:
+        name = _ENTRY.match(line).group(1)
+        if name in tensors:
+            dropped.append(name)
+        else:
+            kept.append(line)
+    return "\n".join(kept) + "\n", tuple(dropped)

@@ -105,7 +105,7 @@ def _short(item) -> str:
 def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
     """{variant: {"argv", "model.onnx"}} for the project's TensorRT, or the renderer's refusal."""
     from .render import RenderError, check_intent, render_argv
-    from .stages.engine import engine_intent, expand_layer_globs, renders_layer_precisions
+    from .stages.engine import engine_intent, keep_fp32_layers, keep_fp32_route_of
     from .tasks import engine_job
 
     if project.trtexec is None:
@@ -118,12 +118,12 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
             commands[variant.name] = f"refused: {exc}"
             continue
         job = engine_job(project, recipe, variant, mode)
-        keep = ()
-        if renders_layer_precisions(job, mode):
-            if job.onnx.is_file():
-                keep = expand_layer_globs(job.onnx, job.build.keep_fp32)
-            else:
-                keep = tuple(f"<{glob} in the surgered ONNX>" for glob in job.build.keep_fp32)
+        if job.onnx.is_file():
+            keep = keep_fp32_layers(job, job.onnx)
+        elif keep_fp32_route_of(job) == "layer_precisions":
+            keep = tuple(f"<{glob} in the surgered ONNX>" for glob in job.build.keep_fp32)
+        else:
+            keep = ()
         commands[variant.name] = {"argv": ["trtexec", *render_argv(engine_intent(job, keep), project.trtexec.version)],
                                   "model.onnx": _short(job.onnx)}
     return commands

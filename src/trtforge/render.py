@@ -1,7 +1,7 @@
 """Intent -> trtexec argv, per TensorRT generation.
 
 This is the one place that answers "how is FP16 rendered on TensorRT 11?". A recipe says
-what to build; `engine_intent` resolves it against a generation (refusing what that
+what to build; `check_intent` resolves it against a generation (refusing what that
 generation cannot do, before any work) and `render_argv` writes the flags in that
 generation's grammar. The facts behind the table are in ../shared/DESIGN.md, read from
 NVIDIA's trtexec source:
@@ -18,7 +18,12 @@ NVIDIA's trtexec source:
 - 8.x takes one optimization profile; 10.x+ several, each after `--profile=<i>`;
 - builder optimization level and version/hardware compatibility start at 8.6;
 - `--stronglyTyped` starts at 10 (a no-op in 11, so it is not emitted there);
-- plugins load with `--plugins` on 8.2; 8.6 deprecated it for `--staticPlugins`.
+- plugins load with `--plugins` on 8.2; 8.6 deprecated it for `--staticPlugins`;
+- `--precisionConstraints`/`--layerPrecisions` start at 8.6. On 8.2 an implicit INT8 layer
+  runs above INT8 when a tensor it consumes or produces has no scale in the calibration
+  cache (the builder warns "Missing scale and zero-point for tensor X, expect fall back to
+  non-int8 implementation"; NVIDIA/TensorRT issues 3131, 4058), so keep_fp32 reads a cache
+  without the kept layers' output scales there; FP16 has no such lever on 8.2.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ GRAMMARS = {
 }
 
 
+KEEP_FP32_CACHE = "calib.keep-fp32.cache"  # 8.2 INT8: the cache without the kept layers' output scales
+
+
 @dataclass(frozen=True)
 class EngineIntent:
     """What one engine build asks of trtexec, with paths relative to its work folder."""
@@ -67,7 +75,25 @@ class EngineIntent:
     timing_cache: str | None = "timing.cache"
     keep_fp32_layers: tuple[str, ...] = ()  # exact layer names (globs already expanded)
     plugin_files: tuple[str, ...] = ()
-    calibration_cache: str = "calib.cache"  # read by implicit INT8 only
+    calibration_cache: str = "calib.cache"  # read by implicit INT8 only (KEEP_FP32_CACHE when it lacks kept scales)
+
+
+def keep_fp32_route(precision: str, mode: str, generation: str) -> str:
+    """How `build.keep_fp32` reaches TensorRT for one engine.
+
+    "layer_precisions": --precisionConstraints=obey --layerPrecisions (8.6, 10.x builder flags);
+    "calibration_cache": the kept layers' output tensors are left out of the calibration
+    cache, which makes TensorRT run them above INT8 (8.2 INT8, which has no --layerPrecisions);
+    "onnx": the AutoCast / Q-DQ ONNX carries it (the nodes were excluded when it was made);
+    "fp32": nothing to do, the whole engine is FP32; "unsupported": FP16 builder flag on 8.2.
+    """
+    if precision == "fp32":
+        return "fp32"
+    if mode == "explicit":
+        return "onnx"
+    if GRAMMARS[generation].layer_precisions:
+        return "layer_precisions"
+    return "calibration_cache" if precision == "int8" else "unsupported"
 
 
 def resolve_mode(precision: str, requested: str, generation: str) -> str:
@@ -107,9 +133,9 @@ def check_intent(precision: str, build: BuildOptions, version: TrtVersion,
     if len(build.profiles) > 1 and not grammar.several_profiles:
         raise RenderError(f"{where} builds one optimization profile; build.profiles lists "
                           f"{len(build.profiles)} (keep one, or build with TensorRT 10+)")
-    if build.keep_fp32 and precision != "fp32" and mode == "implicit" and not grammar.layer_precisions:
-        raise RenderError(f"{where} has no --layerPrecisions, so build.keep_fp32 cannot be honoured "
-                          "with builder flags; set build.precision_mode: explicit or drop keep_fp32")
+    if build.keep_fp32 and keep_fp32_route(precision, mode, generation) == "unsupported":
+        raise RenderError(f"{where} has no --layerPrecisions, so an FP16 engine cannot keep build.keep_fp32 "
+                          "layers in FP32 (INT8 can); remove keep_fp32 from this variant or build with TensorRT 8.6+")
     if not grammar.builder_options:
         for field, value, default in (("optimization_level", build.optimization_level, None),
                                       ("version_compatible", build.version_compatible, False),

@@ -22,7 +22,7 @@ from doit.tools import config_changed
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
-from .render import GRAMMARS, RenderError, check_intent, default_profiles, render_argv
+from .render import GRAMMARS, KEEP_FP32_CACHE, RenderError, check_intent, default_profiles, render_argv
 from .stages import (autocast, calibrate, check, compare, engine, export, kit, lint, package, qdq, reference,
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
@@ -515,13 +515,20 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                 "doc": doc,
                 "actions": [(run_stage, [engine.build_engine, job, not_found_message()])],
                 "task_dep": [f"lint:{name}"],  # the parser preflight runs before any trtexec call
-                "file_dep": [str(job.onnx), *map(str, job.plugin_files), *code("stages/engine.py", "render.py"),
+                "file_dep": [str(job.onnx), *map(str, job.plugin_files),
+                             *code("stages/engine.py", "render.py", "calib_cache.py"),
                              *([str(job.calibration_cache)] if job.calibration_cache else [])],
-                "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT)],
+                "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT,
+                                                   *_keep_fp32_cache(job))],
                 "uptodate": [config_changed({"trtexec": str(job.version), "argv": argv,
                                              "keep_fp32": list(job.build.keep_fp32)})],
                 "clean": True,
             }
+
+
+def _keep_fp32_cache(job: engine.EngineJob) -> tuple[str, ...]:
+    """The calibration cache without kept scales that an engine job writes beside its engine (8.2 INT8 keep_fp32)."""
+    return (KEEP_FP32_CACHE,) if engine.keep_fp32_route_of(job) == "calibration_cache" else ()
 
 
 def lint_target(project: Project, r: Recipe, v: Variant, version: TrtVersion) -> lint.LintTarget:
@@ -660,7 +667,8 @@ def package_tasks(project: Project) -> Iterator[dict]:
                 files.append(("model.fp32.onnx", surgered_onnx(project, r)))
             if v.precision == "int8":
                 files += [("calib.cache", calib_outputs(project, r, v)["cache"]),
-                          ("calib.json", calib_outputs(project, r, v)["report"])]
+                          ("calib.json", calib_outputs(project, r, v)["report"]),
+                          *((name, out / name) for name in _keep_fp32_cache(job))]
             if r.verify:
                 files.append(("check.json", out / "check.json"))
             record = _release_record(project, r, v)
@@ -720,7 +728,7 @@ def kit_tasks(project: Project) -> Iterator[dict]:
                 "doc": f"build kit of {name} for building on the target device (build.sh per TensorRT version)",
                 "actions": [(run_stage, [kit.make_kit, job])],
                 "file_dep": [*(str(p) for _, p in (*onnx_files, *extra)),
-                             *code("stages/kit.py", "stages/engine.py", "render.py")],
+                             *code("stages/kit.py", "stages/engine.py", "render.py", "calib_cache.py")],
                 "targets": [str(output)],
                 "uptodate": [config_changed({"build": jsonable(v.build), "precision": v.precision})],
                 "clean": True,

@@ -1,10 +1,13 @@
 """engine: ONNX -> TensorRT engine through trtexec, as a location-independent job.
 
-The job runs in a work folder of its own: the inputs (ONNX, plugins, a copy of the timing
-cache) are linked in under fixed names, trtexec runs there with relative paths only, and
-the outputs (engine, log, parsed summary, updated timing cache) are moved out when it
-succeeded. Nothing absolute is baked into the argv or the artifacts, so the same job can
-later be shipped to a machine with the target GPU.
+The job runs in a work folder of its own: the inputs (ONNX, plugins, calibration cache, a
+copy of the timing cache) are linked in under fixed names, trtexec runs there with
+relative paths only, and the outputs (engine, log, parsed summary, updated timing cache)
+are moved out when it succeeded. On TensorRT 8.2 an INT8 job with `build.keep_fp32`
+derives its own calibration cache there, without the kept layers' output scales
+(`kept_tensors`), and publishes it beside the engine. Nothing absolute is baked into the
+argv or the artifacts, so the same job can later be shipped to a machine with the target
+GPU.
 
 One timing cache per (GPU, TensorRT version) lives in artifacts/cache/timing/. It is a
 side input, never a doit file_dep, and never trusted unverified (see SharedTimingCache).
@@ -25,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import TEMP_MARK, atomic_output, remove_path, write_text_atomic
+from ..calib_cache import without_tensors
 from ..console import info, warn
 from ..errors import StageError, ToolError, require
 from ..recipe import BuildOptions
-from ..render import EngineIntent, render_argv
+from ..render import KEEP_FP32_CACHE, EngineIntent, keep_fp32_route, render_argv
 from ..trt_version import TrtVersion
 
 ENGINE, LOG, SCRIPT, SUMMARY = "engine.plan", "trtexec.log", "trtexec.sh", "summary.json"
@@ -60,9 +64,9 @@ def build_engine(job: EngineJob, not_found: str) -> None:
     remove_path(work)
     work.mkdir()
     try:
-        intent = _prepare_inputs(job, work)
+        intent, dropped = _prepare_inputs(job, work)
         argv = render_argv(intent, job.version)
-        write_text_atomic(job.out_dir / SCRIPT, _script(job, argv))
+        write_text_atomic(job.out_dir / SCRIPT, _script(job, argv, intent, dropped))
         if intent.timing_cache:
             with SharedTimingCache(job) as cache:
                 cache.copy_to(work / intent.timing_cache)
@@ -70,57 +74,103 @@ def build_engine(job: EngineJob, not_found: str) -> None:
                 cache.update_from(work / intent.timing_cache)
         else:
             _run_trtexec(job, argv, work)
-        _publish(job, argv, work)
+        _publish(job, argv, work, intent, dropped)
     finally:
         remove_path(work)
 
 
 def engine_intent(job: EngineJob, keep_fp32_layers: tuple[str, ...] = ()) -> EngineIntent:
     """The job as render.py sees it: work-folder names only."""
+    cache = KEEP_FP32_CACHE if keep_fp32_route_of(job) == "calibration_cache" else "calib.cache"
     return EngineIntent(precision=job.precision, mode=job.mode, build=job.build,
                         timing_cache="timing.cache" if job.build.timing_cache else None,
                         keep_fp32_layers=keep_fp32_layers,
-                        plugin_files=tuple(p.name for p in job.plugin_files))
+                        plugin_files=tuple(p.name for p in job.plugin_files), calibration_cache=cache)
 
 
-def renders_layer_precisions(job: EngineJob, mode: str) -> bool:
-    """Whether `keep_fp32` becomes --layerPrecisions (builder flags), rather than being carried
-    by the AutoCast / Q-DQ ONNX, or meaning nothing (FP32)."""
-    return bool(job.build.keep_fp32) and job.precision != "fp32" and mode == "implicit"
+def keep_fp32_route_of(job: EngineJob) -> str | None:
+    """How the job's `build.keep_fp32` reaches its TensorRT (render.keep_fp32_route); None if it keeps nothing."""
+    if not job.build.keep_fp32:
+        return None
+    return keep_fp32_route(job.precision, job.mode, job.version.generation)
 
 
-def _prepare_inputs(job: EngineJob, work: Path) -> EngineIntent:
+def keep_fp32_layers(job: EngineJob, onnx_path: Path) -> tuple[str, ...]:
+    """The layers for --layerPrecisions where the job's TensorRT renders `build.keep_fp32` that
+    way (globs expanded against `onnx_path`), else ()."""
+    if keep_fp32_route_of(job) != "layer_precisions":
+        return ()
+    return expand_layer_globs(onnx_path, job.build.keep_fp32)
+
+
+def _prepare_inputs(job: EngineJob, work: Path) -> tuple[EngineIntent, tuple[str, ...]]:
+    """Put the inputs into `work`; returns the intent and the tensors its calibration cache lacks."""
     _link(job.onnx, work / "model.onnx")
-    if job.calibration_cache is not None:
-        _link(job.calibration_cache, work / "calib.cache")
     for plugin in job.plugin_files:
         _link(plugin, work / plugin.name)
-    keep = ()
-    if renders_layer_precisions(job, job.mode):
-        keep = expand_layer_globs(job.onnx, job.build.keep_fp32)
-    return engine_intent(job, keep)
+    intent = engine_intent(job, keep_fp32_layers(job, job.onnx))
+    if job.calibration_cache is None:
+        return intent, ()
+    if intent.calibration_cache != KEEP_FP32_CACHE:
+        _link(job.calibration_cache, work / intent.calibration_cache)
+        return intent, ()
+    tensors = set(kept_tensors(job.onnx, job.build.keep_fp32))
+    try:
+        text, dropped = without_tensors(job.calibration_cache.read_text(errors="replace"), tensors)
+    except StageError as exc:
+        raise StageError(f"{job.task}: {job.calibration_cache}: {exc}; rerun its calib task") from None
+    (work / KEEP_FP32_CACHE).write_text(text)
+    info(f"{job.task}: TensorRT {job.version} has no --layerPrecisions; build.keep_fp32's layers run above INT8 "
+         f"because {KEEP_FP32_CACHE} leaves out the scales of their {len(dropped)} output tensor(s)")
+    return intent, dropped
 
 
-def expand_layer_globs(onnx_path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Exact ONNX node names matching the recipe's globs (TensorRT names layers after them).
+def _kept_nodes(onnx_path: Path, patterns: tuple[str, ...]) -> list:
+    """The ONNX nodes whose names match the recipe's `build.keep_fp32` globs, in graph order.
 
     A glob that matches nothing is an error: it is almost always a typo, and silently
     keeping nothing in FP32 is the failure it was meant to prevent.
     """
     onnx = require("onnx", "core")
-    names = [node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node if node.name]
-    selected: list[str] = []
+    nodes = [node for node in onnx.load(str(onnx_path), load_external_data=False).graph.node if node.name]
+    selected: dict[str, object] = {}
     for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        hits = [n for n in nodes if fnmatch.fnmatchcase(n.name, pattern)]
         if not hits:
             raise StageError(f"build.keep_fp32: '{pattern}' matches no node of {onnx_path.name}; "
-                             "node names look like " + ", ".join(names[:3]))
-        selected += [n for n in hits if n not in selected]
+                             "node names look like " + ", ".join(n.name for n in nodes[:3]))
+        selected.update((n.name, n) for n in hits if n.name not in selected)
+    return list(selected.values())
+
+
+def expand_layer_globs(onnx_path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Exact ONNX node names matching the recipe's globs (TensorRT names layers after them)."""
+    selected = tuple(node.name for node in _kept_nodes(onnx_path, patterns))
     for name in selected:
         if "," in name or ":" in name:
             raise StageError(f"build.keep_fp32: node '{name}' has a ',' or ':' that trtexec's "
                              "--layerPrecisions cannot express; rename it in a surgery pass")
-    return tuple(selected)
+    return selected
+
+
+def kept_tensors(onnx_path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The tensors whose scales TensorRT 8.2 must not get, so that the kept nodes run above INT8.
+
+    These are the outputs of the matching nodes, and only the outputs. TensorRT runs a layer
+    above INT8 when a tensor it *produces* or consumes has no scale (the builder's "Missing
+    scale and zero-point ... fall back to non-int8 implementation for any layer consuming or
+    producing given tensor"), so an unscaled output alone makes its producer fall back: every
+    kept node is certain to, whatever it consumes. Dropping the inputs too would add nothing
+    for the kept nodes and would push their producers out of INT8, which the recipe did not
+    ask for (to keep a region's inputs unquantized, keep its producers too: their outputs
+    then go). The one cost is that layers consuming a kept output run above INT8 as well.
+    This matches --layerPrecisions on 8.6/10.x, which also sets what a layer computes in,
+    not how its inputs arrive. Graph outputs of kept nodes are dropped like any other.
+    """
+    tensors: dict[str, None] = {}
+    for node in _kept_nodes(onnx_path, patterns):
+        tensors.update((name, None) for name in node.output if name)
+    return tuple(tensors)
 
 
 def _link(source: Path, dest: Path) -> None:
@@ -131,16 +181,19 @@ def _link(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def _script(job: EngineJob, argv: list[str]) -> str:
+def _script(job: EngineJob, argv: list[str], intent: EngineIntent, dropped: tuple[str, ...]) -> str:
     """The exact command, for a person to read and rerun (inputs named as in the work folder)."""
+    cache = os.path.relpath(job.calibration_cache, job.out_dir) if job.calibration_cache else None
+    filtered = intent.calibration_cache == KEEP_FP32_CACHE
     lines = [
         "#!/bin/sh",
         f"# {job.task}: the trtexec command trtforge ran (TensorRT {job.version} grammar).",
         "# It runs in a work folder holding these inputs under these names:",
         f"#   model.onnx    <- {os.path.relpath(job.onnx, job.out_dir)}",
         *(f"#   {p.name:<13} <- {os.path.relpath(p, job.out_dir)}" for p in job.plugin_files),
-        *([f"#   calib.cache   <- {os.path.relpath(job.calibration_cache, job.out_dir)}"]
-          if job.calibration_cache else []),
+        *([f"#   calib.cache   <- {cache}"] if cache and not filtered else []),
+        *([f"#   {KEEP_FP32_CACHE} <- {cache} without the scales of the {len(dropped)} tensor(s) that "
+           "build.keep_fp32's layers produce (kept beside the engine)"] if cache and filtered else []),
         *(["#   timing.cache  <- the timing cache for this GPU and TensorRT version"] if job.build.timing_cache else []),
         'exec "${TRTEXEC:-trtexec}" ' + " ".join(shlex.quote(a) for a in argv),
         "",
@@ -333,7 +386,7 @@ def _keep_failed_log(job: EngineJob, log: Path) -> None:
         os.replace(log, job.out_dir / "trtexec.failed.log")
 
 
-def _publish(job: EngineJob, argv: list[str], work: Path) -> None:
+def _publish(job: EngineJob, argv: list[str], work: Path, intent: EngineIntent, dropped: tuple[str, ...]) -> None:
     from ..trtexec import parse_device_info, parse_perf_summary
 
     text = (work / LOG).read_text(errors="replace")
@@ -346,10 +399,15 @@ def _publish(job: EngineJob, argv: list[str], work: Path) -> None:
         "performance": parse_perf_summary(text),
         "engine_bytes": engine.stat().st_size,
         "engine_sha256": _sha256(engine),
+        **({"calibration_cache_without": list(dropped)} if intent.calibration_cache == KEEP_FP32_CACHE else {}),
     }
     with atomic_output(job.out_dir / SUMMARY) as temp:
         temp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     os.replace(work / LOG, job.out_dir / LOG)
+    if intent.calibration_cache == KEEP_FP32_CACHE:  # reproduce.sh and a release need the cache trtexec read
+        os.replace(work / KEEP_FP32_CACHE, job.out_dir / KEEP_FP32_CACHE)
+    else:
+        remove_path(job.out_dir / KEEP_FP32_CACHE)
     os.replace(engine, job.out_dir / ENGINE)
     remove_path(job.out_dir / "trtexec.failed.log")
 

@@ -5,7 +5,9 @@ where export, calibration and checks ran. The kit carries the ONNX forms, the ca
 cache, the verification inputs and reference outputs, and `build.sh`: it reads the local
 trtexec's version banner and runs the command the engine stage would render for that
 TensorRT generation, each written out in full here by the same renderer (a generation
-the recipe cannot build on prints the renderer's refusal instead).
+the recipe cannot build on prints the renderer's refusal instead). An INT8 kit that keeps
+layers in FP32 also carries the cache TensorRT 8.2 reads for that (calib.keep-fp32.cache,
+made as the engine stage makes it), since the device has no Python to derive it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..atomic import atomic_output
+from ..calib_cache import without_tensors
 from ..recipe import PassSpec
-from ..render import RenderError, check_intent, render_argv
+from ..render import KEEP_FP32_CACHE, RenderError, check_intent, render_argv
 from ..trt_version import GENERATIONS, version_for_generation
-from .engine import EngineJob, engine_intent, expand_layer_globs, renders_layer_precisions
+from .engine import EngineJob, engine_intent, keep_fp32_layers, keep_fp32_route_of, kept_tensors
 from .package import reproducible_tar_gz
 
 
@@ -37,6 +40,10 @@ class KitJob:
 
 def make_kit(kit: KitJob) -> None:
     members = {name: path.read_bytes() for name, path in (*kit.onnx_files, *kit.extra_files) if path.is_file()}
+    if "calib.cache" in members and _keeps_through_cache(kit):
+        tensors = set(kept_tensors(_model_onnx(kit), kit.job.build.keep_fp32))
+        text, _ = without_tensors(members["calib.cache"].decode(), tensors)
+        members[KEEP_FP32_CACHE] = text.encode()
     members["build.sh"] = build_script(kit, set(members)).encode()
     members["manifest.json"] = (json.dumps({
         "format": "trtforge-kit/1", "task": kit.task,
@@ -46,23 +53,37 @@ def make_kit(kit: KitJob) -> None:
         temp.write_bytes(reproducible_tar_gz(kit.stem, members))
 
 
-def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[str] | str:
-    """trtexec argv for one generation, or the one-line reason it cannot build this variant."""
+def generation_job(kit: KitJob, generation: str) -> EngineJob | str:
+    """The engine job as that generation would run it, or the one-line reason it cannot."""
     version = version_for_generation(generation)
-    job = kit.job
     try:
-        mode = check_intent(job.precision, job.build, version, kit.passes)
+        mode = check_intent(kit.job.precision, kit.job.build, version, kit.passes)
     except RenderError as exc:
         return str(exc)
-    onnx = {("fp16", "explicit"): "autocast.onnx", ("int8", "explicit"): "qdq.onnx"}.get((job.precision, mode),
+    return replace(kit.job, mode=mode, version=version)
+
+
+def _keeps_through_cache(kit: KitJob) -> bool:
+    """Whether some generation keeps layers in FP32 by reading a calibration cache without their scales."""
+    jobs = (generation_job(kit, g) for g in GENERATIONS)
+    return any(not isinstance(job, str) and keep_fp32_route_of(job) == "calibration_cache" for job in jobs)
+
+
+def _model_onnx(kit: KitJob) -> Path:
+    return dict(kit.onnx_files)["model.onnx"]
+
+
+def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[str] | str:
+    """trtexec argv for one generation, or the one-line reason it cannot build this variant."""
+    job = generation_job(kit, generation)
+    if isinstance(job, str):
+        return job
+    onnx = {("fp16", "explicit"): "autocast.onnx", ("int8", "explicit"): "qdq.onnx"}.get((job.precision, job.mode),
                                                                                          "model.onnx")
     if onnx not in present:
         return f"this kit has no {onnx} (rebuild the kit with trtforge's quantize stage available)"
-    keep = ()
-    if renders_layer_precisions(job, mode):
-        keep = expand_layer_globs(dict(kit.onnx_files)["model.onnx"], job.build.keep_fp32)
-    intent = replace(engine_intent(replace(job, mode=mode), keep), onnx=onnx)
-    return render_argv(intent, version)
+    intent = engine_intent(job, keep_fp32_layers(job, _model_onnx(kit)))
+    return render_argv(replace(intent, onnx=onnx), job.version)
 
 
 def build_script(kit: KitJob, present: set[str]) -> str:

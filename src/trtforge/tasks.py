@@ -427,9 +427,13 @@ def check_tasks(project: Project) -> Iterator[dict]:
                 "name": f"{r.name}-{v.name}",
                 "doc": f"accuracy gate of {r.name}-{v.name} against the FP32 reference (Polygraphy)",
                 "actions": [(run_stage, [check.run_check, job])],
+                # Where this host builds the engine, the check follows it, so a failed gate still leaves
+                # an engine to inspect: a group's task_dep alone does not order its members (doit runs
+                # whichever is ready first, and the check is, while the engine waits for lint).
+                "task_dep": [f"engine:{r.name}-{v.name}"] if _engine_plan(project, r, v)[0] else [],
                 "file_dep": [str(refs["inputs"]), str(refs["outputs"]), str(job.variant_onnx),
                              *([str(job.engine)] if with_engine else []),
-                             *code("stages/check.py", "stages/reference.py"), *package_code("gates")],
+                             *code("stages/check.py", "stages/reference.py", "quant/cpu_form.py"), *package_code("gates")],
                 "targets": [str(job.report_json), str(job.report_png)],
                 "uptodate": [config_changed({"check": jsonable(v.check), "verify": jsonable(r.verify),
                                              "tensorrt": with_engine,

@@ -37,7 +37,7 @@ from ..images import (ImageRef, ImageSetChanged, UnusableImage, check_encoded, d
                       preprocess, read_image_bytes, refuse_if_changed, sha256_hex)
 from ..trt_version import TrtVersion
 
-ALGORITHM_VERSION = 1  # bump when the statistics change, so stored ranges are not reused
+ALGORITHM_VERSION = 2  # bump when the statistics change, so stored ranges are not reused
 SAMPLES_PER_IMAGE = 4096
 HISTOGRAM_BINS = 2048
 NVIDIA_SUGGESTED_IMAGES = 500
@@ -381,37 +381,64 @@ def percentile_threshold(h: AbsHistogram, percentile: float) -> float:
     return min(h.peak, (index + 1) * h.width)
 
 
-def entropy_threshold(h: AbsHistogram, levels: int = 128, stride: int = 16) -> float:
-    """The clipping threshold whose 128-level quantization loses the least information
-    (KL divergence between the clipped and the quantized distributions), the criterion of
-    TensorRT's entropy calibrator. Candidates every `stride` bins keep it to ~1 s a model."""
-    np = require("numpy", "core")
+def entropy_threshold(h: AbsHistogram, levels: int = 128, first: int = 128) -> float:
+    """The clipping threshold whose 128-level quantization loses the least information,
+    exactly as TensorRT's entropy calibrator and its reference implementations choose it
+    (ModelOpt's and pytorch-quantization's `_compute_amax_entropy`; tests hold this to the
+    former on real activations):
+
+    - the zero bin takes its neighbour's count first. Without that, the spike of exact and
+      near zeros after every SiLU/ReLU dominates the divergence, and clipping the tails
+      looks free: thresholds came out 0.41x the reference's (0.08x at worst) and INT8
+      YOLOv8 lost half its detections;
+    - every candidate edge from bin 128 to the end is tried (the last of equal minima wins);
+    - outliers are folded into the last kept bin of P, while Q spreads each level's count
+      over its non-empty bins only, so a candidate that clips mass into an empty bin has
+      infinite divergence.
+
+    All candidates are scored at once from cumulative sums, which costs milliseconds per
+    tensor where the reference's Python loops take seconds."""
     if h.counts is None or not h.counts.any():
         return 0.0
-    last = int(np.nonzero(h.counts)[0][-1]) + 1
-    if last <= levels:
-        return min(h.peak, last * h.width)  # fits in the levels without loss
-    counts = h.counts.astype(np.float64)
-    candidates = list(range(levels, last, stride)) + [last]
-    divergences = [_kl_after_quantizing(counts, i, levels) for i in candidates]
-    best = candidates[int(np.argmin(divergences))]
-    return min(h.peak, (best + 0.5) * h.width)
+    best = entropy_bin(h.counts, levels, first)
+    return h.peak if best is None else min(h.peak, best * h.width)
 
 
-def _kl_after_quantizing(counts, i: int, levels: int) -> float:
+def entropy_bin(counts, levels: int = 128, first: int = 128) -> int | None:
+    """The number of histogram bins kept below the entropy threshold (the threshold is that
+    bin edge), or None when there are fewer bins than `first` and nothing needs clipping."""
     np = require("numpy", "core")
-    reference = counts[:i].copy()
-    reference[-1] += counts[i:].sum()  # outliers clip into the last bin
-    source = counts[:i]
-    starts = (np.arange(levels) * i) // levels
-    lengths = np.diff(np.append(starts, i))
-    nonzero = source > 0
-    totals = np.add.reduceat(source, starts)
-    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
-    per_bin = np.divide(totals, filled, out=np.zeros_like(totals), where=filled > 0)
-    expanded = np.repeat(per_bin, lengths) * nonzero
-    p = reference / reference.sum()
-    q = expanded / max(expanded.sum(), 1e-30)
-    mask = p > 0
-    q = np.where(mask & (q == 0), 1e-10, q)
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    if len(counts) < max(first, 2):
+        return None
+    divergences = _entropy_divergences(np.asarray(counts, dtype=np.float64), levels, first)
+    return first + len(divergences) - 1 - int(np.argmin(divergences[::-1]))
+
+
+def _entropy_divergences(counts, levels: int, first: int):
+    """KL(P || Q) for every candidate bin count i in [first, len(counts)] (see entropy_threshold)."""
+    np = require("numpy", "core")
+    c = counts.copy()
+    c[0] = c[1]
+    total = c.sum()
+    xlogx = np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0)
+    cum = np.concatenate([[0.0], np.cumsum(c)])
+    nonzero = np.concatenate([[0], np.cumsum(c > 0)])
+    cum_xlogx = np.concatenate([[0.0], np.cumsum(xlogx)])
+    i = np.arange(first, len(c) + 1)
+    outliers = total - cum[i]
+    last = c[i - 1] + outliers
+    p_log_p = cum_xlogx[i - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)
+    # level k of candidate i holds bins [ceil(k i / levels), ceil((k+1) i / levels))
+    edges = -((-np.arange(levels + 1)[None, :] * i[:, None]) // levels)
+    level_sum = cum[edges[:, 1:]] - cum[edges[:, :-1]]
+    level_nonzero = nonzero[edges[:, 1:]] - nonzero[edges[:, :-1]]
+    mass = level_sum.copy()
+    mass[:, -1] += outliers  # P's last bin carries the clipped outliers
+    average = np.divide(level_sum, level_nonzero, out=np.zeros_like(level_sum), where=level_nonzero > 0)
+    kept = cum[i][:, None]
+    q = np.divide(average, kept, out=np.zeros_like(average), where=kept > 0)
+    used = mass > 0
+    cross = np.where(used, mass * np.log(np.where(used & (q > 0), q, 1.0)), 0.0).sum(axis=1)
+    kl = (p_log_p - cross) / total - np.log(total)
+    impossible = ((c[i - 1] == 0) & (outliers > 0)) | (used & (q == 0)).any(axis=1)
+    return np.where(impossible, np.inf, kl)

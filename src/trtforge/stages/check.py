@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
+from ..quant.cpu_form import cpu_session_model
 from ..recipe import CheckSpec, VerifySpec
 from .reference import run_onnxruntime
 
@@ -60,11 +61,12 @@ def run_check(job: CheckJob) -> None:
     feeds = load_json(str(job.reference_inputs))
     (_, reference), = RunResults.load(str(job.reference_outputs)).items()
     reference = [dict(iteration) for iteration in reference]
-    onnx_outputs = run_onnxruntime(job.variant_onnx, feeds)
+    model, runtime = cpu_session_model(job.variant_onnx)
+    onnx_outputs = run_onnxruntime(model, feeds)
     report = {
         "task": job.task,
         "tolerances": {"atol": job.check.atol, "rtol": job.check.rtol, "statistic": job.check.statistic},
-        "onnx": {"model": job.variant_onnx.name, **_raw_comparison(reference, onnx_outputs, job)},
+        "onnx": {"model": job.variant_onnx.name, **runtime, **_raw_comparison(reference, onnx_outputs, job)},
         "engine": _engine_comparison(job, feeds, reference),
         "gate": _task_gate(reference, onnx_outputs, feeds, job),
     }

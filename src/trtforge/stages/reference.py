@@ -40,10 +40,11 @@ def _preprocessed(name: str, data: bytes, height: int, width: int):
         raise StageError(f"verify.images: {exc}") from None
 
 
-def run_onnxruntime(onnx_path: Path, feeds: list[dict]) -> list[dict]:
-    """Outputs {name: array} per feed, on CPU."""
+def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
+    """Outputs {name: array} per feed, on CPU, of an ONNX file or serialized model."""
     ort = require("onnxruntime", "core")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                   providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, feed))) for feed in feeds]
 

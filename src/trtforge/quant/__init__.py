@@ -1,0 +1,1 @@
+"""Quantization helpers that are not stages: how a quantized ONNX is evaluated on CPU."""

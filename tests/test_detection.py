@@ -95,6 +95,58 @@ def test_decode_matches_ultralytics_nms_on_a_plausible_tensor():
         np.testing.assert_array_equal(d.classes, e[:, 5].numpy().astype(np.int64))
 
 
+def slow_clock(monkeypatch) -> None:
+    """Ultralytics' NMS reads a clock that jumps 100 s per reading: a machine so loaded that any
+    time limit is hit after the first image."""
+    from types import SimpleNamespace
+
+    import ultralytics.utils.nms as nms
+
+    ticks = iter(range(0, 10**9, 100))
+    monkeypatch.setattr(nms, "time", SimpleNamespace(time=lambda: float(next(ticks))))
+
+
+def test_a_slow_decode_cannot_silently_drop_images(monkeypatch):
+    """Over a batch, Ultralytics' NMS gives up after 2 + 0.05 x batch seconds and leaves the
+    images it did not reach empty (only a log warning). The gate decodes per image with no
+    time limit, so under any load every image keeps its detections."""
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    out = np.concatenate([raw([(100 + 50 * i, 100, 40, 40, i, 0.9)]) for i in range(3)])
+    calm = decode_yolo(out)
+    slow_clock(monkeypatch)
+    batched = non_max_suppression(torch.from_numpy(out.copy()), conf_thres=0.25, iou_thres=0.7)
+    assert [len(k) for k in batched] == [1, 0, 0]  # the hazard: two images silently emptied
+    loaded = decode_yolo(out)
+    assert [len(d) for d in loaded] == [1, 1, 1]
+    for got, expected in zip(loaded, calm):
+        np.testing.assert_array_equal(got.boxes, expected.boxes)
+        np.testing.assert_array_equal(got.classes, expected.classes)
+
+
+def test_a_decode_cut_short_anyway_raises_instead_of_scoring_empty_images(monkeypatch):
+    """Should an NMS still come back empty for an image whose boxes score above the threshold
+    (another Ultralytics version, another limit), the gate refuses to score it."""
+    import torch
+    import ultralytics.utils.nms as nms
+
+    from trtforge.gates import DecodeCutShort
+
+    real = nms.non_max_suppression
+    calls = iter(range(10))
+
+    def truncating(prediction, *args, **kwargs):
+        kept = real(prediction, *args, **kwargs)
+        return [torch.zeros((0, k.shape[1])) for k in kept] if next(calls) == 1 else kept
+
+    monkeypatch.setattr(nms, "non_max_suppression", truncating)
+    out = np.concatenate([raw([(100, 100, 40, 40, 0, 0.9)]), raw([(200, 200, 40, 40, 1, 0.8)]), raw([])])
+    with pytest.raises(DecodeCutShort, match=r"^NMS returned no detection for verification image 2 of 3, although "
+                                              r"boxes score above 0\.25: decoding was cut short$"):
+        decode_yolo(out)
+
+
 # --- detection_agreement -------------------------------------------------------------------
 
 def test_agreement_with_itself_is_perfect():

@@ -41,6 +41,11 @@ class LayoutError(ValueError):
     """The outputs are not laid out as verify.task / verify.head says (one line, no traceback)."""
 
 
+class DecodeCutShort(RuntimeError):
+    """A decoder returned fewer detections than its input holds: a figure computed from them
+    would call a complete variant lossy (or a lossy one fine), so the gate refuses to judge."""
+
+
 @dataclass(frozen=True)
 class GateSetting:
     """What a gate needs besides the outputs: the recipe's verify section and the floor."""

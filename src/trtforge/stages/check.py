@@ -171,7 +171,7 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
 def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
     """verify.task's gate (trtforge.gates) as check.json's `gate`; outputs laid out otherwise
     than verify.task / verify.head say are the recipe's fault, so a one-line StageError."""
-    from ..gates import GateResult, GateSetting, LayoutError, run_gate
+    from ..gates import DecodeCutShort, GateResult, GateSetting, LayoutError, run_gate
 
     image = next(iter(feeds[0].values()))
     setting = GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
@@ -185,6 +185,8 @@ def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], 
     except LayoutError as exc:
         raise StageError(f"{job.task}: verify.task {setting.task} (head {setting.head}): {exc}; "
                          "set verify.task / verify.head to the model's outputs") from None
+    except DecodeCutShort as exc:
+        raise StageError(f"{job.task}: {exc}; the gate judges no variant on incomplete detections") from None
 
 
 def _print_table(report: dict) -> None:

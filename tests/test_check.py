@@ -107,6 +107,53 @@ def test_detection_gate_fails_when_classes_change(reference, tmp_path):
         run_check(job(folder, candidate, atol=100.0, rtol=100.0))  # raw tensors pass; detections do not
     gate = json.loads((folder / "check.json").read_text())["gate"]
     assert gate["status"] == "failed" and gate["details"]["recall"] == 0.5
+    # the boxes all stayed: class-agnostic agreement is whole, and the four flips are counted
+    assert gate["details"]["class_agnostic_map50"] == 1.0 and gate["details"]["class_flips"] == 4
+
+
+# Two of the eight people fall just below verify.conf 0.25 (still ranked, so mAP50 stays 1.0).
+LOST_TWO = [(x, y, w, h, c, 0.2 if i in (2, 5) else s) for i, (x, y, w, h, c, s) in enumerate(REFERENCE_BOXES)]
+
+
+def test_a_variant_that_loses_people_fails_on_recall_though_its_map50_passes(reference, tmp_path, capsys,
+                                                                             monkeypatch):
+    model, folder = reference
+    monkeypatch.setenv("COLUMNS", "200")  # the table's cells unwrapped
+    candidate = constant_head_model(raw_head(LOST_TWO), tmp_path / "lost.onnx")
+    run_check(job(folder, candidate, atol=100.0, rtol=100.0, min_recall_vs_fp32=0.75))  # 6 of 8 is enough here
+    with pytest.raises(StageError) as info:
+        run_check(job(folder, candidate, atol=100.0, rtol=100.0, min_recall_vs_fp32=0.9))
+    assert re.fullmatch(r"check:t-v: recall against FP32 at verify.conf: 0\.750 \(6 of 8 FP32 detections found\) "
+                        r"is below min_recall_vs_fp32 0\.9 \(report: .*check\.json\)", str(info.value))
+    report = json.loads((folder / "check.json").read_text())
+    gate = report["gate"]
+    assert (report["passed"], gate["status"], gate["value"], gate["floors"]) == (False, "failed", 1.0, {"recall": 0.9})
+    assert "R 0.750 < 0.9 6/8; class-agnostic mAP50 1.000, 0 class flips" in capsys.readouterr().err
+
+
+def test_a_variant_that_invents_people_fails_on_precision(reference, tmp_path):
+    model, folder = reference
+    invented = [*REFERENCE_BOXES, (500, 300, 40, 40, 0, 0.8), (550, 350, 40, 40, 1, 0.7)]
+    candidate = constant_head_model(raw_head(invented), tmp_path / "invented.onnx")
+    with pytest.raises(StageError, match=r"check:t-v: precision against FP32 at verify.conf: 0\.800 \(8 of 10 "
+                                         r"variant detections are FP32's\) is below min_precision_vs_fp32 0\.9 "):
+        run_check(job(folder, candidate, atol=100.0, rtol=100.0, min_recall_vs_fp32=0.9, min_precision_vs_fp32=0.9))
+    details = json.loads((folder / "check.json").read_text())["gate"]["details"]
+    assert (details["recall"], details["precision"]) == (1.0, 0.8)
+
+
+def test_a_decode_cut_short_fails_the_check_in_one_line(reference, monkeypatch):
+    """Empty detections from an NMS that stopped early would score as a lossy (or a perfect)
+    variant; the check fails instead (the decoder's own tests: tests/test_detection.py)."""
+    import torch
+    import ultralytics.utils.nms as nms
+
+    model, folder = reference
+    monkeypatch.setattr(nms, "non_max_suppression", lambda prediction, *a, **k: [torch.zeros((0, 6))])
+    with pytest.raises(StageError, match=r"^check:t-v: NMS returned no detection for verification image 1 of 1, "
+                                         r"although boxes score above 0\.25: decoding was cut short; the gate "
+                                         r"judges no variant on incomplete detections$"):
+        run_check(job(folder, model))
 
 
 def test_no_reference_detections_is_reported_as_skipped_not_passed(tmp_path):

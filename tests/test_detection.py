@@ -153,8 +153,10 @@ def test_agreement_with_itself_is_perfect():
     ref = scene()
     r = detection_agreement(ref, ref)
     assert r == {"precision": 1.0, "recall": 1.0, "map50": pytest.approx(1.0), "reference_detections": 48,
-                 "candidate_detections": 48, "matched": 48, "mean_matched_similarity": pytest.approx(1.0)}
-    assert all(type(r[k]) is float for k in ("precision", "recall", "map50", "mean_matched_similarity"))
+                 "candidate_detections": 48, "matched": 48, "mean_matched_similarity": pytest.approx(1.0),
+                 "class_agnostic_map50": pytest.approx(1.0), "class_flips": 0}
+    assert all(type(r[k]) is float for k in ("precision", "recall", "map50", "mean_matched_similarity",
+                                             "class_agnostic_map50"))
 
 
 def test_small_jitter_still_matches():
@@ -181,6 +183,24 @@ def test_wrong_class_on_half_the_candidates():
     r = detection_agreement(ref, cand)
     assert r["matched"] == 24 and r["precision"] == 0.5 and r["recall"] == 0.5
     assert 0.15 < r["map50"] < 0.6
+
+
+def test_boxes_that_keep_their_place_but_flip_class_are_told_apart_from_lost_ones():
+    """INT8 often keeps a person's box and trades Normal for Fall: same-class agreement drops,
+    class-agnostic agreement stays perfect, and every flip is counted (at the operating point)."""
+    ref = scene(classes=2)
+    flipped = [replace(d, classes=np.where(np.arange(len(d)) % 3 == 0, 1 - d.classes, d.classes)) for d in ref]
+    r = detection_agreement(ref, flipped)
+    assert r["class_flips"] == 16 and r["matched"] == 32 and r["recall"] == 32 / 48
+    assert r["map50"] < 0.8 and r["class_agnostic_map50"] == 1.0
+
+    low = [replace(d, scores=np.where(np.arange(len(d)) % 3 == 0, 0.1, d.scores).astype(np.float32)) for d in flipped]
+    r = detection_agreement(ref, low, operating_conf=0.25)  # the flipped ones now score below verify.conf
+    assert r["class_flips"] == 0 and r["class_agnostic_map50"] == 1.0
+
+    lost = [Detections(d.boxes[1:], d.scores[1:], d.classes[1:]) for d in ref]  # one box gone per image
+    r = detection_agreement(ref, lost)
+    assert r["class_flips"] == 0 and r["class_agnostic_map50"] < 1.0
 
 
 def test_dropped_candidates_lower_recall_not_precision():

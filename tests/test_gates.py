@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,20 @@ def test_small_noise_drops_borderline_objects_below_the_operating_point_but_keep
     assert 0.9 < similarity < 1.0  # the agreeing instances are close, not identical
 
 
+@pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb"])
+def test_recall_and_precision_have_floors_of_their_own(task):
+    """The same perturbed variant keeps mAP50 1.0 but finds 10 of 12 objects at verify.conf:
+    a recall floor of 0.9 fails it (mAP50 alone would pass it), 0.8 lets it through; its
+    precision (1.0) holds any floor. Every instance gate holds them, not only detect."""
+    reference, perturbed, _ = SCENES[task]()
+    floors = GateSetting(task, "yolo", 0.25, 0.7, FLOOR, (SIZE, SIZE), min_recall=0.9, min_precision=1.0)
+    strict = run_gate([reference], [perturbed], floors)
+    assert (strict.value, strict.status, strict.floors) == (1.0, "failed", {"recall": 0.9, "precision": 1.0})
+    assert strict.as_json()["floors"] == {"recall": 0.9, "precision": 1.0}
+    lenient = run_gate([reference], [perturbed], replace(floors, min_recall=0.8))
+    assert lenient.status == "passed"
+
+
 def test_small_noise_reorders_a_near_tie_of_the_classifier():
     reference, perturbed, _ = classify_scene()  # seed 1 of the noise reorders the tie (most seeds do)
     result = gate("classify", reference, perturbed)
@@ -228,7 +243,7 @@ def test_raw_has_no_task_gate():
     result = run_gate([{}], [{}], GateSetting("raw", "yolo", 0.25, 0.7, None, (SIZE, SIZE)))
     assert result.as_json() == {"task": "raw", "head": "yolo", "figure": None, "value": None, "floor": None,
                                 "status": "skipped: verify.task raw has no task-aware gate (raw tensors only)",
-                                "details": {}}
+                                "details": {}, "floors": {}}
 
 
 @pytest.mark.parametrize("task, outputs, message", [

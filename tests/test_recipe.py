@@ -93,6 +93,13 @@ def test_variant_build_overrides_only_the_fields_it_names(tmp_path):
     (VALID + "verify: {images: calib, task: segmentation}\n", "verify.task", "allowed: detect, segment, classify"),
     (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_agreement_vs_fp32: 0.5}}")
      + "verify: {images: calib, task: raw}\n", "variants.fp16.check.min_agreement_vs_fp32", "no task-aware gate"),
+    (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_recall_vs_fp32: 0.5}}")
+     + "verify: {images: calib, task: classify}\n", "recipes/r.yaml:4:55: variants.fp16.check.min_recall_vs_fp32",
+     "verify.task classify has no recall or precision; its floor is min_agreement_vs_fp32"),
+    (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_precision_vs_fp32: 1.5}}")
+     + "verify: {images: calib}\n", "variants.fp16.check.min_precision_vs_fp32", "1.5 is out of range"),
+    (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_recall_vs_fp32: high}}")
+     + "verify: {images: calib}\n", "variants.fp16.check.min_recall_vs_fp32", "expected a number from 0 to 1"),
     ("", "", "file is empty"),
     (VALID.replace("name: images", "name: 123"), "input.name", "expected text, got int 123"),
 ])
@@ -100,6 +107,29 @@ def test_bad_recipe_is_one_line_naming_the_place(tmp_path, text, where, fragment
     message = error_of(tmp_path, text)
     assert message.startswith("recipes/r.yaml"), message
     assert where in message and fragment in message, message
+
+
+FLOORS = ("min_agreement_vs_fp32", "min_recall_vs_fp32", "min_precision_vs_fp32")
+
+
+@pytest.mark.parametrize("task, expected", [
+    ("detect", {"fp32": (0.99, 0.99, 0.99), "fp16": (0.9, 0.5, 0.97), "int8": (0.8, 0.9, 0.9)}),
+    ("pose", {"fp32": (0.99, 0.99, 0.99), "fp16": (0.9, 0.5, 0.97), "int8": (0.8, 0.9, 0.9)}),
+    ("classify", {"fp32": (0.99, None, None), "fp16": (0.9, None, None), "int8": (0.8, None, None)}),
+    ("raw", {"fp32": (None, None, None), "fp16": (None, None, None), "int8": (None, None, None)}),
+])
+def test_gate_floors_default_per_precision_where_the_task_has_the_figure(tmp_path, task, expected):
+    recall = "{min_recall_vs_fp32: 0.5}" if task in ("detect", "pose") else "{}"
+    recipe = load_text(tmp_path, f"""\
+model: {{source: ultralytics, arch: yolov8n.yaml}}
+input: {{name: images, shape: [1, 3, 640, 640]}}
+verify: {{images: calib, task: {task}}}
+variants:
+  fp32: {{precision: fp32}}
+  fp16: {{precision: fp16, check: {recall}}}
+  int8: {{precision: int8, calibration: {{images: calib}}}}
+""")
+    assert {v.name: tuple(getattr(v.check, f) for f in FLOORS) for v in recipe.variants} == expected
 
 
 def test_dates_are_text_in_text_fields(tmp_path):

@@ -48,7 +48,7 @@ class DecodeCutShort(RuntimeError):
 
 @dataclass(frozen=True)
 class GateSetting:
-    """What a gate needs besides the outputs: the recipe's verify section and the floor."""
+    """What a gate needs besides the outputs: the recipe's verify section and its check floors."""
 
     task: str
     head: str
@@ -56,6 +56,8 @@ class GateSetting:
     iou: float  # NMS IoU threshold, both sides
     floor: float | None  # check.min_agreement_vs_fp32; None for task raw
     image_hw: tuple[int, int]  # the model input's height and width (normalised boxes are scaled by it)
+    min_recall: float | None = None  # check.min_recall_vs_fp32 (instance gates)
+    min_precision: float | None = None  # check.min_precision_vs_fp32 (instance gates)
 
     def for_candidate(self) -> "GateSetting":
         """The setting the variant's outputs are decoded with (see CANDIDATE_CONF)."""
@@ -73,10 +75,11 @@ class GateResult:
     floor: float | None
     status: str  # "passed" | "failed" | "skipped: <why>"
     details: dict = field(default_factory=dict)
+    floors: dict = field(default_factory=dict)  # the floors of figures in `details`, e.g. {"recall": 0.97}
 
     def as_json(self) -> dict:
         return {"task": self.task, "head": self.head, "figure": self.figure, "value": self.value,
-                "floor": self.floor, "status": self.status, "details": self.details}
+                "floor": self.floor, "status": self.status, "details": self.details, "floors": self.floors}
 
 
 class Gate(Protocol):
@@ -92,17 +95,24 @@ def run_gate(reference: Outputs, candidate: Outputs, setting: GateSetting) -> Ga
     return judge(reference, candidate, setting)
 
 
-def verdict(setting: GateSetting, figure: str, value: float, details: dict, skipped: str | None = None) -> GateResult:
-    """A GateResult holding `value` to the floor; `skipped` (a reason) overrides the verdict."""
+def verdict(setting: GateSetting, figure: str, value: float, details: dict, skipped: str | None = None,
+            floors: dict[str, float | None] | None = None) -> GateResult:
+    """A GateResult holding `value` to the floor and each figure of `details` named in `floors`
+    to its own (a None floor is not held); `skipped` (a reason) overrides the verdict."""
+    floors = {name: floor for name, floor in (floors or {}).items() if floor is not None}
     if skipped:
-        return GateResult(setting.task, setting.head, figure, None, setting.floor, f"skipped: {skipped}", details)
-    status = "passed" if value >= setting.floor else "failed"
-    return GateResult(setting.task, setting.head, figure, float(value), setting.floor, status, details)
+        return GateResult(setting.task, setting.head, figure, None, setting.floor, f"skipped: {skipped}", details,
+                          floors)
+    passed = value >= setting.floor and all(details[name] >= floor for name, floor in floors.items())
+    return GateResult(setting.task, setting.head, figure, float(value), setting.floor,
+                      "passed" if passed else "failed", details, floors)
 
 
 def instance_verdict(setting: GateSetting, figure: str, agreement: dict, similarity: str) -> GateResult:
-    """The verdict of an instance-level gate from `matching.agreement`'s figures: its mAP50 held
-    to the floor, the rest as details (`similarity` names the measure, e.g. mask_iou). A reference
+    """The verdict of an instance-level gate from `matching.agreement`'s figures: its mAP50, its
+    recall and its precision held to their floors, the rest as details (`similarity` names the
+    measure, e.g. mask_iou). mAP alone let a variant that lost 4 of 9 people pass (recall 0.56):
+    AP integrates over confidence, so it forgives what the operating point loses. A reference
     without a single instance is skipped: nothing to agree on is not agreement."""
     details = dict(agreement)
     value = details.pop("map50")
@@ -110,7 +120,8 @@ def instance_verdict(setting: GateSetting, figure: str, agreement: dict, similar
     skipped = None if details["reference_detections"] else (
         f"the FP32 reference detects nothing at verify.conf {setting.conf:g} (untrained weights, or verify.conf "
         "too high)")
-    return verdict(setting, figure, value, details, skipped)
+    return verdict(setting, figure, value, details, skipped,
+                   floors={"recall": setting.min_recall, "precision": setting.min_precision})
 
 
 def stacked(outputs: Outputs, name: str):

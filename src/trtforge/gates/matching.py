@@ -28,6 +28,17 @@ class ImagePair:
     similarity: np.ndarray  # [n, m] in 0..1
 
 
+@dataclass(frozen=True)
+class Matches:
+    """Every candidate of every image in one flat list (each image's in descending score order)."""
+
+    correct: np.ndarray  # [m] bool: claimed a reference instance
+    scores: np.ndarray  # [m] float64
+    classes: np.ndarray  # [m] int64
+    reference_classes: np.ndarray  # [n] int64, all images
+    best_similarity: np.ndarray  # [m]: to the candidate's best reference instance of its class
+
+
 def agreement(pairs: list[ImagePair], threshold: float = 0.5, operating_conf: float = 0.0) -> dict:
     """Agreement of the candidates with the reference taken as ground truth, over all images.
 
@@ -48,50 +59,66 @@ def agreement(pairs: list[ImagePair], threshold: float = 0.5, operating_conf: fl
       as the empty cases below and the floors.
     - mean_matched_similarity: over the matched candidates, the similarity to their best
       same-class reference instance (how close the agreeing instances are, e.g. mean mask IoU).
+    - class_agnostic_map50: map50 with every class taken as one, and class_flips: the
+      candidates at the operating point that match a reference instance only once classes are
+      ignored. Reduced precision often keeps an object's box but flips its class between two
+      close classes (measured: INT8 person detectors trading Normal and Fall); these two tell
+      that apart from a lost object, which lowers both figures.
 
     Edge cases, by convention: both sides empty on every image -> precision = recall = map50
     = 1.0; reference empty but candidate not -> 0, 1.0, 0.0; candidate empty but reference
     not -> 0, 0, 0. Returns a JSON-able dict (floats and ints).
     """
+    same, anyclass = match(pairs, threshold), match(pairs, threshold, ignore_classes=True)
+    operating = same.scores > operating_conf
+    n_ref, n_cand, matched = len(same.reference_classes), int(operating.sum()), int(same.correct[operating].sum())
+    return {
+        "precision": matched / n_cand if n_cand else (0.0 if n_ref else 1.0),
+        "recall": matched / n_ref if n_ref else 1.0,
+        "map50": map50(same, operating_conf),
+        "mean_matched_similarity": float(same.best_similarity[same.correct & operating].mean()) if matched else 0.0,
+        "reference_detections": n_ref,
+        "candidate_detections": n_cand,
+        "matched": matched,
+        "class_agnostic_map50": map50(anyclass, operating_conf),
+        "class_flips": int((anyclass.correct & ~same.correct)[operating].sum()),
+    }
+
+
+def match(pairs: list[ImagePair], threshold: float, ignore_classes: bool = False) -> Matches:
+    """Ultralytics' `BaseValidator.match_predictions` on every image; with `ignore_classes`,
+    every instance of both sides is given class 0 first."""
     torch = require("torch", "yolo")
-    metrics = require("ultralytics.utils.metrics", "yolo")
     validator = require("ultralytics.engine.validator", "yolo")
     # match_predictions only reads self.iouv: a stand-in spares building a whole validator.
     matcher = SimpleNamespace(iouv=torch.tensor([float(threshold)]))
 
-    tp, conf, best = [np.zeros((0, 1), bool)], [np.zeros(0)], [np.zeros(0)]  # seeds: zero images is valid
-    pred_cls, target_cls = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    correct, scores, best = [np.zeros(0, bool)], [np.zeros(0)], [np.zeros(0)]  # seeds: zero images is valid
+    classes, reference_classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for pair in pairs:
         order = np.argsort(-np.asarray(pair.candidate_scores), kind="stable")  # match_predictions wants this
-        classes = np.asarray(pair.candidate_classes, np.int64)[order]
-        reference = np.asarray(pair.reference_classes, np.int64)
-        similarity = np.asarray(pair.similarity, np.float32).reshape(len(reference), len(classes))[:, order]
-        correct = validator.BaseValidator.match_predictions(
-            matcher, torch.from_numpy(classes), torch.from_numpy(reference), torch.from_numpy(similarity))
-        correct = correct.numpy().reshape(-1, 1)
-        same_class = np.where(reference[:, None] == classes[None], similarity, 0.0)
-        best.append(same_class.max(0, initial=0.0))
-        tp.append(correct)
-        conf.append(np.asarray(pair.candidate_scores, np.float64)[order])
-        pred_cls.append(classes)
-        target_cls.append(reference)
-    tp, conf, best = np.concatenate(tp), np.concatenate(conf), np.concatenate(best)
-    pred_cls, target_cls = np.concatenate(pred_cls), np.concatenate(target_cls)
-    operating = conf > operating_conf
-    n_ref, n_cand, matched = len(target_cls), int(operating.sum()), int(tp[operating].sum())
+        cand = np.asarray(pair.candidate_classes, np.int64)[order]
+        ref = np.asarray(pair.reference_classes, np.int64)
+        if ignore_classes:
+            cand, ref = np.zeros_like(cand), np.zeros_like(ref)
+        similarity = np.asarray(pair.similarity, np.float32).reshape(len(ref), len(cand))[:, order]
+        claimed = validator.BaseValidator.match_predictions(
+            matcher, torch.from_numpy(cand), torch.from_numpy(ref), torch.from_numpy(similarity))
+        correct.append(claimed.numpy().reshape(-1))
+        best.append(np.where(ref[:, None] == cand[None], similarity, 0.0).max(0, initial=0.0))
+        scores.append(np.asarray(pair.candidate_scores, np.float64)[order])
+        classes.append(cand)
+        reference_classes.append(ref)
+    return Matches(*(np.concatenate(parts) for parts in (correct, scores, classes, reference_classes, best)))
 
-    if n_ref and len(pred_cls):
-        ap = metrics.ap_per_class(tp, conf, pred_cls, target_cls)[5]  # [classes in reference, 1]
-        ceiling = metrics.compute_ap(np.ones(1), np.ones(1))[0]
-        map50 = float(np.minimum(ap[:, 0] / ceiling, 1.0).mean())  # per class first: a perfect score is exactly 1
-    else:
-        map50 = 1.0 if not n_ref and not n_cand else 0.0
-    return {
-        "precision": matched / n_cand if n_cand else (0.0 if n_ref else 1.0),
-        "recall": matched / n_ref if n_ref else 1.0,
-        "map50": map50,
-        "mean_matched_similarity": float(best[tp[:, 0] & operating].mean()) if matched else 0.0,
-        "reference_detections": n_ref,
-        "candidate_detections": n_cand,
-        "matched": matched,
-    }
+
+def map50(matches: Matches, operating_conf: float) -> float:
+    """`ap_per_class` AP over all candidates, per reference class, over Ultralytics' 0.995
+    ceiling; the empty cases by `agreement`'s conventions."""
+    if not len(matches.reference_classes) or not len(matches.classes):
+        return 0.0 if len(matches.reference_classes) or (matches.scores > operating_conf).any() else 1.0
+    metrics = require("ultralytics.utils.metrics", "yolo")
+    ap = metrics.ap_per_class(matches.correct[:, None], matches.scores, matches.classes,
+                              matches.reference_classes)[5]  # [classes in reference, 1]
+    ceiling = metrics.compute_ap(np.ones(1), np.ones(1))[0]
+    return float(np.minimum(ap[:, 0] / ceiling, 1.0).mean())  # per class first: a perfect score is exactly 1

@@ -11,8 +11,9 @@ Three comparisons, all on the reference's fixed real inputs:
 3. the task-aware gate of verify.task (trtforge.gates): both outputs decoded as Ultralytics'
    predictor decodes them (detections, masks, keypoints, rotated boxes, class rankings), the
    variant's matched against FP32's, and the task's figure (mAP50, mask mAP50, OKS mAP50,
-   OBB mAP50, top-1) held to check.min_agreement_vs_fp32. Raw INT8 differences on box
-   coordinates are large by nature; this is the figure users care about.
+   OBB mAP50, top-1) held to check.min_agreement_vs_fp32, and for instance tasks recall and
+   precision held to check.min_recall_vs_fp32 / min_precision_vs_fp32. Raw INT8 differences
+   on box coordinates are large by nature; these are the figures users care about.
 
 The report is written whether the gate passes or not: check.json (machine), a table on
 the terminal, and check.png (error distribution per output, the gate's figures).
@@ -145,10 +146,24 @@ def gate_failures(report: dict) -> list[str]:
                                 f"exceeds atol {tol['atol']:g} and {stat} rel error "
                                 f"{out[f'{stat}_reldiff']:.4g} exceeds rtol {tol['rtol']:g}")
     gate = report["gate"]
-    if gate["status"] == "failed":
+    if gate["status"] != "failed":
+        return failures
+    if gate["value"] < gate["floor"]:
         failures.append(f"{gate['figure']} agreement with FP32: {gate['value']:.3f} is below "
                         f"min_agreement_vs_fp32 {gate['floor']:g}")
+    failures += [_below_floor(name, floor, gate["details"]) for name, floor in gate.get("floors", {}).items()
+                 if gate["details"][name] < floor]
     return failures
+
+
+def _below_floor(name: str, floor: float, details: dict) -> str:
+    """The line for an instance gate's recall or precision below its floor, with the counts
+    behind it and, when boxes kept their place under another class, how many did."""
+    counts = {"recall": f"{details['matched']} of {details['reference_detections']} FP32 detections found",
+              "precision": f"{details['matched']} of {details['candidate_detections']} variant detections are FP32's"}
+    flips = f"; {details['class_flips']} kept an FP32 box but changed class" if details["class_flips"] else ""
+    return (f"{name} against FP32 at verify.conf: {details[name]:.3f} ({counts[name]}{flips}) is below "
+            f"min_{name}_vs_fp32 {floor:g}")
 
 
 def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) -> dict:
@@ -175,7 +190,8 @@ def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], 
 
     image = next(iter(feeds[0].values()))
     setting = GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
-                          floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]))
+                          floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]),
+                          min_recall=job.check.min_recall_vs_fp32, min_precision=job.check.min_precision_vs_fp32)
     missing = [name for name in reference[0] if name not in candidate[0]]
     if missing and not _nms_replaced_head(reference, candidate, job):  # the raw comparison fails it, naming them
         return GateResult(setting.task, setting.head, None, None, setting.floor,
@@ -209,7 +225,7 @@ def _print_table(report: dict) -> None:
     gate = report["gate"]
     value = "-" if gate["value"] is None else f"{gate['value']:.3f}"
     floor = "" if gate["floor"] is None else f">= {gate['floor']:g}"
-    summary = _gate_summary(gate["details"]) if gate["value"] is not None else ""  # P and R of nothing mislead
+    summary = _gate_summary(gate) if gate["value"] is not None else ""  # P and R of nothing mislead
     table.add_row(f"gate ({gate['task']})", gate["figure"] or "-", value, floor, summary, gate["status"].split(":")[0])
     if gate["status"].startswith("skipped"):
         skipped.append(f"gate: {gate['status'].removeprefix('skipped: ')}")
@@ -217,11 +233,19 @@ def _print_table(report: dict) -> None:
     Console(stderr=True).print(table)
 
 
-def _gate_summary(details: dict) -> str:
-    """The gate's other figures in one short cell: P/R and matched counts, or top-5."""
+def _gate_summary(gate: dict) -> str:
+    """The gate's other figures in one short cell: P/R (a figure below its floor marked
+    `< floor`), matched counts and the class-agnostic figures, or top-5."""
+    details, floors = gate["details"], gate.get("floors", {})
+
+    def held(label: str, name: str) -> str:
+        floor = floors.get(name)
+        return f"{label} {details[name]:.3f}" + (f" < {floor:g}" if floor is not None and details[name] < floor else "")
+
     if "matched" in details:
-        return (f"P {details['precision']:.3f} R {details['recall']:.3f} "
-                f"{details['matched']}/{details['reference_detections']}")
+        return (f"{held('P', 'precision')} {held('R', 'recall')} {details['matched']}/"
+                f"{details['reference_detections']}; class-agnostic mAP50 "
+                f"{details['class_agnostic_map50']:.3f}, {details['class_flips']} class flips")
     if "top-5" in details:
         return f"top-5 {details['top-5']:.3f}"
     return ""
@@ -250,6 +274,9 @@ def _plot(reference: list[dict], candidate: list[dict], report: dict, out: Path)
         ratios = {key: v for key, v in gate["details"].items() if key in GATE_RATIOS}
         ax.bar([gate["figure"], *ratios], [gate["value"], *ratios.values()])
         ax.axhline(gate["floor"], color="red", linestyle="--", label=f"{gate['figure']} floor")
+        floors = {name: floor for name, floor in gate.get("floors", {}).items() if name in ratios}
+        if floors:
+            ax.scatter(list(floors), list(floors.values()), marker="_", s=800, color="red", label="their floors")
         ax.set(ylim=(0, 1.05), title=f"{gate['task']} vs FP32 ({gate['status'].split(':')[0]})")
         ax.legend()
     elif not names:
@@ -262,5 +289,5 @@ def _plot(reference: list[dict], candidate: list[dict], report: dict, out: Path)
 
 
 # The gates' details drawn beside their figure (all ratios in 0..1).
-GATE_RATIOS = ("precision", "recall", "top-5", "mean_matched_box_iou", "mean_matched_mask_iou", "mean_matched_oks",
-               "mean_matched_probiou")
+GATE_RATIOS = ("precision", "recall", "class_agnostic_map50", "top-5", "mean_matched_box_iou",
+               "mean_matched_mask_iou", "mean_matched_oks", "mean_matched_probiou")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,39 @@ def test_no_reference_detections_is_reported_as_skipped_not_passed(tmp_path):
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["gate"]["status"].startswith("skipped: the FP32 reference detects nothing")
     assert report["gate"]["value"] is None and report["passed"] is True  # raw tensors agree; the gate could not judge
+
+
+@pytest.mark.slow
+def test_build_runs_the_engine_before_a_failing_check_and_package_stays_blocked(tmp_path):
+    """Real doit runs against the trtexec double of TensorRT 11, where the engine builds from
+    the AutoCast ONNX after its parser preflight: the check, ready sooner, used to run first
+    and stop the build with no engine. Now the engine comes first and stays when the gate
+    fails; `engine:` alone builds whatever the check says; `package:` waits for a passing gate."""
+    from conftest import REPO, SMALL_RECIPE, executed, make_project, run_doit
+    from doubles.trtexec import make_wrapper
+
+    failing = SMALL_RECIPE.replace('build: {keep_fp32: ["/model.22/dfl/*"]}',
+                                   'build: {keep_fp32: ["/model.22/dfl/*"]}\n    check: {atol: 0, rtol: 0}')
+    project = make_project(tmp_path / "proj", {"yolov8n": failing + "verify: {images: calib/demo-verification.txt, "
+                                                                    "count: 1}\n"})
+    (project / "calib").mkdir()
+    shutil.copy(REPO / "calib" / "demo-verification.txt", project / "calib")
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "11.0"))}
+    engine = project / "artifacts" / "yolov8n" / "fp16" / "engine.plan"
+
+    build = run_doit(project, "build:yolov8n-fp16", env=env)
+    order = executed(build)
+    assert build.returncode != 0 and order.index("engine:yolov8n-fp16") < order.index("check:yolov8n-fp16"), order
+    assert order[-1] == "check:yolov8n-fp16" and engine.is_file()
+    assert [line for line in build.stdout.splitlines() if line.startswith("check:yolov8n-fp16: onnx output")]
+
+    engine.unlink()
+    again = run_doit(project, "engine:yolov8n-fp16", env=env)
+    assert again.returncode == 0 and executed(again) == ["engine:yolov8n-fp16"] and engine.is_file(), again.stdout
+
+    package = run_doit(project, "package:yolov8n-fp16", env=env)
+    assert package.returncode != 0 and "package:yolov8n-fp16" not in executed(package)
+    assert not (project / "artifacts" / "release").exists()
 
 
 def test_saved_reference_loads_in_the_real_polygraphy_cli(reference):

@@ -143,18 +143,39 @@ def select_images(refs: list[ImageRef], count: int | None, fraction: float | Non
     return sorted(chosen, key=lambda r: r.name)
 
 
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of the original size lands in the model input: resized to new_w x new_h
+    pixels, then padded by top, bottom, left, right."""
+
+    new_w: int
+    new_h: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def letterbox_geometry(h: int, w: int, height: int, width: int) -> Letterbox:
+    """The placement of Ultralytics' LetterBox (ultralytics/data/augment.py, 8.4): scale
+    r = min(height / h, width / w), each side rounded to whole pixels (at least 1), the
+    padding split around the centre with the odd pixel at the bottom and right. Shared by the
+    pixels (`letterbox`) and the boxes that must follow them (verify.labels)."""
+    r = min(height / h, width / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    return Letterbox(new_w, new_h, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
+
+
 def letterbox(image, height: int, width: int):
     """Resize keeping aspect ratio and pad to (height, width), exactly as Ultralytics' LetterBox."""
     cv2 = require("cv2", "yolo")
     h, w = image.shape[:2]
-    r = min(height / h, width / w)
-    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
-    dw, dh = (width - new_w) / 2, (height - new_h) / 2
-    if (w, h) != (new_w, new_h):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    box = letterbox_geometry(h, w, height, width)
+    if (w, h) != (box.new_w, box.new_h):
+        image = cv2.resize(image, (box.new_w, box.new_h), interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(image, box.top, box.bottom, box.left, box.right, cv2.BORDER_CONSTANT,
+                              value=(PAD_VALUE,) * 3)
 
 
 def read_image_bytes(ref: ImageRef) -> bytes:

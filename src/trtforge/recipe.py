@@ -11,6 +11,7 @@ the YAML hazards refused before validation starts).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,8 @@ DEFAULT_TOLERANCES = {
 VERIFY_TASKS = ("detect", "segment", "classify", "pose", "obb", "raw")
 # The tasks whose gates match instances, so have a recall and a precision to hold to floors.
 INSTANCE_TASKS = ("detect", "segment", "pose", "obb")
+# The tasks whose outputs decode to boxes that verify.labels can score (segment: its boxes, not its masks).
+LABEL_TASKS = ("detect", "segment")
 # verify.head: the layout of a detector's outputs, which decides how they are decoded:
 # yolo     Ultralytics export-mode head [B, 4+nc(+extra), N]: xywh pixels, class scores (seg/pose/obb add rows)
 # yolov5   anchor-based YOLOv5 [B, N, 5+nc]: xywh pixels, objectness, class scores
@@ -147,6 +150,15 @@ class CheckSpec:
 
 
 @dataclass(frozen=True)
+class LabelSpec:
+    """verify.labels: YOLO-format ground truth for the verification images, found where
+    Ultralytics looks for it (gates/labels.py), so that the check reports mAP against labels."""
+
+    dataset: Path | None = None  # an Ultralytics dataset yaml (project-relative); None: `labels: yolo`
+    names: tuple[str, ...] = ()  # the dataset's class names, which label classes must index; () unknown
+
+
+@dataclass(frozen=True)
 class VerifySpec:
     """The fixed inputs of the reference and the checks."""
 
@@ -156,6 +168,7 @@ class VerifySpec:
     head: str = "yolo"  # one of VERIFY_HEADS: how the outputs are laid out
     conf: float = 0.25  # NMS score threshold for the detection gate
     iou: float = 0.7  # NMS IoU threshold
+    labels: LabelSpec | None = None  # None: no ground truth, agreement with FP32 only
 
 
 @dataclass(frozen=True)
@@ -483,19 +496,78 @@ def _image_source(doc: Document, path: FieldPath, value: Any, root: Path) -> Pat
 
 
 def _verify(doc: Document, path: FieldPath, value: Any, root: Path) -> VerifySpec:
-    value = _check_keys(doc, path, value, {"images", "count", "task", "head", "conf", "iou"}, required=("images",))
+    value = _check_keys(doc, path, value, {"images", "count", "task", "head", "conf", "iou", "labels"})
     task = _choice(doc, path + ("task",), value.get("task", "detect"), VERIFY_TASKS)
     head = _choice(doc, path + ("head",), value.get("head", "yolo"), VERIFY_HEADS)
     if head != "yolo" and task != "detect":
         raise doc.error(path + ("head",), f"head '{head}' is a detector's layout; it needs task: detect")
+    labels, val_split = _labels(doc, path + ("labels",), value["labels"], root) if "labels" in value else (None, None)
+    if labels and task not in LABEL_TASKS:
+        raise doc.error(path + ("labels",), f"labels score boxes: task detect or segment only (verify.task is "
+                                            f"{task}); remove verify.labels")
+    if "images" not in value and val_split is None:
+        raise doc.error(path, "missing required key 'images'")
     return VerifySpec(
-        images=_image_source(doc, path + ("images",), value["images"], root),
+        images=_image_source(doc, path + ("images",), value["images"], root) if "images" in value else val_split,
         count=_integer(doc, path + ("count",), value.get("count", 8), 1, 10**6),
         task=task,
         head=head,
         conf=_number(doc, path + ("conf",), value.get("conf", 0.25), 0, 1),
         iou=_number(doc, path + ("iou",), value.get("iou", 0.7), 0, 1),
+        labels=labels,
     )
+
+
+def _labels(doc: Document, path: FieldPath, value: Any, root: Path) -> tuple[LabelSpec, Path | None]:
+    """verify.labels: `yolo`, or an Ultralytics dataset yaml, which gives its class names and
+    its `val` split (the default verify.images); (spec, that split or None)."""
+    if value == "yolo":
+        return LabelSpec(), None
+    dataset = Path(value if isinstance(value, str) else "")
+    if (dataset.suffix not in (".yaml", ".yml") or dataset.is_absolute() or ".." in dataset.parts
+            or not (root / dataset).is_file()):
+        shown = f"'{value}'" if isinstance(value, str) else _describe(value)
+        raise doc.error(path, f"{shown} is neither `yolo` (label .txt files where Ultralytics looks for them) "
+                              "nor an Ultralytics dataset yaml inside the project")
+    data = _dataset_yaml(root / dataset, dataset.as_posix())
+    names, val = _dataset_names(data, dataset.as_posix()), data.get("val")
+    if val is None:
+        return LabelSpec(dataset, names), None
+    if not isinstance(val, str):
+        raise RecipeError(dataset.as_posix(), "val: give one folder or image list (trtforge verifies on one set)")
+    # a relative `path` is relative to where Ultralytics runs, here the project root; none: the yaml's folder
+    base = data.get("path") or dataset.parent.as_posix()
+    split = Path(os.path.normpath(root / str(base) / val))  # lexical: a dataset linked into the project stays in it
+    if not split.is_relative_to(os.path.normpath(root)) or not split.exists():
+        raise RecipeError(dataset.as_posix(), f"val: '{val}' is not a folder or image list inside the project; "
+                                              "copy or link the dataset into it, or set verify.images")
+    return LabelSpec(dataset, names), split.relative_to(os.path.normpath(root))
+
+
+def _dataset_yaml(file: Path, name: str) -> dict:
+    """An Ultralytics dataset yaml as plain data. Not through the recipe reader: dataset yamls
+    key `names` by integers, which recipes refuse."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8-sig")) if file.stat().st_size < 1 << 20 else None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(name, f"not readable as YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(name, "expected an Ultralytics dataset yaml (a mapping with names and val), under 1 MiB")
+    return data
+
+
+def _dataset_names(data: dict, name: str) -> tuple[str, ...]:
+    """`names` as Ultralytics writes it (a list, or a mapping from 0..n-1), or `nc` alone."""
+    names = data.get("names")
+    if names is None and isinstance(data.get("nc"), int) and data["nc"] > 0:
+        return tuple(f"class_{i}" for i in range(data["nc"]))  # Ultralytics' own stand-in names
+    if isinstance(names, dict) and set(names) == set(range(len(names))):
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise RecipeError(name, "names: expected the class names, a list or a mapping from 0, 1, ... to text")
+    return tuple(names)
 
 
 def _check(doc: Document, path: FieldPath, value: Any, precision: str, task: str) -> CheckSpec:

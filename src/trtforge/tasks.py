@@ -20,6 +20,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from .errors import ToolError, TrtforgeError, disk_error_message
+from .gates.labels import LabelSet, label_set
 from .images import ImageSetError, list_image_set, select_images
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import GRAMMARS, KEEP_FP32_CACHE, RenderError, check_intent, default_profiles, render_argv
@@ -419,10 +420,12 @@ def check_tasks(project: Project) -> Iterator[dict]:
             continue
         for v in r.variants:
             refs, out = reference_outputs(project, r), variant_dir(project, r, v)
+            labels = _verification_labels(project, r)
             job = check.CheckJob(
                 task=f"check:{r.name}-{v.name}", variant_onnx=checked_onnx(project, r, v),
                 engine=out / engine.ENGINE, reference_inputs=refs["inputs"], reference_outputs=refs["outputs"],
-                check=v.check, verify=r.verify, report_json=out / "check.json", report_png=out / "check.png")
+                check=v.check, verify=r.verify, report_json=out / "check.json", report_png=out / "check.png",
+                labels=labels, reference_images=refs["images"])
             yield {
                 "name": f"{r.name}-{v.name}",
                 "doc": f"accuracy gate of {r.name}-{v.name} against the FP32 reference (Polygraphy)",
@@ -433,13 +436,33 @@ def check_tasks(project: Project) -> Iterator[dict]:
                 "task_dep": [f"engine:{r.name}-{v.name}"] if _engine_plan(project, r, v)[0] else [],
                 "file_dep": [str(refs["inputs"]), str(refs["outputs"]), str(job.variant_onnx),
                              *([str(job.engine)] if with_engine else []),
-                             *code("stages/check.py", "stages/reference.py", "quant/cpu_form.py"), *package_code("gates")],
+                             *code("stages/check.py", "stages/reference.py", "quant/cpu_form.py"),
+                             *package_code("gates"),
+                             # the labels, and the images they are read with (their size); images.json: the order
+                             *([str(refs["images"]), *(str(i.image.path) for i in labels.images),
+                                *map(str, labels.files())] if labels else [])],
                 "targets": [str(job.report_json), str(job.report_png)],
                 "uptodate": [config_changed({"check": jsonable(v.check), "verify": jsonable(r.verify),
+                                             # a label file added where there was none is no file_dep yet
+                                             "label_files": [i.label_name for i in labels.images if i.labels]
+                                             if labels else None,
                                              "tensorrt": with_engine,
                                              "tools": tool_versions("polygraphy", "onnxruntime", "ultralytics")})],
                 "clean": True,
             }
+
+
+def _verification_labels(project: Project, r: Recipe) -> LabelSet | None:
+    """verify.labels' files for the reference's images; None without labels, or when the images
+    cannot be listed (reference:R refuses then, saying why, and no check runs before it)."""
+    if r.verify.labels is None:
+        return None
+    try:
+        images = _selected_images(project.root, r.verify.images, r.verify.count, None)
+    except ImageSetError:
+        return None
+    spec = r.verify.labels
+    return label_set(images, spec.dataset.as_posix() if spec.dataset else "yolo", spec.names)
 
 
 def _qdq_task(project: Project, r: Recipe, v: Variant) -> dict:

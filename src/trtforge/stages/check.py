@@ -14,6 +14,10 @@ Three comparisons, all on the reference's fixed real inputs:
    OBB mAP50, top-1) held to check.min_agreement_vs_fp32, and for instance tasks recall and
    precision held to check.min_recall_vs_fp32 / min_precision_vs_fp32. Raw INT8 differences
    on box coordinates are large by nature; these are the figures users care about.
+4. with verify.labels, the FP32 reference's boxes and the variant's scored against the labels
+   (gates/labels.py: P, R, mAP50, mAP50-95 as `yolo val` computes them), on the reference's
+   images in the reference's order (its images.json). Reported, not gated: how good FP32 is
+   is the model's business; how much a variant loses is the gate's.
 
 The report is written whether the gate passes or not: check.json (machine), a table on
 the terminal, and check.png (error distribution per output, the gate's figures).
@@ -23,11 +27,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
+from ..gates import GateSetting
+from ..gates.labels import LabelSet
 from ..quant.cpu_form import cpu_session_model
 from ..recipe import CheckSpec, VerifySpec
 from .reference import run_onnxruntime
@@ -44,6 +52,8 @@ class CheckJob:
     verify: VerifySpec
     report_json: Path
     report_png: Path
+    labels: LabelSet | None = None  # verify.labels' files for the reference's images
+    reference_images: Path | None = None  # the reference's images.json: their order (read with labels)
 
 
 def tensorrt_available() -> bool:
@@ -71,6 +81,8 @@ def run_check(job: CheckJob) -> None:
         "engine": _engine_comparison(job, feeds, reference),
         "gate": _task_gate(reference, onnx_outputs, feeds, job),
     }
+    if job.labels is not None:
+        report["labels"] = _labels_section(reference, onnx_outputs, feeds, job)
     failures = gate_failures(report)
     report["passed"] = not failures
     write_text_atomic(job.report_json, json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -183,21 +195,57 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
     return {"status": "passed" if passed else "failed", **compared}
 
 
-def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
-    """verify.task's gate (trtforge.gates) as check.json's `gate`; outputs laid out otherwise
-    than verify.task / verify.head say are the recipe's fault, so a one-line StageError."""
-    from ..gates import DecodeCutShort, GateResult, GateSetting, LayoutError, run_gate
-
+def _gate_setting(job: CheckJob, feeds: list[dict]) -> GateSetting:
+    """The gates' setting: the recipe's verify and check sections and the input's size."""
     image = next(iter(feeds[0].values()))
-    setting = GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
-                          floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]),
-                          min_recall=job.check.min_recall_vs_fp32, min_precision=job.check.min_precision_vs_fp32)
+    return GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
+                       floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]),
+                       min_recall=job.check.min_recall_vs_fp32, min_precision=job.check.min_precision_vs_fp32)
+
+
+def _missing_outputs(reference: list[dict], candidate: list[dict], job: CheckJob) -> list[str]:
+    """The reference's outputs the variant lacks (none for an `nms` variant, whose four replace
+    them): the raw comparison fails the check naming them, and nothing decodes the variant."""
     missing = [name for name in reference[0] if name not in candidate[0]]
-    if missing and not _nms_replaced_head(reference, candidate, job):  # the raw comparison fails it, naming them
+    return [] if _nms_replaced_head(reference, candidate, job) else missing
+
+
+def _task_gate(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
+    """verify.task's gate (trtforge.gates) as check.json's `gate`."""
+    from ..gates import GateResult, run_gate
+
+    setting = _gate_setting(job, feeds)
+    missing = _missing_outputs(reference, candidate, job)
+    if missing:
         return GateResult(setting.task, setting.head, None, None, setting.floor,
                           f"skipped: the variant has no output {', '.join(missing)}").as_json()
-    try:
+    with _decoding_errors(job, setting):
         return run_gate(reference, candidate, setting).as_json()
+
+
+def _labels_section(reference: list[dict], candidate: list[dict], feeds: list[dict], job: CheckJob) -> dict:
+    """check.json's `labels`: both sides scored against verify.labels, on the reference's images
+    in its order; a bad label line is a one-line StageError naming file:line."""
+    from ..gates.labels import LabelError, labels_report
+
+    setting = _gate_setting(job, feeds)
+    image_names = json.loads(job.reference_images.read_text())
+    decodable = None if _missing_outputs(reference, candidate, job) else candidate
+    try:
+        with _decoding_errors(job, setting):
+            return labels_report(job.labels, image_names, reference, decodable, setting)
+    except LabelError as exc:
+        raise StageError(f"{job.task}: verify.labels: {exc}") from None
+
+
+@contextmanager
+def _decoding_errors(job: CheckJob, setting: GateSetting) -> Iterator[None]:
+    """Decoding failures as one-line StageErrors: outputs laid out otherwise than verify.task /
+    verify.head say are the recipe's fault; a decode cut short would make any figure a lie."""
+    from ..gates import DecodeCutShort, LayoutError
+
+    try:
+        yield
     except LayoutError as exc:
         raise StageError(f"{job.task}: verify.task {setting.task} (head {setting.head}): {exc}; "
                          "set verify.task / verify.head to the model's outputs") from None
@@ -229,8 +277,29 @@ def _print_table(report: dict) -> None:
     table.add_row(f"gate ({gate['task']})", gate["figure"] or "-", value, floor, summary, gate["status"].split(":")[0])
     if gate["status"].startswith("skipped"):
         skipped.append(f"gate: {gate['status'].removeprefix('skipped: ')}")
+    labels = report.get("labels")
+    if labels:
+        table.add_row(*_labels_cells(labels))
+        skipped += [f"labels: {status.removeprefix('skipped: ')}" for status in
+                    (labels["status"], labels.get("variant", {}).get("status", "")) if status.startswith("skipped")]
     table.caption = "; ".join(f"skipped {s}" for s in skipped) or None
     Console(stderr=True).print(table)
+
+
+def _labels_cells(labels: dict) -> list[str]:
+    """The row of verify.labels: FP32's and the variant's mAP50 / mAP50-95 and the variant's P
+    and R (Ultralytics' max-F1 point), reported and never a verdict."""
+    where = f"labels ({labels['instances']} objects in {labels['labelled_images']}/{labels['images']} images)"
+    if labels["status"] != "measured":
+        return [where, "mAP50 / mAP50-95", "", "", "", "skipped"]
+
+    def pair(side: dict) -> str:
+        return f"{side['map50']:.3f} / {side['map50_95']:.3f}" if "map50" in side else "-"
+
+    variant = labels["variant"]
+    summary = f"P {variant['precision']:.3f} R {variant['recall']:.3f}" if "map50" in variant else ""
+    return [where, "mAP50 / mAP50-95", f"FP32 {pair(labels['reference'])}", f"variant {pair(variant)}", summary,
+            "reported"]
 
 
 def _gate_summary(gate: dict) -> str:

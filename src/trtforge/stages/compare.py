@@ -7,6 +7,8 @@ Per variant, side by side:
   says how the precision transforms behave on a CPU, not how TensorRT will run them;
 - the size of that ONNX, and of the engine when one was built;
 - the accuracy gate's verdict and figures, read from the variant's check.json;
+- with verify.labels, the variant's mAP50 / mAP50-95 against the labels beside the FP32
+  reference's (check.json's `labels`), so cost and accuracy read on one line;
 - trtexec's throughput and latency percentiles from the engine's summary.json when an
   engine was built here, otherwise `not measured` (never a number made up on a CPU).
 
@@ -56,7 +58,9 @@ def compare_variants(job: CompareJob) -> None:
     baseline = next((r["ort_cpu_ms"]["median"] for r in rows if r["precision"] == "fp32"), None)
     for row in rows:
         row["ort_cpu_speedup_vs_fp32"] = round(baseline / row["ort_cpu_ms"]["median"], 3) if baseline else None
-    report = {"task": job.task, "batch": _batch_of(feed), "variants": rows}
+    report = {"task": job.task, "batch": _batch_of(feed), "variants": rows,
+              "labels_reference": next((row["labels"]["reference"] for row in rows
+                                        if "reference" in (row["labels"] or {})), None)}
     write_text_atomic(job.report_json, json.dumps(report, indent=2, sort_keys=True) + "\n")
     write_text_atomic(job.report_md, markdown_table(report))
     _print_table(report)
@@ -97,13 +101,15 @@ def measure_ort_latency(onnx_path: Path, feed: dict, seconds: float, min_runs: i
 
 
 def _row(variant: VariantInputs, feed: dict, seconds: float) -> dict:
+    check = json.loads(variant.check_report.read_text())
     return {
         "variant": variant.name,
         "precision": variant.precision,
         "onnx": variant.onnx.name,
         "onnx_bytes": variant.onnx.stat().st_size,
         "ort_cpu_ms": measure_ort_latency(variant.onnx, feed, seconds),
-        "gate": gate_summary(json.loads(variant.check_report.read_text())),
+        "gate": gate_summary(check),
+        "labels": labels_summary(check),
         "engine": engine_figures(variant.engine_summary, variant.engine_missing_reason),
     }
 
@@ -125,6 +131,21 @@ def gate_summary(check: dict) -> dict:
     return summary
 
 
+def labels_summary(check: dict) -> dict | None:
+    """mAP50 and mAP50-95 against verify.labels, the variant's with FP32's as `reference`, or
+    why there are none; None without verify.labels."""
+    labels = check.get("labels")
+    if labels is None:
+        return None
+    if labels["status"] != "measured":
+        return {"status": labels["status"]}
+
+    def pair(side: dict) -> dict:
+        return {key: round(side[key], 4) for key in ("map50", "map50_95")} if "map50" in side else side
+
+    return {**pair(labels["variant"]), "reference": pair(labels["reference"])}
+
+
 def engine_figures(summary_path: Path | None, missing_reason: str) -> dict:
     """trtexec's figures for a built engine, or why there are none."""
     if summary_path is None:
@@ -139,7 +160,7 @@ def engine_figures(summary_path: Path | None, missing_reason: str) -> dict:
             "latency_ms": {k: latency[k] for k in ("median", "p90", "p95", "p99") if k in latency}}
 
 
-def _cells(row: dict) -> list[str]:
+def _cells(row: dict, labelled: bool) -> list[str]:
     """One table row as text, shared by the terminal and the Markdown report."""
     ort, gate, engine = row["ort_cpu_ms"], row["gate"], row["engine"]
     speedup = f"{row['ort_cpu_speedup_vs_fp32']:.2f}x" if row["ort_cpu_speedup_vs_fp32"] else "-"
@@ -151,19 +172,46 @@ def _cells(row: dict) -> list[str]:
         trt = f"{engine['throughput_qps']:.0f} qps, " + ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items())
     else:
         trt = engine["status"].split(":")[0]  # the reason is in compare.json; a table cell stays short
-    return [row["variant"], row["onnx"], f"{row['onnx_bytes'] / 2**20:.1f} MiB",
-            f"{ort['median']:.1f} / {ort['p90']:.1f} ms", speedup, verdict, trt]
+    cells = [row["variant"], row["onnx"], f"{row['onnx_bytes'] / 2**20:.1f} MiB",
+             f"{ort['median']:.1f} / {ort['p90']:.1f} ms", speedup, verdict, trt]
+    return cells + ([_labels_cell(row["labels"])] if labelled else [])
+
+
+def _labels_cell(labels: dict | None) -> str:
+    if labels is None:
+        return "-"
+    return f"{labels['map50']:.3f} / {labels['map50_95']:.3f}" if "map50" in labels else labels["status"].split(":")[0]
 
 
 HEADERS = ["variant", "ONNX", "ONNX size", "ORT CPU median / p90", "vs FP32", "accuracy gate", "TensorRT (trtexec)"]
+LABELS_HEADER = "vs labels mAP50 / 50-95"
+
+
+def _with_labels(report: dict) -> bool:
+    """Whether the recipe has verify.labels: only then does the table carry their column."""
+    return any(row["labels"] is not None for row in report["variants"])
+
+
+def headers(report: dict) -> list[str]:
+    return HEADERS + ([LABELS_HEADER] if _with_labels(report) else [])
+
+
+def _reference_line(report: dict) -> str | None:
+    """The FP32 reference against verify.labels, the yardstick of the labels column."""
+    reference = report["labels_reference"]
+    if not reference or "map50" not in reference:
+        return None
+    return (f"Against verify.labels, the FP32 reference (ONNX Runtime) scores mAP50 {reference['map50']:.3f}, "
+            f"mAP50-95 {reference['map50_95']:.3f}.")
 
 
 def markdown_table(report: dict) -> str:
     lines = [f"# {report['task']}", "",
              f"ONNX Runtime CPU latency measured on this machine, batch {report['batch']}, on the verification "
-             "inputs; TensorRT figures come from trtexec on the GPU that built the engine.", "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in report["variants"]]
+             "inputs; TensorRT figures come from trtexec on the GPU that built the engine."]
+    lines += [_reference_line(report)] if _reference_line(report) else []
+    lines += ["", "| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
+    lines += ["| " + " | ".join(_cells(row, _with_labels(report))) + " |" for row in report["variants"]]
     return "\n".join(lines) + "\n"
 
 
@@ -172,8 +220,9 @@ def _print_table(report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report['task']} (ORT CPU here, batch {report['batch']})")
-    for header in HEADERS:
+    for header in headers(report):
         table.add_column(header)
+    table.caption = _reference_line(report)
     for row in report["variants"]:
-        table.add_row(*_cells(row))
+        table.add_row(*_cells(row, _with_labels(report)))
     Console(stderr=True).print(table)

@@ -5,8 +5,9 @@ engine, the ONNX it was built from (as `model.onnx`, the name its command uses, 
 `model.fp32.onnx` when a Q/DQ or AutoCast model was built), the calibration cache, the
 reports, `reproduce.sh` with the exact trtexec command, and `manifest.json`: a sha256 per
 file, the resolved recipe, the argv, what the build log says about TensorRT, CUDA and the
-GPU, the calibration set's content key, the verification results (skipped checks marked)
-and trtexec's performance summary. Engines only load where they were built for (GPU,
+GPU, the calibration set's content key, the verification results (skipped checks marked;
+mAP50 / mAP50-95 against verify.labels when the recipe has labels) and trtexec's
+performance summary. Engines only load where they were built for (GPU,
 TensorRT version, flags): the manifest says which, so a fleet can check before deploying.
 
 The same inputs give a byte-identical archive: sorted members, mtime/uid/gid 0, no
@@ -108,7 +109,18 @@ def _verification(check: dict) -> dict:
         "engine": check.get("engine", {}).get("status"),
         "gate": {k: check["gate"].get(k) for k in ("task", "figure", "value", "floor", "status")}
         if "gate" in check else None,
+        "labels": _labels(check["labels"]) if "labels" in check else None,
     }
+
+
+def _labels(labels: dict) -> dict:
+    """verify.labels' figures for the manifest: this engine's ONNX and the FP32 reference against
+    the labels (P, R, mAP50, mAP50-95), without the per-class breakdown check.json keeps."""
+    def overall(side: dict) -> dict:
+        return {k: side[k] for k in ("precision", "recall", "map50", "map50_95", "status") if k in side}
+
+    return {**{k: labels[k] for k in ("source", "images", "labelled_images", "instances", "status")},
+            **{side: overall(labels[side]) for side in ("reference", "variant") if side in labels}}
 
 
 def _json_member(members: dict[str, bytes], name: str) -> dict | None:

@@ -125,6 +125,16 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class AccuracySpec:
+    """calibration.accuracy: revert the fewest quantized nodes until the task gate holds
+    (trtforge.quant.accuracy)."""
+
+    max_drop: float = 0.01  # the gate's figure against FP32 must reach 1 - max_drop
+    ranking_images: int = 4  # verification images that rank the nodes
+    timeout_s: int = 1800  # the search's time bound
+
+
+@dataclass(frozen=True)
 class CalibrationSpec:
     """Which images calibrate an INT8 variant, and how."""
 
@@ -135,6 +145,7 @@ class CalibrationSpec:
     method: str = "minmax"  # measured best on a trained detector (README, "INT8 quality")
     percentile: float = 99.99  # for method: percentile
     skip_bad_images: bool = False  # False: an unreadable image stops calibration
+    accuracy: AccuracySpec | None = None  # accuracy-controlled INT8 (needs verify:)
 
 
 @dataclass(frozen=True)
@@ -464,7 +475,7 @@ def _extra_arg(doc: Document, path: FieldPath, value: Any) -> str:
 
 def _calibration(doc: Document, path: FieldPath, value: Any, spec: InputSpec, root: Path) -> CalibrationSpec:
     value = _check_keys(doc, path, value, {"images", "count", "fraction", "batch", "method", "percentile",
-                                           "bad_images"}, required=("images",))
+                                           "bad_images", "accuracy"}, required=("images",))
     images = _image_source(doc, path + ("images",), value["images"], root)
     if "count" in value and "fraction" in value:
         raise doc.error(path, "give count or fraction, not both")
@@ -484,6 +495,16 @@ def _calibration(doc: Document, path: FieldPath, value: Any, spec: InputSpec, ro
         percentile=_number(doc, path + ("percentile",), value.get("percentile", 99.99), 50, 100),
         skip_bad_images=_choice(doc, path + ("bad_images",), value.get("bad_images", "error"),
                                 ("error", "skip")) == "skip",
+        accuracy=_accuracy(doc, path + ("accuracy",), value["accuracy"]) if "accuracy" in value else None,
+    )
+
+
+def _accuracy(doc: Document, path: FieldPath, value: Any) -> AccuracySpec:
+    value = _check_keys(doc, path, value, {"max_drop", "ranking_images", "timeout"}, required=("max_drop",))
+    return AccuracySpec(
+        max_drop=_number(doc, path + ("max_drop",), value["max_drop"], 0, 1),
+        ranking_images=_integer(doc, path + ("ranking_images",), value.get("ranking_images", 4), 1, 1000),
+        timeout_s=_duration_s(doc, path + ("timeout",), value["timeout"]) if "timeout" in value else 1800,
     )
 
 
@@ -613,6 +634,9 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
             if precision == "int8" else None
         if "check" in body and verify is None:
             raise doc.error(p + ("check",), "needs a top-level verify: section (the images to check on)")
+        if calibration and calibration.accuracy and (verify is None or verify.task == "raw"):
+            raise doc.error(p + ("calibration", "accuracy"), "needs a verify: section with a task-aware gate "
+                                                             "(verify.task other than raw) to hold INT8 to")
         check = (_check(doc, p + ("check",), body.get("check", {}), precision, verify.task)
                  if verify else None)
         variants.append(Variant(name, precision, build, calibration, check))

@@ -22,6 +22,7 @@ from doit.tools import config_changed
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .gates.labels import LabelSet, label_set
 from .images import ImageSetError, list_image_set, select_images
+from .quant.accuracy import AccuracyJob, Control
 from .recipe import Recipe, Variant, jsonable, load_recipes
 from .render import GRAMMARS, KEEP_FP32_CACHE, RenderError, check_intent, default_profiles, render_argv
 from .stages import (autocast, calibrate, check, compare, engine, export, kit, lint, package, qdq, reference,
@@ -349,7 +350,10 @@ def calib_tasks(project: Project) -> Iterator[dict]:
                              *code("stages/calibrate.py", "images.py", "calib_cache.py")],
                 "targets": [str(p) for p in outs.values()],
                 "uptodate": [config_changed({"images": [i.name for i in images],
-                                             "calibration": jsonable(spec), "input": list(r.input.shape),
+                                             # accuracy: the quantize task's, ranges do not depend on it
+                                             "calibration": {k: v for k, v in jsonable(spec).items()
+                                                             if k != "accuracy"},
+                                             "input": list(r.input.shape),
                                              "header": str(job.header_version),
                                              "tools": tool_versions("onnxruntime", "opencv-python", "numpy")})],
                 "clean": True,
@@ -467,18 +471,40 @@ def _verification_labels(project: Project, r: Recipe) -> LabelSet | None:
 
 def _qdq_task(project: Project, r: Recipe, v: Variant) -> dict:
     outs = calib_outputs(project, r, v)
+    accuracy, report = _accuracy_job(project, r, v), variant_dir(project, r, v) / "accuracy.json"
+    refs = reference_outputs(project, r)
     return {
         "name": f"{r.name}-{v.name}",
-        "doc": f"Q/DQ INT8 ONNX of {r.name} through ModelOpt, scales from calib:{r.name}-{v.name}",
+        "doc": f"Q/DQ INT8 ONNX of {r.name} through ModelOpt, scales from calib:{r.name}-{v.name}"
+               + (", held to the task gate (calibration.accuracy)" if accuracy else ""),
         "actions": [(run_stage, [qdq.quantize_int8, surgered_onnx(project, r), outs["cache"], outs["sample"],
-                                 qdq_onnx(project, r, v), v.build.keep_fp32])],
+                                 qdq_onnx(project, r, v), v.build.keep_fp32, accuracy, report])],
         "file_dep": [str(surgered_onnx(project, r)), str(outs["cache"]), str(outs["sample"]),
-                     *code("stages/qdq.py")],
-        "targets": [str(qdq_onnx(project, r, v))],
+                     *code("stages/qdq.py"),
+                     *([str(refs["inputs"]), str(refs["outputs"]), *code("quant/accuracy.py", "quant/cpu_form.py"),
+                        *package_code("gates")] if accuracy else [])],
+        "targets": [str(qdq_onnx(project, r, v)), *([str(report)] if accuracy else [])],
         "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32),
+                                     "accuracy": {"control": jsonable(v.calibration.accuracy), "gate": accuracy.gate}
+                                     if accuracy else None,
                                      "tools": tool_versions("nvidia-modelopt", "onnx", "onnxruntime")})],
         "clean": True,
     }
+
+
+def _accuracy_job(project: Project, r: Recipe, v: Variant) -> AccuracyJob | None:
+    """The accuracy control of an INT8 variant with calibration.accuracy (the recipe loader
+    has checked that verify: has a task-aware gate)."""
+    spec = v.calibration.accuracy if v.calibration else None
+    if spec is None:
+        return None
+    refs = reference_outputs(project, r)
+    gate = {"task": r.verify.task, "head": r.verify.head, "conf": r.verify.conf, "iou": r.verify.iou,
+            "min_recall": v.check.min_recall_vs_fp32, "min_precision": v.check.min_precision_vs_fp32}
+    return AccuracyJob(control=Control(f"quantize:{r.name}-{v.name}", spec.max_drop, spec.ranking_images,
+                                       spec.timeout_s),
+                       reference_inputs=refs["inputs"], reference_outputs=refs["outputs"], gate=gate,
+                       store_dir=project.artifacts / "calib")
 
 
 def _engine_onnx(project: Project, r: Recipe, v: Variant, mode: str) -> Path:
@@ -518,6 +544,11 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
         mode = check_intent(v.precision, v.build, project.trtexec.version, r.surgery)
     except RenderError as exc:
         return None, f"{r.file.name}: variants.{v.name}: {exc}"
+    if mode == "implicit" and v.calibration and v.calibration.accuracy:
+        # the search reverts nodes in the Q/DQ ONNX, which an implicit (calibration cache) build does not read
+        return None, (f"{r.file.name}: variants.{v.name}.calibration.accuracy: TensorRT {project.trtexec.version} "
+                      "builds this INT8 variant from a calibration cache, not the Q/DQ ONNX the search edits; "
+                      "set build.precision_mode: explicit")
     if v.precision == "int8":
         _, problem = calibration_images(project, v)
         if problem:

@@ -28,14 +28,15 @@ def runtime_truncates_float16() -> bool:
     return (major, minor) < ROUNDING_CORRECT_FROM
 
 
-def with_float32_quantize_inputs(model) -> tuple[object, int]:
+def with_float32_quantize_inputs(model, float16: set[str] | None = None) -> tuple[object, int]:
     """(a copy of `model` whose float16 QuantizeLinear nodes read float32 through exact Casts,
     how many nodes were rewritten). Nodes keep their order; each Cast comes right before
-    the node that reads it."""
+    the node that reads it. `float16`: the model's float16 tensor names, when the caller
+    already has them (shape inference is the costly part)."""
     onnx = require("onnx", "core")
     from onnx import helper
 
-    float16 = _float16_tensors(model)
+    float16 = float16_tensors(model) if float16 is None else float16
     result = onnx.ModelProto()
     result.CopyFrom(model)
     nodes, rewritten = [], 0
@@ -53,7 +54,7 @@ def with_float32_quantize_inputs(model) -> tuple[object, int]:
     return result, rewritten
 
 
-def _float16_tensors(model) -> set[str]:
+def float16_tensors(model) -> set[str]:
     """Names of the float16 tensors of `model`: initializers, inputs, and inferred values."""
     onnx = require("onnx", "core")
     float16 = onnx.TensorProto.FLOAT16

@@ -7,6 +7,9 @@ implicit and explicit paths use the very same ranges, computed once on the recip
 images. The first calibration batch is still given to ModelOpt because its ONNX Runtime
 pass needs real inputs; the cache's scales then replace what that pass measured.
 
+With calibration.accuracy, trtforge.quant.accuracy then reverts the fewest quantized nodes
+that let the task gate hold (an exclusion list kept by content key under artifacts/calib/).
+
 Nodes the recipe keeps in FP32 are excluded from Q/DQ insertion; when there are any, the
 rest of the graph also stays FP32 instead of being converted to FP16, since ModelOpt's FP16
 conversion would otherwise take those nodes out of FP32 too.
@@ -15,20 +18,51 @@ conversion would otherwise take those nodes out of FP32 too.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
-from ..atomic import atomic_output, disk_fault
+from ..atomic import atomic_output, disk_fault, write_text_atomic
 from ..errors import StageError, require
+from ..quant.accuracy import AccuracyJob, controlled
 
 
 def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: Path,
+                  keep_fp32: tuple[str, ...], accuracy: AccuracyJob | None = None,
+                  accuracy_report: Path | None = None) -> None:
+    """Write a Q/DQ INT8 copy of `source` to `output` (atomically); with `accuracy`, the copy
+    in which the fewest quantized nodes are reverted for the task gate to hold, and the
+    search's report to `accuracy_report`."""
+    with atomic_output(output) as temp:
+        _modelopt_qdq(source, calib_cache, sample_batch, temp, keep_fp32)
+        if accuracy is not None:
+            onnx = require("onnx", "core")
+            identity = _inputs_identity(source, calib_cache, sample_batch, keep_fp32)
+            model, report = controlled(onnx.load(str(temp)), accuracy, identity)
+            onnx.save(model, str(temp))
+    if accuracy is not None:
+        write_text_atomic(accuracy_report, json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def _inputs_identity(source: Path, calib_cache: Path, sample_batch: Path, keep_fp32: tuple[str, ...]) -> bytes:
+    """What a Q/DQ model is made from, as bytes: the ONNX, the cache, the sample batch, the
+    kept nodes and ModelOpt's version."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    for path in (source, calib_cache, sample_batch):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(json.dumps([list(keep_fp32), version("nvidia-modelopt")]).encode())
+    return digest.digest()
+
+
+def _modelopt_qdq(source: Path, calib_cache: Path, sample_batch: Path, temp: Path,
                   keep_fp32: tuple[str, ...]) -> None:
-    """Write a Q/DQ INT8 copy of `source` to `output` (atomically)."""
     np = require("numpy", "core")
     quantization = require("modelopt.onnx.quantization", "quant")
-    with atomic_output(output) as temp, tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         try:
             quantization.quantize(
                 onnx_path=str(source), quantize_mode="int8", calibration_data=np.load(sample_batch),

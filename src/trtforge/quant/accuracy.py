@@ -1,0 +1,280 @@
+"""Accuracy-controlled INT8: revert the fewest quantized nodes to float until the task gate
+holds (`calibration.accuracy: {max_drop: 0.01}`).
+
+The same idea as NNCF's `quantize_with_accuracy_control` and Polygraphy's `debug precision`,
+on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
+
+1. score the Q/DQ model with the variant's task gate on the verification images (in the
+   check's CPU form, trtforge.quant.cpu_form); if it holds, nothing changes;
+2. rank every quantized node by how much reverting it alone (bypassing the Q/DQ pairs on
+   its activation inputs) brings the outputs back towards FP32 on a few ranking images. A
+   continuous output distance ranks, because a gate figure on a few images cannot tell
+   most single reverts apart;
+3. revert nodes in rank order, the fewest that make the gate hold: counts 1, 2, 4, ... are
+   tried until one holds, then bisected, so a search costs a handful of gate runs.
+
+Reverting bypasses a node's activation Q/DQ only: its weights stay quantized in the file,
+which TensorRT then runs with the node in float (a weight DQ without an activation Q/DQ is
+not fused into an INT8 kernel). The report lists what was reverted and the gate's figure
+after each tried count; a bound on time ends the search in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import write_text_atomic
+from ..console import info, warn
+from ..errors import StageError, require
+from .cpu_form import float16_tensors, with_float32_quantize_inputs
+
+ALGORITHM_VERSION = 1  # bump when the search changes, so stored exclusion lists are not reused
+
+
+@dataclass(frozen=True)
+class Control:
+    """What the search must reach and what it may spend."""
+
+    task: str  # the quantize task, for messages
+    max_drop: float  # the gate's figure against FP32 must be at least 1 - max_drop
+    ranking_images: int  # verification inferences used to rank nodes
+    seconds: float  # the time bound
+
+
+def activation_quantized_nodes(model) -> list[str]:
+    """Names of the nodes that read an activation through a QuantizeLinear -> DequantizeLinear
+    pair, in graph order: the nodes whose INT8 can be reverted."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(_qdq_source(producer, name) is not None for name in node.input):
+            names.append(node.name)
+    return names
+
+
+def _qdq_source(producer: dict, tensor: str) -> str | None:
+    """The float tensor behind `tensor` when `tensor` is DQ(Q(x)), else None."""
+    dq = producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = producer.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+def reverted(model, names: list[str]):
+    """A copy of `model` in which the nodes `names` read their activations unquantized. Other
+    readers of the same Q/DQ pair keep it; pairs nobody reads any more are removed."""
+    onnx = require("onnx", "core")
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    producer = {out: node for node in result.graph.node for out in node.output}
+    wanted = set(names)
+    for node in result.graph.node:
+        if node.name in wanted:
+            for slot, tensor in enumerate(node.input):
+                source = _qdq_source(producer, tensor)
+                if source is not None:
+                    node.input[slot] = source
+    _drop_unread_qdq(result)
+    return result
+
+
+def _drop_unread_qdq(model) -> None:
+    """Remove Q and DQ nodes whose outputs nothing reads (graph outputs count as read), then
+    the scales and zero points only they read."""
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
+        if not dead:
+            break
+        for node in dead:
+            model.graph.node.remove(node)
+    unread = [init for init in model.graph.initializer if init.name not in read]
+    for init in unread:
+        model.graph.initializer.remove(init)
+
+
+def conv_int8_share(model) -> float:
+    """The share of Conv nodes that still read a quantized activation."""
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    quantized = set(activation_quantized_nodes(model))
+    return sum(name in quantized for name in convs) / len(convs) if convs else 1.0
+
+
+def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[list[dict]], dict],
+            spec: Control) -> tuple[object, dict]:
+    """(the model with the fewest nodes reverted for `judge` to hold, the report). `judge`
+    takes a candidate's outputs on `feeds` and returns the gate's JSON (value, status)."""
+    started = time.monotonic()
+    floor = 1.0 - spec.max_drop
+    run = _runner(model)
+
+    def gate(candidate) -> dict:
+        if time.monotonic() - started > spec.seconds:
+            raise StageError(f"{spec.task}: calibration.accuracy: no revert count met mAP50 >= {floor:g} within "
+                             f"{spec.seconds:g} s; raise calibration.accuracy.timeout or max_drop")
+        return judge(run(candidate, feeds))
+
+    def holds(result: dict) -> bool:
+        return result["value"] is not None and result["value"] >= floor and result["status"] != "failed"
+
+    first = gate(model)
+    report = {"max_drop": spec.max_drop, "floor": floor, "before": _figures(first), "steps": [], "reverted": []}
+    if holds(first):
+        info(f"{spec.task}: INT8 holds the accuracy floor with nothing reverted ({first['value']:.3f} >= {floor:g})")
+        return model, _finish(report, model, started)
+    ranked = rank_nodes(model, feeds[:spec.ranking_images], reference[:spec.ranking_images], spec.task, run)
+    count, result = _fewest(model, ranked, gate, holds, report["steps"], spec.task)
+    if count is None:
+        raise StageError(f"{spec.task}: calibration.accuracy: even with all {len(ranked)} quantized nodes reverted "
+                         f"the gate gives {result['value']:.3f} < {floor:g}; the FP32 model itself misses the floor "
+                         "or the gate's other floors fail (see check.json)")
+    chosen = reverted(model, ranked[:count])
+    report["reverted"] = ranked[:count]
+    report["after"] = _figures(result)
+    info(f"{spec.task}: reverted {count} of {len(ranked)} quantized nodes to float: {result['value']:.3f} >= {floor:g}")
+    if 2 * count > len(ranked):
+        warn(f"{spec.task}: most of the model now runs in float; another calibration.method, more calibration "
+             "images, or more verification images (one lost detection of a few is a large drop) may keep more INT8")
+    return chosen, _finish(report, chosen, started)
+
+
+def _fewest(model, ranked: list[str], gate, holds, steps: list, task: str) -> tuple[int | None, dict]:
+    """The smallest count of top-ranked nodes whose revert holds (1, 2, 4, ... then bisect)."""
+    tried: dict[int, dict] = {}
+
+    def attempt(count: int) -> bool:
+        if count not in tried:
+            tried[count] = gate(reverted(model, ranked[:count]))
+            steps.append({"reverted": count, **_figures(tried[count])})
+            info(f"{task}: {count} reverted -> {tried[count]['figure']} {tried[count]['value']:.3f}")
+        return holds(tried[count])
+
+    low, high = 0, 1
+    while not attempt(high):
+        if high == len(ranked):
+            return None, tried[high]
+        low, high = high, min(2 * high, len(ranked))
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if attempt(middle) else (middle, high)
+    return high, tried[high]
+
+
+def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run) -> list[str]:
+    """Quantized nodes, the one whose lone revert brings the outputs closest to FP32 first."""
+    np = require("numpy", "core")
+    names = activation_quantized_nodes(model)
+
+    def distance(candidate) -> float:
+        outputs = run(candidate, feeds)
+        return float(sum(np.mean(np.abs(out[k].astype(np.float64) - ref[k])) / (np.mean(np.abs(ref[k])) + 1e-12)
+                         for out, ref in zip(outputs, reference) for k in ref if k in out))
+
+    info(f"{task}: ranking {len(names)} quantized nodes on {len(feeds)} images")
+    scores = {name: distance(reverted(model, [name])) for name in names}
+    return sorted(names, key=lambda name: (scores[name], names.index(name)))
+
+
+def _runner(model) -> Callable[[object, list[dict]], list[dict]]:
+    """Runs a reverted copy of `model` in the check's CPU form. Reverting removes Q/DQ nodes
+    but changes no tensor's type, so `model`'s float16 tensors are found once."""
+    from ..stages.reference import run_onnxruntime
+
+    float16 = float16_tensors(model)
+    return lambda candidate, feeds: run_onnxruntime(
+        with_float32_quantize_inputs(candidate, float16)[0].SerializeToString(), feeds)
+
+
+def _figures(result: dict) -> dict:
+    details = result.get("details", {})
+    return {"figure": result["figure"], "value": result["value"], "status": result["status"],
+            **{k: details[k] for k in ("recall", "precision") if k in details}}
+
+
+def _finish(report: dict, model, started: float) -> dict:
+    return {**report, "conv_int8_share": round(conv_int8_share(model), 4),
+            "seconds": round(time.monotonic() - started, 2), "algorithm": ALGORITHM_VERSION}
+
+
+@dataclass(frozen=True)
+class AccuracyJob:
+    """Everything the quantize stage needs to hold its Q/DQ model to the task gate."""
+
+    control: Control
+    reference_inputs: Path  # the reference task's Polygraphy JSON: verification inputs
+    reference_outputs: Path  # ... and FP32 outputs
+    gate: dict  # GateSetting fields but floor and image_hw: task, head, conf, iou, min_recall, min_precision
+    store_dir: Path  # exclusion lists kept by content key, reused only on an exact match
+
+
+def accuracy_key(quantized_from: bytes, job: AccuracyJob) -> str:
+    """sha256 of everything the exclusion list depends on: what the Q/DQ model was made from
+    (`quantized_from`: ModelOpt's output bytes differ from one process to the next, its
+    inputs do not), the reference inputs and outputs, the control's settings and this
+    module's algorithm."""
+    digest = hashlib.sha256()
+    for part in (quantized_from, job.reference_inputs.read_bytes(), job.reference_outputs.read_bytes(),
+                 json.dumps({"max_drop": job.control.max_drop, "ranking": job.control.ranking_images,
+                             "gate": job.gate, "algorithm": ALGORITHM_VERSION}, sort_keys=True).encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, dict]:
+    """(the model with the stored or newly searched exclusion list applied, the report);
+    `quantized_from` identifies what the Q/DQ model was made from (see accuracy_key)."""
+    key = accuracy_key(quantized_from, job)
+    stored = job.store_dir / f"accuracy-{key[:24]}.json"
+    if stored.is_file():
+        report = _stored_report(stored)
+        info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
+             f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
+        return reverted(model, report["reverted"]), {**report, "reused": True}
+    feeds, reference = _reference(job)
+    setting = _gate_setting(job, feeds)
+    from ..gates import run_gate
+
+    result, report = control(model, feeds, reference, lambda outs: run_gate(reference, outs, setting).as_json(),
+                             job.control)
+    report = {**report, "key": key}
+    write_text_atomic(stored, json.dumps(report, sort_keys=True))
+    return result, {**report, "reused": False}
+
+
+def _stored_report(path: Path) -> dict:
+    """A stored report, or StageError naming the file when it is unreadable (a power loss can
+    leave it empty): deleting it makes the next run search again."""
+    try:
+        report = json.loads(path.read_text())
+        if isinstance(report.get("reverted"), list):
+            return report
+    except (OSError, ValueError):
+        pass
+    raise StageError(f"{path}: unreadable stored accuracy-control result; delete it to search again")
+
+
+def _reference(job: AccuracyJob) -> tuple[list[dict], list[dict]]:
+    require("polygraphy", "core")
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    feeds = load_json(str(job.reference_inputs))
+    (_, reference), = RunResults.load(str(job.reference_outputs)).items()
+    return feeds, [dict(iteration) for iteration in reference]
+
+
+def _gate_setting(job: AccuracyJob, feeds: list[dict]):
+    from ..gates import GateSetting
+
+    image = next(iter(feeds[0].values()))
+    return GateSetting(**job.gate, floor=1.0 - job.control.max_drop,
+                       image_hw=tuple(int(s) for s in image.shape[-2:]))

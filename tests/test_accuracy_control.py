@@ -1,0 +1,204 @@
+"""Accuracy-controlled INT8 (calibration.accuracy): the fewest quantized nodes reverted for the
+gate to hold, found on real ONNX models under real ONNX Runtime.
+
+The unit tests use a hand-built Q/DQ chain (a few nodes, [1, 64] tensors: the search's logic
+does not depend on size) whose one badly clipped scale the search must find; the slow test
+runs the whole quantize stage through doit on the trained person detector at 320 px."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtforge.errors import StageError
+from trtforge.quant.accuracy import Control, activation_quantized_nodes, control, conv_int8_share, reverted
+from trtforge.stages.reference import run_onnxruntime
+
+RNG = np.random.default_rng(0)
+FEEDS = [{"x": RNG.normal(0, 1, (1, 64)).astype(np.float32)} for _ in range(6)]
+
+
+def qdq(tensor: str, scale: float, nodes: list, inits: list) -> str:
+    """Append Q/DQ of `tensor` with `scale`; return the dequantized name."""
+    inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{tensor}_s"),
+              numpy_helper.from_array(np.array(0, np.int8), f"{tensor}_z")]
+    nodes += [helper.make_node("QuantizeLinear", [tensor, f"{tensor}_s", f"{tensor}_z"], [f"{tensor}_q"],
+                               name=f"{tensor}_Q"),
+              helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_s", f"{tensor}_z"], [f"{tensor}_dq"],
+                               name=f"{tensor}_DQ")]
+    return f"{tensor}_dq"
+
+
+def chain(clipped_scale: float = 0.03 / 127):
+    """x -> a (Mul) -> b (Mul) -> c (Add) -> y; each reads its input through Q/DQ. The scale on
+    a's output, read by b, clips it at 0.03: b is the node to revert."""
+    nodes, inits = [], []
+    for name, value in (("wa", 0.5), ("wb", 2.0), ("bc", 1.0)):
+        inits.append(numpy_helper.from_array(np.full((1, 64), value, np.float32), name))
+    nodes.append(helper.make_node("Mul", [qdq("x", 4 / 127, nodes, inits), "wa"], ["a"], name="a"))
+    nodes.append(helper.make_node("Mul", [qdq("a", clipped_scale, nodes, inits), "wb"], ["b"], name="b"))
+    nodes.append(helper.make_node("Add", [qdq("b", 8 / 127, nodes, inits), "bc"], ["y"], name="c"))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def float_reference() -> list[dict]:
+    return [{"y": feed["x"] * 0.5 * 2.0 + 1.0} for feed in FEEDS]
+
+
+def share_close(reference: list[dict], floor: float, outputs: list[dict]) -> dict:
+    """A gate's JSON: the share of output values within 0.1 of FP32's."""
+    value = float(np.mean([np.mean(np.abs(o["y"] - r["y"]) < 0.1) for o, r in zip(outputs, reference)]))
+    return {"figure": "close", "value": value, "status": "passed" if value >= floor else "failed"}
+
+
+def run_control(model, max_drop: float = 0.01, seconds: float = 60.0, judge=None):
+    reference = float_reference()
+    judge = judge or (lambda outputs: share_close(reference, 1 - max_drop, outputs))
+    return control(model, FEEDS, reference, judge, Control("quantize:t-int8", max_drop, 2, seconds))
+
+
+def test_the_quantized_nodes_are_the_readers_of_activation_qdq_pairs():
+    assert activation_quantized_nodes(chain()) == ["a", "b", "c"]
+
+
+def test_reverting_a_node_bypasses_only_its_own_input_and_drops_what_nobody_reads():
+    model = chain()
+    result = reverted(model, ["b"])
+    onnx.checker.check_model(result, full_check=True)
+    assert activation_quantized_nodes(result) == ["a", "c"]
+    names = {n.name for n in result.graph.node}
+    assert "a_Q" not in names and "a_DQ" not in names and "x_Q" in names
+    assert {"a_s", "a_z"}.isdisjoint(i.name for i in result.graph.initializer)
+    assert [n.name for n in model.graph.node].count("a_Q") == 1  # the input model is untouched
+    outputs = run_onnxruntime(result.SerializeToString(), FEEDS)
+    assert all(np.allclose(o["y"], r["y"], atol=0.1) for o, r in zip(outputs, float_reference()))
+
+
+def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):
+    model = chain()
+    result, report = run_control(model)
+    assert report["reverted"] == ["b"]
+    assert report["before"]["status"] == "failed" and report["after"]["status"] == "passed"
+    assert [step["reverted"] for step in report["steps"]] == [1]
+    assert activation_quantized_nodes(result) == ["a", "c"]
+    assert "reverted 1 of 3 quantized nodes" in capsys.readouterr().err
+
+
+def test_a_model_that_already_holds_is_left_as_it_is():
+    model = chain(clipped_scale=8 / 127)
+    result, report = run_control(model)
+    assert report["reverted"] == [] and report["steps"] == [] and report["before"]["status"] == "passed"
+    assert result.SerializeToString() == model.SerializeToString()
+    assert report["conv_int8_share"] == 1.0  # no Conv at all counts as nothing reverted
+
+
+def test_a_floor_that_no_revert_meets_fails_in_one_line():
+    never = lambda outputs: {"figure": "close", "value": 0.5, "status": "failed"}  # noqa: E731
+    with pytest.raises(StageError) as error:
+        run_control(chain(), judge=never)
+    message = str(error.value)
+    assert "\n" not in message and "quantize:t-int8" in message and "all 3 quantized nodes reverted" in message
+
+
+def test_the_time_bound_ends_the_search_in_one_line():
+    with pytest.raises(StageError) as error:
+        run_control(chain(), seconds=0)
+    message = str(error.value)
+    assert "\n" not in message and "within 0 s" in message and "calibration.accuracy.timeout" in message
+
+
+def test_conv_share_counts_convs_still_reading_quantized_activations():
+    nodes, inits = [], [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")]
+    nodes.append(helper.make_node("Conv", [qdq("x", 0.1, nodes, inits), "w"], ["h"], name="conv1"))
+    nodes.append(helper.make_node("Conv", [qdq("h", 0.1, nodes, inits), "w"], ["y"], name="conv2"))
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    assert conv_int8_share(model) == 1.0
+    assert conv_int8_share(reverted(model, ["conv2"])) == 0.5
+
+
+PEOPLE_RECIPE = """\
+model: {source: ultralytics, arch: yolov8n.yaml, weights: models/people.pt}
+input: {name: images, shape: [1, 3, 320, 320], dynamic_axes: [0]}
+surgery: [fold_constants, slim, infer_shapes]
+verify: {images: calib/demo-verification.txt, count: 4, task: detect}
+variants:
+  int8:
+    precision: int8
+    calibration:
+      images: calib/demo-calibration.txt
+      batch: 4
+      accuracy: {max_drop: 0.01, ranking_images: 2}
+"""
+
+
+@pytest.mark.slow
+def test_the_quantize_stage_holds_int8_to_the_gate_and_keeps_its_result_by_content(tmp_path):
+    """The trained person detector (320 px: the people in the demo photos are large) through
+    doit: the control's report, a no-op second run, a stored result reused after the Q/DQ
+    model is lost, and a changed max_drop rerunning quantize but not calibration."""
+    from conftest import REPO, executed, make_project, run_doit
+    from test_trained_detector import trained_checkpoint
+
+    project = make_project(tmp_path / "proj", {"people": PEOPLE_RECIPE})
+    (project / "models").mkdir()
+    shutil.copy(trained_checkpoint(), project / "models" / "people.pt")
+    (project / "calib").mkdir()
+    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
+        shutil.copy(REPO / "calib" / manifest, project / "calib")
+
+    first = run_doit(project, "cpu:people", timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    report_path = project / "artifacts/people/int8/accuracy.json"
+    report = json.loads(report_path.read_text())
+    assert report["floor"] == 0.99 and report["after" if report["reverted"] else "before"]["status"] == "passed"
+    assert report["reused"] is False and 0.8 <= report["conv_int8_share"] <= 1.0
+    check = json.loads((project / "artifacts/people/int8/check.json").read_text())
+    assert check["passed"] and check["gate"]["value"] >= 0.99
+
+    assert executed(run_doit(project, "cpu:people")) == []
+
+    (project / "artifacts/people/int8/qdq.onnx").unlink()
+    again = run_doit(project, "cpu:people")
+    assert "quantize:people-int8" in executed(again) and "calib:people-int8" not in executed(again)
+    assert json.loads(report_path.read_text())["reused"] is True
+
+    recipe = project / "recipes" / "people.yaml"
+    recipe.write_text(recipe.read_text().replace("max_drop: 0.01", "max_drop: 0.02"))
+    changed = run_doit(project, "cpu:people")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "quantize:people-int8" in executed(changed) and "calib:people-int8" not in executed(changed)
+    assert json.loads(report_path.read_text())["floor"] == 0.98
+
+
+def test_accuracy_needs_a_gate_and_is_refused_where_int8_comes_from_a_cache(tmp_path):
+    """Both are one line before any work: a raw verify has no figure to hold to, and an
+    implicit INT8 build (a calibration cache, TensorRT 8.x) never reads the edited Q/DQ ONNX."""
+    from conftest import REPO, make_project, run_doit
+    from doubles.trtexec import make_wrapper
+
+    recipe = PEOPLE_RECIPE.replace("weights: models/people.pt", "seed: 0")
+    raw = make_project(tmp_path / "raw", {"people": recipe.replace("task: detect", "task: raw")})
+    implicit = make_project(tmp_path / "implicit", {"people": recipe})
+    for project in (raw, implicit):
+        (project / "calib").mkdir()
+        for manifest in ("demo-calibration.txt", "demo-verification.txt"):
+            shutil.copy(REPO / "calib" / manifest, project / "calib")
+
+    listed = run_doit(raw, "list")
+    assert listed.returncode == 3 and len(listed.stderr.strip().splitlines()) == 1
+    assert "variants.int8.calibration.accuracy" in listed.stderr and "task-aware gate" in listed.stderr
+
+    built = run_doit(implicit, "engine:people-int8", env={"TRTEXEC": str(make_wrapper(tmp_path / "bin", "8.6"))})
+    assert built.returncode != 0
+    line = next(line for line in (built.stdout + built.stderr).splitlines() if "calibration.accuracy" in line)
+    assert "TensorRT 8.6" in line and "set build.precision_mode: explicit" in line
+    assert not (implicit / "artifacts/people/int8/engine.plan").exists()

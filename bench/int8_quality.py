@@ -10,17 +10,28 @@ packages, with deterministic crops, flips and mosaics so that FP32 finds 100+ pe
 (trtforge.quant.cpu_form: float16 QuantizeLinear read through float32, since onnxruntime
 1.24 truncates there and TensorRT rounds), and also as built, to show what that costs.
 
-    .venv/bin/python bench/int8_quality.py [--size 640] [--methods entropy minmax percentile modelopt]
+    .venv/bin/python bench/int8_quality.py [--size 640] [--methods entropy minmax percentile modelopt nncf nncf-onnx]
 
 Prints one row per quantizer: mAP50 against FP32, recall and precision at conf 0.25, class
 flips, the number of FP32 detections, and the quantizer's time relative to trtforge's
 plain calibration + Q/DQ with entropy.
+
+NNCF runs as Ultralytics' OpenVINO INT8 export runs it (ultralytics/utils/export/openvino.py:
+preset MIXED, the Detect head's own ops, DFL and class Sigmoid in an IgnoredScope, every
+calibration image in the subset), on the same FP32 ONNX read by OpenVINO, and its model runs
+in OpenVINO on CPU: with float32 between the INT8 ops, and in the CPU's default inference
+precision when that is not float32 (bfloat16 on CPUs with AVX512-BF16 or AMX), beside the FP32
+model in that precision. `nncf-onnx` is the same recipe on the onnx.ModelProto, a Q/DQ ONNX
+scored in onnxruntime like trtforge's rows (its activations are asymmetric uint8, which
+TensorRT does not build). NNCF and OpenVINO are in the bench-only extra (pip install -e
+'.[bench]'); without them their rows are skipped with one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +121,88 @@ def modelopt_int8(model: Path, folder: Path, calibration: np.ndarray) -> Path:
     return out
 
 
+def nncf_available() -> bool:
+    return all(importlib.util.find_spec(module) for module in ("nncf", "openvino"))
+
+
+def ultralytics_detect_scope(operations: list[tuple[str, str]], output_producers: set[str]) -> list[str]:
+    """Names of the operations that Ultralytics' OpenVINO INT8 export keeps out of INT8 for a
+    Detect head: every Sigmoid and every op whose name starts with `<head>/` or `<head>.dfl`,
+    where <head> is the scope of the last Sigmoid. Its names come from a TorchScript trace
+    (`__module.model.22/aten::sigmoid/Sigmoid`, `__module.model.22.dfl/...`; the cv2/cv3
+    convolutions are `__module.model.22.cv2.0.0.conv/...` and stay INT8) and SiLU is Swish there,
+    so the Sigmoid is the class one. The ONNX export names the same ops `/model.22/Sigmoid`,
+    `/model.22/dfl/...` and `/model.22/cv2.0/...`, and SiLU is Sigmoid + Mul in ONNX, so here
+    the head is the path of the last Sigmoid and an op is in the scope when it sits directly in
+    it or under its dfl; the op that produces the output (OpenVINO names it after the output)
+    is the head's last Concat. Constants are left out: nothing quantizes them."""
+    head = [name for name, kind in operations if kind == "Sigmoid"][-1].rsplit("/", 1)[0]
+
+    def in_head(name: str) -> bool:
+        rest = name[len(head) + 1:] if name.startswith(head + "/") else None
+        return rest is not None and ("/" not in rest or rest.startswith("dfl/"))
+
+    return [name for name, kind in operations
+            if kind not in ("Constant", "Parameter", "Result") and (in_head(name) or name in output_producers)]
+
+
+def nncf_quantize(model, calibration: np.ndarray, operations: list[tuple[str, str]], output_producers: set[str]):
+    """nncf.quantize as Ultralytics calls it for `format=openvino, int8=True` on a Detect model:
+    preset MIXED, model_type None, the subset is every calibration batch (batch 1 here, so
+    every image), the head in an IgnoredScope. Calibration items are the images as the other
+    quantizers get them (letterboxed RGB / 255, what Ultralytics' _transform_fn returns)."""
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)  # not a line per ignored node
+    dataset = nncf.Dataset([{"images": image[None]} for image in calibration])
+    return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
+                         ignored_scope=nncf.IgnoredScope(names=ultralytics_detect_scope(operations, output_producers)))
+
+
+def nncf_openvino_int8(model: Path, calibration: np.ndarray):
+    """NNCF on the FP32 ONNX read by OpenVINO: Ultralytics' OpenVINO INT8 export (an ov.Model)."""
+    import openvino as ov
+
+    ov_model = ov.convert_model(str(model))
+    operations = [(op.get_friendly_name(), op.get_type_name()) for op in ov_model.get_ordered_ops()]
+    producers = {result.input_value(0).get_node().get_friendly_name() for result in ov_model.get_results()}
+    return nncf_quantize(ov_model, calibration, operations, producers)
+
+
+def nncf_onnx_int8(model: Path, folder: Path, calibration: np.ndarray) -> Path:
+    """The same recipe on the onnx.ModelProto: NNCF writes a Q/DQ ONNX."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    outputs = {o.name for o in proto.graph.output}
+    operations = [(node.name, node.op_type) for node in proto.graph.node]
+    producers = {node.name for node in proto.graph.node if outputs & set(node.output)}
+    out = folder / "nncf.onnx"
+    onnx.save(nncf_quantize(proto, calibration, operations, producers), str(out))
+    return out
+
+
+def openvino_precisions() -> list[str]:
+    """float32 between INT8 ops, and the CPU's default inference precision when it differs."""
+    import openvino as ov
+
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    return ["f32"] + ([] if default == "f32" else [default])
+
+
+def run_openvino(model, feeds: list[dict], precision: str) -> list[dict]:
+    """Outputs {name: array} per feed of an ov.Model or model file, in OpenVINO on CPU."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    results = []
+    for feed in feeds:
+        outputs = request.infer(feed)
+        results.append({port.get_any_name(): np.array(outputs[port], copy=True) for port in compiled.outputs})
+    return results
+
+
 def score(reference: list[dict], candidate: list[dict], size: int) -> dict:
     setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.0, image_hw=(size, size))
     gate = run_gate(reference, candidate, setting).as_json()
@@ -120,7 +213,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--verification", type=int, default=32, help="people photos (FP32 finds ~4 in each)")
-    parser.add_argument("--methods", nargs="+", default=["entropy", "minmax", "percentile", "modelopt"])
+    parser.add_argument("--methods", nargs="+",
+                        default=["entropy", "minmax", "percentile", "modelopt", "nncf", "nncf-onnx"])
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "int8_quality")
     args = parser.parse_args()
 
@@ -134,21 +228,42 @@ def main() -> None:
                                   for r in images])
     print(f"trained YOLOv8n person detector at {args.size} px; {len(images)} calibration photos; "
           f"{len(feeds)} verification photos (disjoint)")
-    print(f"{'quantizer':34s} {'mAP50':>6s} {'recall':>6s} {'prec.':>6s} {'flips':>5s} {'FP32 det':>8s} {'time':>6s}")
+    print(f"{'quantizer':40s} {'mAP50':>6s} {'recall':>6s} {'prec.':>6s} {'flips':>5s} {'FP32 det':>8s} {'time':>6s}")
+
+    def row(label: str, outputs: list[dict], relative: float | None) -> None:
+        s = score(reference, outputs, args.size)
+        time_text = f"{relative:5.2f}x" if relative is not None else f"{'-':>6s}"
+        print(f"{label:40s} {s['mAP50']:6.3f} {s['recall']:6.3f} {s['precision']:6.3f} "
+              f"{s.get('class_flips', 0):5d} {s['reference_detections']:8d} {time_text}")
+
     baseline = None
+    nncf_ready = nncf_available()
+    if not nncf_ready and any(m.startswith("nncf") for m in args.methods):
+        print("nncf rows skipped: nncf and openvino are not installed (pip install -e '.[bench]')")
     for method in args.methods:
+        if method.startswith("nncf") and not nncf_ready:
+            continue
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             started = time.perf_counter()
             if method == "modelopt":
                 qdq = modelopt_int8(model, Path(scratch), calibration)
+            elif method == "nncf":
+                quantized = nncf_openvino_int8(model, calibration)
+            elif method == "nncf-onnx":
+                qdq = nncf_onnx_int8(model, Path(scratch), calibration)
             else:
                 qdq = trtforge_int8(model, Path(scratch), images, args.size, method)
             seconds = time.perf_counter() - started
             baseline = baseline or seconds
+            if method == "nncf":
+                for precision in openvino_precisions():
+                    row(f"nncf (OpenVINO CPU, {precision})", run_openvino(quantized, feeds, precision),
+                        seconds / baseline)
+                    if precision != "f32":
+                        row(f"FP32 model (OpenVINO CPU, {precision})", run_openvino(str(model), feeds, precision), None)
+                continue
             for form, run in (("check's form", cpu_session_model(qdq)[0]), ("as built, ORT 1.24", qdq)):
-                s = score(reference, run_onnxruntime(run, feeds), args.size)
-                print(f"{method + ' (' + form + ')':34s} {s['mAP50']:6.3f} {s['recall']:6.3f} {s['precision']:6.3f} "
-                      f"{s.get('class_flips', 0):5d} {s['reference_detections']:8d} {seconds / baseline:5.2f}x")
+                row(f"{method} ({form})", run_onnxruntime(run, feeds), seconds / baseline)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,14 @@ def make_project(root: Path, recipes: dict[str, str]) -> Path:
     return root
 
 
+def with_demo_sets(project: Path) -> Path:
+    """`project` with the repository's demo calibration and verification manifests in calib/."""
+    (project / "calib").mkdir(exist_ok=True)
+    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
+        shutil.copy(REPO / "calib" / manifest, project / "calib")
+    return project
+
+
 def sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -8,7 +8,6 @@ runs the whole quantize stage through doit on the trained person detector at 320
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -145,15 +144,10 @@ def test_the_quantize_stage_holds_int8_to_the_gate_and_keeps_its_result_by_conte
     """The trained person detector (320 px: the people in the demo photos are large) through
     doit: the control's report, a no-op second run, a stored result reused after the Q/DQ
     model is lost, and a changed max_drop rerunning quantize but not calibration."""
-    from conftest import REPO, executed, make_project, run_doit
-    from test_trained_detector import trained_checkpoint
+    from conftest import executed, run_doit
+    from test_trained_detector import people_project
 
-    project = make_project(tmp_path / "proj", {"people": PEOPLE_RECIPE})
-    (project / "models").mkdir()
-    shutil.copy(trained_checkpoint(), project / "models" / "people.pt")
-    (project / "calib").mkdir()
-    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
-        shutil.copy(REPO / "calib" / manifest, project / "calib")
+    project = people_project(tmp_path / "proj", PEOPLE_RECIPE)
 
     first = run_doit(project, "cpu:people", timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -182,16 +176,12 @@ def test_the_quantize_stage_holds_int8_to_the_gate_and_keeps_its_result_by_conte
 def test_accuracy_needs_a_gate_and_is_refused_where_int8_comes_from_a_cache(tmp_path):
     """Both are one line before any work: a raw verify has no figure to hold to, and an
     implicit INT8 build (a calibration cache, TensorRT 8.x) never reads the edited Q/DQ ONNX."""
-    from conftest import REPO, make_project, run_doit
+    from conftest import make_project, run_doit, with_demo_sets
     from doubles.trtexec import make_wrapper
 
     recipe = PEOPLE_RECIPE.replace("weights: models/people.pt", "seed: 0")
-    raw = make_project(tmp_path / "raw", {"people": recipe.replace("task: detect", "task: raw")})
-    implicit = make_project(tmp_path / "implicit", {"people": recipe})
-    for project in (raw, implicit):
-        (project / "calib").mkdir()
-        for manifest in ("demo-calibration.txt", "demo-verification.txt"):
-            shutil.copy(REPO / "calib" / manifest, project / "calib")
+    raw = with_demo_sets(make_project(tmp_path / "raw", {"people": recipe.replace("task: detect", "task: raw")}))
+    implicit = with_demo_sets(make_project(tmp_path / "implicit", {"people": recipe}))
 
     listed = run_doit(raw, "list")
     assert listed.returncode == 3 and len(listed.stderr.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copied, executed, make_project, run_doit, sha256
+from conftest import REPO, copied, executed, make_project, run_doit, sha256, with_demo_sets
 from doubles.trtexec import make_wrapper, read_engine
 from test_zoo import shrunk
 
@@ -34,13 +34,8 @@ HEAD_CONVS = ["/model.24/m.0/Conv", "/model.24/m.1/Conv", "/model.24/m.2/Conv"]
 def yolov5s(tmp_path_factory) -> Path:
     """The yolov5s recipe at 160 px after `doit kit:yolov5s-int8` (export, surgery, calibration,
     ModelOpt Q/DQ with the kept nodes excluded, references): no trtexec on this host."""
-    import shutil
-
     text = shrunk("yolov5s", (REPO / "recipes" / "yolov5s.yaml").read_text())
-    project = make_project(tmp_path_factory.mktemp("yolov5s") / "proj", {"yolov5s": text})
-    (project / "calib").mkdir()
-    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
-        shutil.copy(REPO / "calib" / manifest, project / "calib")
+    project = with_demo_sets(make_project(tmp_path_factory.mktemp("yolov5s") / "proj", {"yolov5s": text}))
     result = run_doit(project, "kit:yolov5s-int8")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project

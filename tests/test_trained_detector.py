@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_project, run_doit
+from conftest import make_project, run_doit, with_demo_sets
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,17 @@ def trained_checkpoint() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "best.pt"
 
 
-def test_the_detect_gate_reports_real_figures_for_a_trained_model_on_real_photos(tmp_path):
-    project = make_project(tmp_path / "proj", {"people": RECIPE})
+def people_project(folder: Path, recipe: str) -> Path:
+    """A project whose recipe `people` reads the trained checkpoint as models/people.pt, with
+    the demo image sets."""
+    project = with_demo_sets(make_project(folder, {"people": recipe}))
     (project / "models").mkdir()
     shutil.copy(trained_checkpoint(), project / "models" / "people.pt")
-    (project / "calib").mkdir()
-    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
-        shutil.copy(REPO / "calib" / manifest, project / "calib")
+    return project
+
+
+def test_the_detect_gate_reports_real_figures_for_a_trained_model_on_real_photos(tmp_path):
+    project = people_project(tmp_path / "proj", RECIPE)
 
     result = run_doit(project, "cpu:people", timeout=1200)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

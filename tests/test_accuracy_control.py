@@ -107,6 +107,15 @@ def test_a_floor_that_no_revert_meets_fails_in_one_line():
     assert "\n" not in message and "quantize:t-int8" in message and "all 3 quantized nodes reverted" in message
 
 
+def test_a_gate_with_nothing_to_judge_reverts_nothing_and_says_so(capsys):
+    """Untrained weights detect nothing: the gate is skipped, and so is the search."""
+    skipped = lambda outputs: {"figure": "mAP50", "value": None, "status": "skipped: no FP32 detection"}  # noqa: E731
+    result, report = run_control(chain(), judge=skipped)
+    assert report["reverted"] == [] and report["before"]["status"] == "skipped: no FP32 detection"
+    assert result.SerializeToString() == chain().SerializeToString()
+    assert "nothing to hold INT8 to (skipped: no FP32 detection)" in capsys.readouterr().err
+
+
 def test_the_time_bound_ends_the_search_in_one_line():
     with pytest.raises(StageError) as error:
         run_control(chain(), seconds=0)

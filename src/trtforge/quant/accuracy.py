@@ -119,7 +119,7 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
 
     def gate(candidate) -> dict:
         if time.monotonic() - started > spec.seconds:
-            raise StageError(f"{spec.task}: calibration.accuracy: no revert count met mAP50 >= {floor:g} within "
+            raise StageError(f"{spec.task}: calibration.accuracy: no revert count met the floor {floor:g} within "
                              f"{spec.seconds:g} s; raise calibration.accuracy.timeout or max_drop")
         return judge(run(candidate, feeds))
 
@@ -128,6 +128,9 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
 
     first = gate(model)
     report = {"max_drop": spec.max_drop, "floor": floor, "before": _figures(first), "steps": [], "reverted": []}
+    if first["value"] is None:  # e.g. FP32 detects nothing on the verification images
+        warn(f"{spec.task}: calibration.accuracy has nothing to hold INT8 to ({first['status']}); nothing reverted")
+        return model, _finish(report, model, started)
     if holds(first):
         info(f"{spec.task}: INT8 holds the accuracy floor with nothing reverted ({first['value']:.3f} >= {floor:g})")
         return model, _finish(report, model, started)

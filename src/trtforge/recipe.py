@@ -142,7 +142,7 @@ class CalibrationSpec:
     count: int | None = None  # use this many (a deterministic subset); None: all
     fraction: float | None = None  # or this share of the set
     batch: int = 8
-    method: str = "minmax"  # measured best on a trained detector (README, "INT8 quality")
+    method: str = "minmax"  # measured best on a trained detector (README, "INT8")
     percentile: float = 99.99  # for method: percentile
     skip_bad_images: bool = False  # False: an unreadable image stops calibration
     accuracy: AccuracySpec | None = None  # accuracy-controlled INT8 (needs verify:)

@@ -242,9 +242,11 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
         return reverted(model, report["reverted"]), {**report, "reused": True}
-    feeds, reference = _reference(job)
-    setting = _gate_setting(job, feeds)
-    from ..gates import run_gate
+    from ..gates import GateSetting, run_gate
+    from ..stages.reference import input_hw, load_reference
+
+    feeds, reference = load_reference(job.reference_inputs, job.reference_outputs)
+    setting = GateSetting(**job.gate, floor=1.0 - job.control.max_drop, image_hw=input_hw(feeds))
 
     result, report = control(model, feeds, reference, lambda outs: run_gate(reference, outs, setting).as_json(),
                              job.control)
@@ -263,21 +265,3 @@ def _stored_report(path: Path) -> dict:
     except (OSError, ValueError):
         pass
     raise StageError(f"{path}: unreadable stored accuracy-control result; delete it to search again")
-
-
-def _reference(job: AccuracyJob) -> tuple[list[dict], list[dict]]:
-    require("polygraphy", "core")
-    from polygraphy.comparator import RunResults
-    from polygraphy.json import load_json
-
-    feeds = load_json(str(job.reference_inputs))
-    (_, reference), = RunResults.load(str(job.reference_outputs)).items()
-    return feeds, [dict(iteration) for iteration in reference]
-
-
-def _gate_setting(job: AccuracyJob, feeds: list[dict]):
-    from ..gates import GateSetting
-
-    image = next(iter(feeds[0].values()))
-    return GateSetting(**job.gate, floor=1.0 - job.control.max_drop,
-                       image_hw=tuple(int(s) for s in image.shape[-2:]))

@@ -38,7 +38,7 @@ from ..gates import GateSetting
 from ..gates.labels import LabelSet
 from ..quant.cpu_form import cpu_session_model
 from ..recipe import CheckSpec, VerifySpec
-from .reference import run_onnxruntime
+from .reference import input_hw, load_reference, run_onnxruntime
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,11 @@ def tensorrt_available() -> bool:
 def run_check(job: CheckJob) -> None:
     """Compare, write the report, and raise a one-line StageError if a gate failed."""
     require("polygraphy", "core")
-    from polygraphy.comparator import RunResults
-    from polygraphy.json import load_json
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # the report below says what matters
 
-    feeds = load_json(str(job.reference_inputs))
-    (_, reference), = RunResults.load(str(job.reference_outputs)).items()
-    reference = [dict(iteration) for iteration in reference]
+    feeds, reference = load_reference(job.reference_inputs, job.reference_outputs)
     model, runtime = cpu_session_model(job.variant_onnx)
     onnx_outputs = run_onnxruntime(model, feeds)
     report = {
@@ -197,9 +193,8 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
 
 def _gate_setting(job: CheckJob, feeds: list[dict]) -> GateSetting:
     """The gates' setting: the recipe's verify and check sections and the input's size."""
-    image = next(iter(feeds[0].values()))
     return GateSetting(task=job.verify.task, head=job.verify.head, conf=job.verify.conf, iou=job.verify.iou,
-                       floor=job.check.min_agreement_vs_fp32, image_hw=tuple(int(s) for s in image.shape[-2:]),
+                       floor=job.check.min_agreement_vs_fp32, image_hw=input_hw(feeds),
                        min_recall=job.check.min_recall_vs_fp32, min_precision=job.check.min_precision_vs_fp32)
 
 

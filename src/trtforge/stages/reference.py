@@ -49,6 +49,22 @@ def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
     return [dict(zip(names, session.run(names, feed))) for feed in feeds]
 
 
+def load_reference(inputs: Path, outputs: Path) -> tuple[list[dict], list[dict]]:
+    """(feeds, FP32 outputs per feed) as make_reference saved them (Polygraphy's formats)."""
+    require("polygraphy", "core")
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    (_, reference), = RunResults.load(str(outputs)).items()
+    return load_json(str(inputs)), [dict(iteration) for iteration in reference]
+
+
+def input_hw(feeds: list[dict]) -> tuple[int, int]:
+    """The model input's height and width, read off the first feed (NCHW)."""
+    image = next(iter(feeds[0].values()))
+    return tuple(int(s) for s in image.shape[-2:])
+
+
 def make_reference(onnx_path: Path, images: tuple[ImageRef, ...], input_name: str, height: int, width: int,
                    batch: int, inputs_out: Path, outputs_out: Path, images_out: Path) -> None:
     """Write inputs.json and outputs.json (Polygraphy formats) and the list of images used."""

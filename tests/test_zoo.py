@@ -49,8 +49,8 @@ def zoo(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("zoo") / "proj",
                            {name: shrunk(name, (REPO / "recipes" / f"{name}.yaml").read_text()) for name in RECIPES})
     (project / "calib").mkdir()
-    for manifest in ("demo-calibration.txt", "demo-verification.txt"):
-        shutil.copy(REPO / "calib" / manifest, project / "calib")
+    for manifest in (REPO / "calib").glob("demo-*.txt"):
+        shutil.copy(manifest, project / "calib")
     result = run_doit(project, "-n", "2", "cpu", timeout=3000)  # both cores: the longest fixture of the suite
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project

@@ -3,7 +3,9 @@
 A set is a folder of images or a manifest: a text file with one entry per line, each a
 path or glob relative to the manifest's folder, or `package:<module>/<glob>` for images
 shipped inside an installed Python package (the built-in demo sets use those, so they
-need no network). Listing a set is cheap and imports nothing heavy: it runs when tasks
+need no network). An entry may end in ` @ <view>`, a deterministic view of each image it
+names (`mirror`, `crop 80% top-left`, or both joined by `, `): a few packaged photos then
+make a verification set with enough objects to measure (calib/demo-people.txt). Listing a set is cheap and imports nothing heavy: it runs when tasks
 are generated, so the exact files a stage reads are doit file_deps.
 
 Preprocessing is Ultralytics' inference preprocessing (LetterBox with pad 114, centred,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,47 @@ class ImageRef:
     """One image of a set: where it is, and the stable name it is reported under."""
 
     path: Path
-    name: str  # project-relative path, or package:<module>/<path>
+    name: str  # project-relative path, or package:<module>/<path>; either may end in ` @ <view>`
+
+
+VIEW_SEPARATOR = " @ "
+_CROP = re.compile(r"crop (\d{1,3})% (top-left|top-right|bottom-left|bottom-right|centre)")
+
+
+def view_of(name: str) -> tuple[str, ...]:
+    """The view steps an image name ends with (empty for a whole image). A listed name can
+    only end in a view its manifest declared: image names end in an image suffix."""
+    _, separator, view = name.rpartition(VIEW_SEPARATOR)
+    steps = tuple(view.split(", ")) if separator else ()
+    return steps if steps and all(_view_step_problem(step) is None for step in steps) else ()
+
+
+def _view_step_problem(step: str) -> str | None:
+    if step == "mirror":
+        return None
+    crop = _CROP.fullmatch(step)
+    if crop is None:
+        return (f"'{step}' is not a view; write 'mirror' or 'crop <percent>% <anchor>' with anchor "
+                "top-left, top-right, bottom-left, bottom-right or centre")
+    if not 10 <= int(crop.group(1)) <= 100:
+        return f"'{step}' crops to {crop.group(1)}%; give a percentage from 10 to 100"
+    return None
+
+
+def apply_view(image, steps: tuple[str, ...]):
+    """`image` (HxWxC) seen through the view steps, in order: `mirror` flips left to right,
+    `crop P% <anchor>` keeps P% of each side against that anchor."""
+    for step in steps:
+        if step == "mirror":
+            image = image[:, ::-1]
+            continue
+        percent, anchor = _CROP.fullmatch(step).groups()
+        h, w = image.shape[:2]
+        ch, cw = max(1, h * int(percent) // 100), max(1, w * int(percent) // 100)
+        y = {"top": 0, "bottom": h - ch}.get(anchor.split("-")[0], (h - ch) // 2)
+        x = {"left": 0, "right": w - cw}.get(anchor.split("-")[-1], (w - cw) // 2)
+        image = image[y:y + ch, x:x + cw]
+    return require("numpy", "core").ascontiguousarray(image)  # OpenCV's resize wants contiguous rows
 
 
 def list_image_set(source: Path, root: Path) -> list[ImageRef]:
@@ -101,24 +144,36 @@ def _manifest(manifest: Path, root: Path) -> list[ImageRef]:
         entry = raw.split("#", 1)[0].strip()
         if not entry:
             continue
+        entry, separator, view = entry.partition(VIEW_SEPARATOR)
+        problem = next(filter(None, map(_view_step_problem, view.split(", "))), None) if separator else None
+        if problem:
+            raise ImageSetError(f"{_rel(manifest, root)}:{number}: {problem}")
         if entry.startswith("package:"):
-            refs += _package_entry(entry, manifest, number)
-            continue
-        matches = _glob(manifest.parent, entry)
-        if not matches:
-            raise ImageSetError(f"{_rel(manifest, root)}:{number}: '{entry}' matches no image file")
-        refs += [_ref(p, root) for p in matches]
+            found = _package_entry(entry, manifest, number)
+        else:
+            found = [_ref(p, root) for p in _glob(manifest.parent, entry)]
+            if not found:
+                raise ImageSetError(f"{_rel(manifest, root)}:{number}: '{entry}' matches no image file")
+        refs += [ImageRef(r.path, r.name + separator + view) for r in found]
     return refs
 
 
 def _package_entry(entry: str, manifest: Path, number: int) -> list[ImageRef]:
     """`package:skimage/data/*.png` -> images inside the installed package (none if absent)."""
     module, _, pattern = entry[len("package:"):].partition("/")
+    base = package_folder(module)
+    if base is None:
+        return []  # the manifest may list optional packages; an empty set is caught later
+    return [ImageRef(p, f"package:{module}/{p.relative_to(base).as_posix()}") for p in _glob(base, pattern)]
+
+
+def package_folder(module: str) -> Path | None:
+    """The folder of the installed top-level package `module` (None if it is not installed),
+    found without importing it."""
     spec = importlib.util.find_spec(module) if module.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
-        return []  # the manifest may list optional packages; an empty set is caught later
-    base = Path(next(iter(spec.submodule_search_locations)))
-    return [ImageRef(p, f"package:{module}/{p.relative_to(base).as_posix()}") for p in _glob(base, pattern)]
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _ref(path: Path, root: Path) -> ImageRef:
@@ -352,7 +407,8 @@ def _truncated(kind: str, data: bytes) -> bool:
 
 def decode_image(data: bytes, name: str):
     """BGR uint8 HxWx3 from encoded bytes, as Ultralytics reads images (cv2.IMREAD_COLOR):
-    grayscale is repeated into 3 channels, 16-bit keeps its high byte, CMYK is converted.
+    grayscale is repeated into 3 channels, 16-bit keeps its high byte, CMYK is converted; then
+    the view `name` ends with, if any.
     Raises UnusableImage, after `check_encoded`, for what OpenCV cannot decode."""
     cv2 = require("cv2", "yolo")
     np = require("numpy", "core")
@@ -360,7 +416,7 @@ def decode_image(data: bytes, name: str):
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UnusableImage(f"{name}: corrupt image (OpenCV cannot decode it); replace it or remove it from the set")
-    return image
+    return apply_view(image, view_of(name))
 
 
 def preprocess(image, height: int, width: int):

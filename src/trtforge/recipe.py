@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import RecipeError
+from .images import package_folder
 from .yamldoc import Document, FieldPath, line_column, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -341,6 +342,23 @@ def _project_file(doc: Document, path: FieldPath, value: Any, root: Path, under:
     return rel
 
 
+def _weights_file(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
+    """A project file, or `package:<module>/<path>`: a checkpoint an installed package ships
+    (the built-in people demo's), as an absolute path."""
+    text = _text(doc, path, value)
+    if not text.startswith("package:"):
+        return _project_file(doc, path, value, root)
+    module, _, rest = text[len("package:"):].partition("/")
+    folder = package_folder(module)
+    if folder is None:
+        raise doc.error(path, f"'{value}' is in the Python package '{module}', which is not installed here; "
+                        "install it (scripts/quickstart.sh installs the demo's) or give a project file")
+    rel = Path(rest)
+    if not rest or rel.is_absolute() or ".." in rel.parts or not (folder / rel).is_file():
+        raise doc.error(path, f"'{value}': the package '{module}' has no file '{rest}' (at {folder})")
+    return folder / rel
+
+
 # ----------------------------------------------------------------------------- sections
 
 def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSource:
@@ -360,7 +378,7 @@ def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSourc
     return ModelSource(
         source=source,
         arch=_text(doc, path + ("arch",), value["arch"]) if "arch" in value else None,
-        weights=(_project_file(doc, path + ("weights",), value["weights"], root)
+        weights=(_weights_file(doc, path + ("weights",), value["weights"], root)
                  if value.get("weights") is not None else None),
         factory=factory,
         path=_project_file(doc, path + ("path",), value["path"], root) if "path" in value else None,

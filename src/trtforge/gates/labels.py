@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterable
 
 from ..errors import StageError, require
-from ..images import ImageRef
+from ..images import ImageRef, view_of
 from . import GateSetting, Outputs
 
 if TYPE_CHECKING:
@@ -102,6 +102,10 @@ def labels_report(labels: LabelSet, image_names: list[str], reference: Outputs, 
     if gone:
         raise StageError(f"{gone[0]} is a reference image but no longer among verify.images; rerun the reference")
     items = [by_name[name] for name in image_names]
+    viewed = next((item.image.name for item in items if view_of(item.image.name)), None)
+    if viewed:
+        raise StageError(f"verify.labels: {viewed} is a view of an image, and labels describe whole "
+                         "images; list the image without its ' @ ...' view, or drop verify.labels")
     truths = [ground_truth(item, setting.image_hw, labels.names) for item in items]
     section = {"source": labels.source, "images": len(items),
                "labelled_images": sum(item.labels is not None for item in items),

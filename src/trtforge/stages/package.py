@@ -35,6 +35,16 @@ from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
 
 FORMAT = "trtforge-release/1"
+ENGINE = "engine.plan"
+# What every member of a release carries; `trtforge verify-package` accepts exactly this
+# (`tar -x` as root restores modes and owners, so anything else is refused there).
+FILE_MODE, SCRIPT_MODE, DIR_MODE = 0o644, 0o755, 0o755
+OWNER = {"uid": 0, "gid": 0, "uname": "", "gname": ""}
+
+
+def member_mode(name: str) -> int:
+    """The mode a release file gets: executable for the shell scripts, read-only otherwise."""
+    return SCRIPT_MODE if name.endswith(".sh") else FILE_MODE
 
 
 @dataclass(frozen=True)
@@ -62,15 +72,16 @@ def archive_stem(recipe: str, variant: str, summary: dict) -> str:
 
 def make_package(job: PackageJob) -> None:
     summary = json.loads(job.summary.read_text())
-    stem = archive_stem(job.recipe, job.variant, summary)
     members = {name: path.read_bytes() for name, path in job.files if path.is_file()}
+    check_engine_unchanged(job, summary, members)
+    stem = archive_stem(job.recipe, job.variant, summary)
     members["reproduce.sh"] = _reproduce_script(job.script.read_text())
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
         members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_"), members["model.onnx"],
-                                         members["engine.plan"], job.max_batch))
+                                         members[ENGINE], job.max_batch))
     if job.ultralytics_engine:
-        members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members["engine.plan"], metadata,
+        members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members[ENGINE], metadata,
                                                                            job.max_batch or 1)
     manifest = _manifest(job, summary, members)
     members["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -81,6 +92,25 @@ def make_package(job: PackageJob) -> None:
         temp.write_bytes(data)
     write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
     write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest}, indent=1) + "\n")
+
+
+def check_engine_unchanged(job: PackageJob, summary: dict, members: dict[str, bytes]) -> None:
+    """Refuse to ship an engine that is not the one summary.json describes.
+
+    An engine edited in place with its size and mtime restored passes the engine task's
+    up-to-date check (it hashes only when the mtime moved), so compare the bytes here.
+    """
+    source = dict(job.files).get(ENGINE, ENGINE)
+    rebuild = f"rebuild it with `doit forget engine:{job.recipe}-{job.variant}` then `doit {job.task}`"
+    recorded, plan = summary.get("engine_sha256"), members.get(ENGINE)
+    if plan is None:
+        raise StageError(f"{job.task}: the engine {source} is missing; {rebuild}")
+    if not isinstance(recorded, str):
+        raise StageError(f"{job.task}: {job.summary} records no engine_sha256 to check {source} against; {rebuild}")
+    actual = hashlib.sha256(plan).hexdigest()
+    if actual != recorded.lower():
+        raise StageError(f"{job.task}: {source} has sha256 {actual[:16]}..., not the {recorded[:16]}... "
+                         f"{job.summary} records: the engine changed after it was built; {rebuild}")
 
 
 def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes]) -> dict:
@@ -139,8 +169,8 @@ def reproducible_tar_gz(stem: str, members: dict[str, bytes]) -> bytes:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(members):
             info = tarfile.TarInfo(f"{stem}/{name}")
-            info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(members[name]), 0, 0, 0, "", ""
-            info.mode = 0o755 if name.endswith(".sh") else 0o644
+            info.size, info.mtime, info.mode = len(members[name]), 0, member_mode(name)
+            info.uid, info.gid, info.uname, info.gname = (OWNER[k] for k in ("uid", "gid", "uname", "gname"))
             tar.addfile(info, io.BytesIO(members[name]))
     out = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:

@@ -11,11 +11,13 @@ left behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 TEMP_MARK = ".trtforge-tmp-"
 
@@ -106,3 +108,53 @@ def sweep_temporaries(folder: Path) -> list[Path]:
     for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
         remove_path(path)
     return stale
+
+
+# ----------------------------------------------------------------------------- stored results
+
+STORE_FORMAT = "trtforge-stored-result-1"
+
+
+class DamagedStore(Exception):
+    """A stored result that must not be reused; the message says why in a few words."""
+
+
+def write_stored_json(target: Path, payload: dict) -> None:
+    """Keep `payload` (a result reused across runs by content key) as JSON with the sha256 of
+    its canonical text, written atomically: `read_stored_json` then tells a file that is
+    exactly what trtforge stored from anything else, as the timing cache's `.sha256` record
+    does, but in one file, so no crash can leave a result and its record out of step."""
+    record = {"format": STORE_FORMAT, "sha256": _canonical_sha256(payload), "payload": payload}
+    write_text_atomic(target, json.dumps(record, sort_keys=True))
+
+
+def read_stored_json(path: Path, problem: Callable[[dict], str | None]) -> dict:
+    """The payload `write_stored_json` kept at `path`, or DamagedStore saying why not: the file
+    is unreadable, empty (a power loss can leave one), not JSON (cut short), in another
+    format (written by an earlier trtforge), does not match its sha256 record, or
+    `problem(payload)` (the caller's schema check) names what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DamagedStore(f"it cannot be read ({exc.strerror})") from None
+    if not data.strip():
+        raise DamagedStore("it is empty (a write cut short, e.g. by a power loss)")
+    try:
+        record = json.loads(data)
+    except ValueError:
+        raise DamagedStore("it is not JSON (cut short or overwritten)") from None
+    if not isinstance(record, dict) or record.get("format") != STORE_FORMAT:
+        raise DamagedStore(f"it is not in the format {STORE_FORMAT} (written by an earlier trtforge?)")
+    payload = record.get("payload")
+    if not isinstance(payload, dict) or record.get("sha256") != _canonical_sha256(payload):
+        raise DamagedStore("it does not match the sha256 recorded in it (changed after trtforge wrote it)")
+    why = problem(payload)
+    if why:
+        raise DamagedStore(why)
+    return payload
+
+
+def _canonical_sha256(payload: dict) -> str:
+    """sha256 of `payload` as sorted-key JSON: the same for the dict written and the dict read
+    back (Python's float repr round-trips exactly), whatever the file's whitespace."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

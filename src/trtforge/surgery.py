@@ -24,7 +24,10 @@ def surgery_pass(name: str) -> Callable[[SurgeryPass], SurgeryPass]:
     """Register a pass under `name`; the recipe's `surgery:` list refers to it."""
 
     def register(func: SurgeryPass) -> SurgeryPass:
-        if name in _REGISTRY and _REGISTRY[name] is not func:
+        # The surgery stage imports a plugin file each time it runs (once per recipe in one
+        # doit run): the same module registering the name again replaces its own pass.
+        earlier = _REGISTRY.get(name)
+        if earlier is not None and earlier is not func and _module(earlier) != _module(func):
             raise StageError(f"surgery pass '{name}' is registered twice ({func.__module__})")
         _REGISTRY[name] = func
         return func
@@ -65,3 +68,12 @@ def _registered_name(deco: ast.expr) -> str | None:
 
 def registered_pass(name: str) -> SurgeryPass:
     return _REGISTRY[name]
+
+
+def registered_passes() -> dict[str, SurgeryPass]:
+    """A copy of the registry: {pass name: function}."""
+    return dict(_REGISTRY)
+
+
+def _module(func: SurgeryPass) -> str | None:
+    return getattr(func, "__module__", None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import write_text_atomic
+from ..atomic import STORE_FORMAT, DamagedStore, read_stored_json, write_stored_json
 from ..console import info, warn
 from ..errors import StageError, require
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
@@ -225,9 +225,12 @@ def accuracy_key(quantized_from: bytes, job: AccuracyJob) -> str:
     inputs do not), the reference inputs and outputs, the control's settings and this
     module's algorithm."""
     digest = hashlib.sha256()
+    # The store format is part of the key: lists stored without a sha256 record (before
+    # STORE_FORMAT) are never opened, so they cannot fail a build; they are searched again.
     for part in (quantized_from, job.reference_inputs.read_bytes(), job.reference_outputs.read_bytes(),
                  json.dumps({"max_drop": job.control.max_drop, "ranking": job.control.ranking_images,
-                             "gate": job.gate, "algorithm": ALGORITHM_VERSION}, sort_keys=True).encode()):
+                             "gate": job.gate, "algorithm": ALGORITHM_VERSION, "store": STORE_FORMAT},
+                            sort_keys=True).encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
 
@@ -237,8 +240,8 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     `quantized_from` identifies what the Q/DQ model was made from (see accuracy_key)."""
     key = accuracy_key(quantized_from, job)
     stored = job.store_dir / f"accuracy-{key[:24]}.json"
-    if stored.is_file():
-        report = _stored_report(stored)
+    if stored.exists():
+        report = _stored_report(stored, key)
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
         return reverted(model, report["reverted"]), {**report, "reused": True}
@@ -251,17 +254,23 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     result, report = control(model, feeds, reference, lambda outs: run_gate(reference, outs, setting).as_json(),
                              job.control)
     report = {**report, "key": key}
-    write_text_atomic(stored, json.dumps(report, sort_keys=True))
+    write_stored_json(stored, report)
     return result, {**report, "reused": False}
 
 
-def _stored_report(path: Path) -> dict:
-    """A stored report, or StageError naming the file when it is unreadable (a power loss can
-    leave it empty): deleting it makes the next run search again."""
+def _stored_report(path: Path, key: str) -> dict:
+    """A stored report, or StageError naming the file when it is damaged (a power loss can
+    leave it empty; see atomic.read_stored_json): deleting it makes the next run search again."""
     try:
-        report = json.loads(path.read_text())
-        if isinstance(report.get("reverted"), list):
-            return report
-    except (OSError, ValueError):
-        pass
-    raise StageError(f"{path}: unreadable stored accuracy-control result; delete it to search again")
+        return read_stored_json(path, lambda report: _stored_problem(report, key))
+    except DamagedStore:
+        raise StageError(f"{path}: unreadable stored accuracy-control result; delete it to search again") from None
+
+
+def _stored_problem(report: dict, key: str) -> str | None:
+    if report.get("key") != key:
+        return "it was stored for other inputs"
+    reverted_ = report.get("reverted")
+    if not (isinstance(reverted_, list) and all(isinstance(name, str) for name in reverted_)):
+        return "its list of reverted nodes is not a list of node names"
+    return None

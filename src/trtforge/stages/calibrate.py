@@ -17,7 +17,9 @@ memory is fixed: a histogram per tensor, never per image.
 The result is keyed by the content of the images, the preprocessing, the batch, the
 method and the ONNX. Each key's ranges are kept under artifacts/calib/, so a set that
 comes back to an earlier state reuses them, and nothing is ever reused when any of those
-differ (Ultralytics reuses a stale `.cache` silently; this must not).
+differ (Ultralytics reuses a stale `.cache` silently; this must not). A stored result
+carries its sha256 and is checked before reuse; one that is damaged (a power loss can
+leave it empty) is computed again after one warning naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_output, write_text_atomic
+from ..atomic import DamagedStore, atomic_output, read_stored_json, write_stored_json, write_text_atomic
 from ..calib_cache import write_cache_text
 from ..console import Progress, info, warn
 from ..errors import StageError, require
@@ -41,6 +43,7 @@ ALGORITHM_VERSION = 2  # bump when the statistics change, so stored ranges are n
 SAMPLES_PER_IMAGE = 4096
 HISTOGRAM_BINS = 2048
 NVIDIA_SUGGESTED_IMAGES = 500
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,14 @@ def calibrate(job: CalibrationJob) -> None:
         raise _nothing_usable(job, unusable)
     key = calibration_key(job, digests)
     stored = job.store_dir / f"{key[:24]}.json"
-    if stored.is_file():
-        result = json.loads(stored.read_text())
+    result = _stored_result(job, stored, key)
+    if result is not None:
         info(f"{job.task}: reusing ranges computed earlier for the same images, preprocessing, "
              f"batch, method and ONNX ({stored.name})")
         result["report"]["reused"] = True
     else:
         result = _compute(job, usable, digests, key, unusable)
-        write_text_atomic(stored, json.dumps(result, sort_keys=True))
+        write_stored_json(stored, result)
     sample = _sample_batch(job, usable, digests)
     refuse_if_changed(job.images, digests, job.task)
     _warn_skipped(job, result["report"])
@@ -97,6 +100,37 @@ def _write_outputs(job: CalibrationJob, result: dict, sample) -> None:
             require("numpy", "core").save(f, sample)
     write_text_atomic(job.cache_out, write_cache_text(job.header_version, dict(result["ranges"])))
     write_text_atomic(job.report_out, json.dumps(result["report"], indent=2, sort_keys=True) + "\n")
+
+
+def _stored_result(job: CalibrationJob, stored: Path, key: str) -> dict | None:
+    """The result stored under `key`, or None: none was stored, or the file is damaged (a
+    power loss can leave it empty) and is computed again and replaced, after one warning
+    naming it. Ranges read back unchecked would go straight into the engine's INT8 scales."""
+    if not stored.exists():
+        return None
+    try:
+        return read_stored_json(stored, lambda payload: _stored_problem(payload, key))
+    except DamagedStore as exc:
+        warn(f"{job.task}: not reusing the stored calibration result {stored}: {exc}; computing the ranges again")
+        return None
+
+
+def _stored_problem(payload: dict, key: str) -> str | None:
+    """What makes a stored calibration result unusable (None when nothing does): the ranges
+    must be [tensor, value] pairs whose values are positive and finite in float32, as the
+    cache's scales must be, and the report must be the one computed for `key`."""
+    report, ranges = payload.get("report"), payload.get("ranges")
+    if not isinstance(report, dict) or report.get("key") != key or not isinstance(report.get("skipped"), list):
+        return "its report is not the one computed for these inputs"
+    if not isinstance(ranges, list) or not ranges:
+        return "it holds no ranges"
+    for pair in ranges:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+            return f"an entry is not a [tensor, range] pair: {json.dumps(pair)[:80]}"
+        value = pair[1]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= FLOAT32_MAX:
+            return f"tensor '{pair[0]}' has the range {json.dumps(value)[:40]}, not a positive finite number"
+    return None
 
 
 def calibration_key(job: CalibrationJob, digests: dict[str, str]) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
+from .. import checkpoints
 from ..atomic import atomic_output, write_text_atomic
 from ..console import StatusLine, info, warn
 from ..errors import MissingDependencyError, StageError, require
@@ -30,8 +30,8 @@ MAX_DETECTIONS = 300
 def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, output: Path,
                 metadata_out: Path | None = None) -> None:
     """Write the recipe's model as ONNX to `output` (atomically), and what is known about
-    it (task, class names, stride, keypoint shape) as JSON to `metadata_out`, for release
-    packaging and the accuracy gates."""
+    it (task, class names, stride, keypoint shape, the sha256 of the weights file exported)
+    as JSON to `metadata_out`, for release packaging and the accuracy gates."""
     metadata = {"source": model.source, "imgsz": list(spec.shape[2:])}
     started = time.monotonic()
     with StatusLine(f"export of {model.weights or model.arch or model.factory or model.path}") as status:
@@ -41,11 +41,13 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
         else:
             status.update("building the network", "")
             if model.source == "ultralytics":
-                module, metadata["task"] = _ultralytics_module(model, spec, root)
+                module, metadata["task"], weights = _ultralytics_module(model, spec, root)
             elif model.source == "yolov5":
-                module, metadata["task"] = _yolov5_module(model, root), "detect"
+                (module, weights), metadata["task"] = _yolov5_module(model, root), "detect"
             else:
-                module = _factory_module(model, root)
+                module, weights = _factory_module(model, root)
+            if weights is not None:
+                metadata["weights_sha256"] = weights.sha256
             metadata.update(_model_metadata(module))
             status.update(f"tracing to ONNX opset {opset}", "")
             _export_module(module, spec, opset, output)
@@ -102,27 +104,23 @@ def _axis_name(axis: int) -> str:
 
 
 def _ultralytics_module(model: ModelSource, spec: InputSpec, root: Path):
-    """The Ultralytics network in export mode and its task, from weights or a seeded architecture yaml."""
+    """The Ultralytics network in export mode, its task and the weights file it came from (None
+    for a seeded architecture yaml)."""
     torch = require("torch", "yolo")
-    ultralytics = require("ultralytics", "yolo")
+    require("ultralytics", "yolo")
     torch.manual_seed(model.seed)
     if model.weights is None:
         _warn_untrained(model)
-        field, shown, source = "model.arch", model.arch, model.arch
+        field, shown, weights = "model.arch", model.arch, None
+        net, task = _ultralytics_arch_model(model.arch)
     else:
-        _check_checkpoint(root / model.weights, model.weights, "Ultralytics", ("ultralytics.",))
-        field, shown, source = "model.weights", model.weights, str(root / model.weights)
-    # Ultralytics' own CLI picks the RT-DETR class by file name (ultralytics/cfg/__init__.py);
-    # YOLO() cannot build an RT-DETR architecture yaml (no task for its decoder head).
-    loader = ultralytics.RTDETR if "rtdetr" in Path(source).stem.lower() else ultralytics.YOLO
-    try:
-        yolo = loader(source)
-    except Exception as exc:  # Ultralytics raises many types for a bad checkpoint
-        raise StageError(f"{field}: Ultralytics cannot load {shown}: {str(exc).splitlines()[0]}") from exc
-    if yolo.task not in SUPPORTED_TASKS:
-        raise StageError(f"{field}: {shown} is an Ultralytics '{yolo.task}' model; trtforge builds "
+        field, shown = "model.weights", model.weights
+        net, weights = _ultralytics_checkpoint_model(root / model.weights, model.weights)
+        task = net.task
+    if task not in SUPPORTED_TASKS:
+        raise StageError(f"{field}: {shown} is an Ultralytics '{task}' model; trtforge builds "
                          f"{', '.join(SUPPORTED_TASKS)} models: give a model of a supported task")
-    net = yolo.model.float().eval()
+    net = net.float().eval()
     head = _head(net)
     if getattr(head, "one2one_cv2", None) is not None:
         # The NMS-free head, as Ultralytics exports it with nms=False; set before fuse(), which
@@ -130,7 +128,58 @@ def _ultralytics_module(model: ModelSource, spec: InputSpec, root: Path):
         net.end2end = True
     net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
     _set_export_mode(net, spec.shape[2:])
-    return net, yolo.task
+    return net, task, weights
+
+
+def _ultralytics_arch_model(arch: str):
+    """The network Ultralytics builds from an architecture yaml, and its task."""
+    import ultralytics
+
+    # Ultralytics' own CLI picks the RT-DETR class by file name (ultralytics/cfg/__init__.py);
+    # YOLO() cannot build an RT-DETR architecture yaml (no task for its decoder head).
+    loader = ultralytics.RTDETR if "rtdetr" in Path(arch).stem.lower() else ultralytics.YOLO
+    try:
+        yolo = loader(arch)
+    except Exception as exc:  # Ultralytics raises many types for a bad architecture
+        raise StageError(f"model.arch: Ultralytics cannot load {arch}: {str(exc).splitlines()[0]}") from exc
+    return yolo.model, yolo.task
+
+
+def _ultralytics_checkpoint_model(path: Path, shown: Path):
+    """The network in an Ultralytics checkpoint and the checked file, prepared as Ultralytics'
+    loader prepares it (ultralytics/nn/tasks.py, load_checkpoint: EMA weights when present, FP32,
+    QAT restored, task and stride defaults, `inplace` on), but unpickled once, weights-only, from
+    the checked bytes: Ultralytics' own load (torch.load, weights_only=False) would run whatever
+    the pickle names."""
+    from ultralytics.nn.tasks import guess_model_task
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    torch = require("torch", "yolo")
+    weights = _check_checkpoint(path, shown, "Ultralytics", ("ultralytics.",))
+    checkpoint = checkpoints.load_checkpoint(weights, shown, "Ultralytics")
+    net = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
+    if not isinstance(net, torch.nn.Module):
+        raise StageError(f"model.weights: {shown} holds no Ultralytics network (no 'model' or 'ema' entry); "
+                         "give the best.pt Ultralytics' trainer saved")
+    net = net.float()
+    if checkpoint.get("modelopt"):  # fake quantization travels beside a QAT network (torch_utils.qat_state)
+        from ultralytics.utils.torch_utils import restore_qat
+
+        restore_qat(net, checkpoint["modelopt"])
+    train_args = checkpoint.get("train_args")
+    net.args = {**DEFAULT_CFG_DICT, **(train_args if isinstance(train_args, dict) else {})}
+    net.pt_path = str(path)
+    if not hasattr(net, "task"):
+        net.task = guess_model_task(net)
+    if not hasattr(net, "stride"):
+        net.stride = torch.tensor([32.0])
+    net = net.eval()
+    for m in net.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = True
+        elif isinstance(m, torch.nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
+            m.recompute_scale_factor = None  # what torch 1.11+ reads, absent from older pickles
+    return net, weights
 
 
 def _warn_untrained(model: ModelSource) -> None:
@@ -139,9 +188,10 @@ def _warn_untrained(model: ModelSource) -> None:
          "to your trained checkpoint.")
 
 
-def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, ...]) -> None:
-    """Refuse, before `maker`'s loader unpickles it, a file that is no checkpoint of that maker
-    (its pickle names no class from `packages`).
+def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, ...]) -> checkpoints.TorchFile:
+    """The checkpoint at `path`, read once and refused before anything unpickles it if it is no
+    checkpoint of `maker` (its pickle names no class from `packages`), needs modules that are not
+    installed, or uses a global the way no `maker` checkpoint does (checkpoints.check_globals).
 
     Ultralytics' loader would otherwise fail with a message about its own models, and for a
     pickle naming a module that is not installed it runs `pip install <module>` mid-build.
@@ -152,7 +202,8 @@ def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, 
     if path.suffix != ".pt":  # Ultralytics and YOLOv5 load checkpoints only from .pt; other suffixes mean other formats
         raise StageError(f"model.weights: {shown} is not a .pt file; {maker} reads checkpoints from .pt "
                          "files only (an ONNX model goes in model.path with model.source: onnx)")
-    names = _torch_file_globals(path, shown)
+    weights = checkpoints.read_torch_file(path, shown)
+    names = weights.names()
     if not any(n.startswith(packages) for n in names):
         found = f"it names {', '.join(names[:3])}" if names else "it holds only tensors and plain values"
         article = "an" if maker[0] in "AEIOU" else "a"
@@ -164,40 +215,8 @@ def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, 
     if missing:
         raise StageError(f"model.weights: {shown} needs the Python module(s) {', '.join(missing)}, which are "
                          "not installed here; install them and rerun")
-
-
-def _torch_file_globals(path: Path, shown: Path) -> list[str]:
-    """The classes and functions the pickle inside a torch.save file names, read without running it.
-
-    torch.load reports a damaged file as RuntimeError, EOFError, UnpicklingError or even KeyError
-    depending on the damage, and loads a flipped byte inside a tensor silently (it does not check
-    the zip's CRCs; measured with torch 2.14), so the file's bytes are judged first.
-    """
-    import pickle
-
-    torch = require("torch", "yolo")
-    problem = _torch_file_problem(path)
-    if problem is None:
-        try:
-            return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-            problem = f"is not a readable PyTorch checkpoint (torch: {str(exc).splitlines()[0]})"
-    raise StageError(f"model.weights: {shown} {problem}; copy or save it again")
-
-
-def _torch_file_problem(path: Path) -> str | None:
-    """What makes `path` no torch.save file, judged from its zip structure (None: it looks like one)."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        return (f"is not a PyTorch checkpoint or is truncated ({path.stat().st_size} bytes, without the zip "
-                "directory every torch.save file ends with)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
-                return "is a zip archive but not a PyTorch checkpoint (it has no data.pkl)"
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, EOFError) as exc:
-        return f"is a damaged zip archive ({exc})"
-    return None if damaged is None else f"is damaged ({damaged} inside it fails its CRC check)"
+    checkpoints.check_globals(weights, shown, maker)
+    return weights
 
 
 def _set_export_mode(net, imgsz: tuple[int, ...]) -> None:
@@ -249,13 +268,13 @@ def _yolov5_module(model: ModelSource, root: Path):
     torch.manual_seed(model.seed)
     if model.weights is None:
         _warn_untrained(model)
-        net = yolo.Model(str(_yolov5_arch(model.arch, root)))
+        net, weights = yolo.Model(str(_yolov5_arch(model.arch, root))), None
     else:
-        net = _yolov5_checkpoint_model(root / model.weights, model.weights)
+        net, weights = _yolov5_checkpoint_model(root / model.weights, model.weights)
     net = net.float().eval().fuse()
     head = net.model[-1]
     head.inplace, head.dynamic, head.export = False, False, True
-    return net
+    return net, weights
 
 
 def _yolov5_arch(arch: str, root: Path) -> Path:
@@ -272,20 +291,23 @@ def _yolov5_arch(arch: str, root: Path) -> Path:
 
 def _yolov5_checkpoint_model(path: Path, shown: Path):
     """The network inside a YOLOv5 training checkpoint (its EMA weights when present, as
-    YOLOv5's attempt_load takes them)."""
+    YOLOv5's attempt_load takes them) and the checked file, unpickled once, weights-only, from
+    the checked bytes."""
     torch = require("torch", "yolov5")
-    _check_checkpoint(path, shown, "YOLOv5", ("models.", "yolov5."))
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # checked above: a YOLOv5 pickle
+    weights = _check_checkpoint(path, shown, "YOLOv5", ("models.", "yolov5."))
+    checkpoint = checkpoints.load_checkpoint(weights, shown, "YOLOv5")
     net = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
     if not isinstance(net, torch.nn.Module):
         raise StageError(f"model.weights: {shown} holds no YOLOv5 network (no 'model' or 'ema' entry); "
                          "give the best.pt YOLOv5's train.py saved")
-    return net
+    return net, weights
 
 
 def _factory_module(model: ModelSource, root: Path):
-    """A torch module from `package.module:function`, optionally loading a state dict."""
+    """A torch module from `package.module:function`, optionally loading a state dict (weights-only,
+    from the bytes read once), and the weights file (None without one)."""
     import importlib
+    import io
     import sys
 
     torch = require("torch", "yolo")
@@ -298,15 +320,15 @@ def _factory_module(model: ModelSource, root: Path):
     finally:
         sys.path.remove(str(root))
     torch.manual_seed(model.seed)
-    net = factory()
+    net, weights = factory(), None
     if model.weights is not None:
-        _torch_file_globals(root / model.weights, model.weights)
+        weights = checkpoints.read_torch_file(root / model.weights, model.weights)
         try:
-            net.load_state_dict(torch.load(root / model.weights, map_location="cpu", weights_only=True))
+            net.load_state_dict(torch.load(io.BytesIO(weights.data), map_location="cpu", weights_only=True))
         except Exception as exc:
             raise StageError(f"model.weights: cannot load '{model.weights}' as a state dict: "
                              f"{str(exc).splitlines()[0]}") from exc
-    return net.float().eval()
+    return net.float().eval(), weights
 
 
 def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> None:

@@ -134,22 +134,6 @@ def test_conv_share_counts_convs_still_reading_quantized_activations():
     assert conv_int8_share(reverted(model, ["conv2"])) == 0.5
 
 
-def test_a_damaged_stored_result_is_named_in_one_line_and_never_reused(tmp_path):
-    """A power loss can leave the stored exclusion list empty: the next run says which file
-    to delete instead of failing on a JSON traceback or reverting nothing silently."""
-    for name in ("inputs.json", "outputs.json"):
-        (tmp_path / name).write_text("[]")
-    job = AccuracyJob(Control("quantize:t-int8", 0.01, 2, 60), tmp_path / "inputs.json", tmp_path / "outputs.json",
-                      gate={"task": "detect"}, store_dir=tmp_path / "store")
-    stored = job.store_dir / f"accuracy-{accuracy_key(b'made from', job)[:24]}.json"
-    stored.parent.mkdir()
-    for damage in ("", '{"reverted": "b"}', "{not json"):
-        stored.write_text(damage)
-        with pytest.raises(StageError) as error:
-            controlled(chain(), job, b"made from")
-        assert str(error.value) == f"{stored}: unreadable stored accuracy-control result; delete it to search again"
-
-
 PEOPLE_RECIPE = """\
 model: {source: ultralytics, arch: yolov8n.yaml, weights: models/people.pt}
 input: {name: images, shape: [1, 3, 320, 320], dynamic_axes: [0]}

@@ -138,23 +138,43 @@ def test_a_store_computed_again_replaces_the_damaged_one_and_is_reused(project):
 
 # ----------------------------------------------------------------------------- accuracy control
 
-def test_a_stored_exclusion_list_without_its_sha256_record_is_never_reused(tmp_path):
+def test_a_damaged_stored_exclusion_list_is_searched_again_after_one_line(tmp_path, monkeypatch, capsys):
     """The accuracy-control store (artifacts/calib/accuracy-<key>.json) is read through the same
-    check: a list edited by hand, or left in a form trtforge no longer writes, is named in one
-    line instead of reverting whatever nodes it lists."""
-    for name in ("inputs.json", "outputs.json"):
-        (tmp_path / name).write_text("[]")
+    check. A power loss can leave it empty; a list edited by hand, or left in a form trtforge no
+    longer writes, must not revert whatever nodes it lists. Each is named in one warning, the
+    search runs again and its result replaces the file."""
+    import numpy as np
+    from polygraphy.comparator import IterationResult, RunResults
+    from polygraphy.json import save_json
+    from test_accuracy_control import chain
+
+    from trtforge.quant import accuracy
+
+    save_json([{"images": np.zeros((1, 3, 8, 8), np.float32)}], str(tmp_path / "inputs.json"))
+    RunResults([("onnxrt-runner", [IterationResult({"y": np.zeros((1, 6, 4), np.float32)})])]).save(
+        str(tmp_path / "outputs.json"))
     job = AccuracyJob(Control("quantize:t-int8", 0.01, 2, 60), tmp_path / "inputs.json", tmp_path / "outputs.json",
-                      gate={"task": "detect"}, store_dir=tmp_path / "store")
+                      gate={"task": "detect", "head": "yolo", "conf": 0.25, "iou": 0.7}, store_dir=tmp_path / "store")
+    searches = []
+    monkeypatch.setattr(accuracy, "control", lambda model, *args: searches.append(1) or (model, {"reverted": ["b"]}))
     key = accuracy_key(b"made from", job)
     stored = job.store_dir / f"accuracy-{key[:24]}.json"
     stored.parent.mkdir()
     report = {"key": key, "reverted": ["b"], "steps": []}
-    record = json.loads(sealed(report))
-    record["payload"]["reverted"] = ["a", "b", "c"]
-    for damage in (json.dumps(report), json.dumps(record), sealed({**report, "reverted": [1]}),
-                   sealed({**report, "key": "0" * 64})):
+    edited = json.loads(sealed(report))
+    edited["payload"]["reverted"] = ["a", "b", "c"]
+    damages = [("", "it is empty"), ("{not json", "it is not JSON"),
+               (json.dumps(report), "written by an earlier trtforge"),
+               (json.dumps(edited), "does not match the sha256 recorded in it"),
+               (sealed({**report, "reverted": [1]}), "not a list of node names"),
+               (sealed({**report, "key": "0" * 64}), "it was stored for other inputs")]
+    for damage, why in damages:
         stored.write_text(damage)
-        with pytest.raises(StageError) as error:
-            controlled(None, job, b"made from")
-        assert str(error.value) == f"{stored}: unreadable stored accuracy-control result; delete it to search again"
+        _, searched = controlled(chain(), job, b"made from")
+        err = capsys.readouterr().err
+        assert searched["reused"] is False and searched["reverted"] == ["b"]
+        assert f"WARNING: quantize:t-int8: not reusing the stored accuracy-control result {stored}: " in err, err
+        assert why in err and err.rstrip().endswith("; searching again"), (why, err)
+        _, again = controlled(chain(), job, b"made from")  # the new search's result replaced the damaged file
+        assert again["reused"] is True and again["reverted"] == ["b"]
+    assert len(searches) == len(damages)

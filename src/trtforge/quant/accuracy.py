@@ -240,8 +240,8 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     `quantized_from` identifies what the Q/DQ model was made from (see accuracy_key)."""
     key = accuracy_key(quantized_from, job)
     stored = job.store_dir / f"accuracy-{key[:24]}.json"
-    if stored.exists():
-        report = _stored_report(stored, key)
+    report = _stored_report(stored, key, job.control.task) if stored.exists() else None
+    if report is not None:
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
         return reverted(model, report["reverted"]), {**report, "reused": True}
@@ -258,13 +258,15 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     return result, {**report, "reused": False}
 
 
-def _stored_report(path: Path, key: str) -> dict:
-    """A stored report, or StageError naming the file when it is damaged (a power loss can
-    leave it empty; see atomic.read_stored_json): deleting it makes the next run search again."""
+def _stored_report(path: Path, key: str, task: str) -> dict | None:
+    """A stored report, or None after one warning naming the file when it is damaged (a power
+    loss can leave it empty; see atomic.read_stored_json): the search then runs again and
+    replaces it, as a damaged stored calibration result is computed again."""
     try:
         return read_stored_json(path, lambda report: _stored_problem(report, key))
-    except DamagedStore:
-        raise StageError(f"{path}: unreadable stored accuracy-control result; delete it to search again") from None
+    except DamagedStore as why:
+        warn(f"{task}: not reusing the stored accuracy-control result {path}: {why}; searching again")
+        return None
 
 
 def _stored_problem(report: dict, key: str) -> str | None:

@@ -344,6 +344,11 @@ def _data_globals(maker: str) -> dict:
     return found
 
 
+def in_network_family(qualified: str, maker: str) -> bool:
+    """Whether `qualified` (module.name) lies in a module a `maker` network may be made of."""
+    return any(qualified.startswith(family + ".") for family in (*NETWORK_MODULES.get(maker, ()), TORCH_LAYERS))
+
+
 def _network_class(module: str, name: str, maker: str):
     """The class `module.name` names if a `maker` network may be made of it, else None. Only
     modules of the network's packages are imported, never a module the file alone names (not
@@ -354,8 +359,7 @@ def _network_class(module: str, name: str, maker: str):
     legacy = LEGACY_NAMES.get(maker, {}).get(f"{module}.{name}")
     if legacy is not None:
         module, _, name = legacy.rpartition(".")
-    families = (*NETWORK_MODULES.get(maker, ()), TORCH_LAYERS)
-    if not any(module == family or module.startswith(family + ".") for family in families):
+    if not in_network_family(f"{module}.{name}", maker):
         return None
     if any(part.startswith("_") for part in module.split(".")) or not name.isidentifier():
         return None  # no __main__, no private modules

@@ -210,7 +210,8 @@ def _check_checkpoint(path: Path, shown: Path, maker: str, packages: tuple[str, 
         raise StageError(f"model.weights: {shown} is a PyTorch file but not {article} {maker} checkpoint "
                          f"({found}); give a checkpoint {maker} saved (its best.pt), or load a state "
                          "dict with model.source: torch and model.factory")
-    missing = sorted(m for m in {n.split(".")[0] for n in names}
+    # Only the network's own packages are worth installing: any other module is refused below.
+    missing = sorted(m for m in {n.split(".")[0] for n in names if checkpoints.in_network_family(n, maker)}
                      if m not in sys.modules and importlib.util.find_spec(m) is None)
     if missing:
         raise StageError(f"model.weights: {shown} needs the Python module(s) {', '.join(missing)}, which are "

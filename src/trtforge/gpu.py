@@ -1,15 +1,27 @@
-"""Which GPU this host has, for keying timing caches (a cache is only valid on one GPU
-model with one TensorRT version). NVML first, then nvidia-smi, else "no-gpu"."""
+"""Which GPU this host builds on, for keying engines and timing caches.
+
+An engine and a timing cache are only valid on one GPU model with one TensorRT version, so
+both are keyed by the GPU this query names: NVML first, then nvidia-smi, else none. The
+device asked about is the first one CUDA sees: the first entry of CUDA_VISIBLE_DEVICES (an
+index or a `GPU-...` UUID) when it is set, else device 0. (NVML and nvidia-smi number GPUs
+in PCI bus order, CUDA fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; the engine stage
+compares the answer with the device trtexec's log names, so a disagreement fails loudly
+instead of mis-keying an engine.)
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import shutil
 import subprocess
 
+from doit.tools import config_changed
+
 
 def gpu_name() -> str | None:
-    """The first GPU's product name, or None when no NVIDIA GPU is visible."""
+    """The build GPU's product name, or None when no NVIDIA GPU is visible."""
     details = gpu_details()
     return details["name"] if details else None
 
@@ -19,14 +31,25 @@ def gpu_slug(name: str | None) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") if name else "no-gpu"
 
 
+def gpu_identity() -> dict[str, str] | None:
+    """{"name", "compute_capability"} of the build GPU, or None: what an engine is keyed by."""
+    details = gpu_details()
+    return {"name": details["name"], "compute_capability": details["compute capability"]} if details else None
+
+
+@functools.lru_cache(maxsize=1)
 def gpu_details() -> dict[str, str] | None:
-    """Name, compute capability and driver of the first GPU (NVML, else nvidia-smi), or None."""
+    """Name, compute capability and driver of the build GPU (NVML, else nvidia-smi), or None.
+
+    Asked once per process: the engine key, the timing cache key and doctor agree."""
+    device = _cuda_first_device()
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            handle = (pynvml.nvmlDeviceGetHandleByUUID(device) if device.startswith("GPU-")
+                      else pynvml.nvmlDeviceGetHandleByIndex(int(device)))
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
             name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
             return {"name": _text(name), "compute capability": f"{major}.{minor}", "driver": _text(driver)}
@@ -38,12 +61,31 @@ def gpu_details() -> dict[str, str] | None:
     if not smi:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+        out = subprocess.run([smi, f"--id={device}", "--query-gpu=name,compute_cap,driver_version",
+                              "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()[0]
-    except (subprocess.SubprocessError, OSError, IndexError):
+        name, cc, driver = (part.strip() for part in out.rsplit(",", 2))
+    except (subprocess.SubprocessError, OSError, IndexError, ValueError):
         return None
-    name, cc, driver = (part.strip() for part in out.split(","))
     return {"name": name, "compute capability": cc, "driver": driver}
+
+
+def _cuda_first_device() -> str:
+    """The device CUDA numbers 0, as NVML can look it up: an index or a `GPU-` UUID."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return first if first.isdigit() or first.startswith("GPU-") else "0"
+
+
+class gpu_config_changed(config_changed):
+    """doit's `config_changed` with the build GPU (`gpu_identity()`) added under "gpu".
+
+    The GPU is asked for when doit checks the task, not when tasks are generated, so
+    `doit list` and runs that check no engine never pay for the query (importing pynvml
+    alone takes about 0.1 s here)."""
+
+    def __call__(self, task, values) -> bool:
+        self.config = {**self.config, "gpu": gpu_identity()}
+        return super().__call__(task, values)
 
 
 def _text(value) -> str:

@@ -21,6 +21,7 @@ from doit.tools import config_changed
 
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .gates.labels import LabelSet, label_set
+from .gpu import gpu_config_changed
 from .images import ImageSetError, list_image_set, select_images
 from .quant.accuracy import AccuracyJob, Control
 from .recipe import Recipe, Variant, jsonable, load_recipes
@@ -578,8 +579,9 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                              *([str(job.calibration_cache)] if job.calibration_cache else [])],
                 "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT,
                                                    *_keep_fp32_cache(job))],
-                "uptodate": [config_changed({"trtexec": str(job.version), "argv": argv,
-                                             "keep_fp32": list(job.build.keep_fp32)})],
+                # the engine's identity is what builds it: this TensorRT on this GPU (issue 13)
+                "uptodate": [gpu_config_changed({"trtexec": str(job.version), "argv": argv,
+                                                 "keep_fp32": list(job.build.keep_fp32)})],
                 "clean": True,
             }
 

@@ -1,8 +1,12 @@
 """Finding trtexec, learning its version, and reading what it prints.
 
 The version decides the grammar (render.py), so it is known when tasks are generated.
-Probing costs a process start, so the answer is cached per executable (resolved path,
-size and mtime) under artifacts/cache/: a no-op `doit` run never starts trtexec.
+Probing costs a process start, so the answer is cached under artifacts/cache/ for a
+trtexec that is an ELF binary (keyed by resolved path, device, inode, size and mtime): a
+no-op `doit` run never starts it. A script (a container's or module system's wrapper that
+picks TensorRT from the environment) can change what it runs without its bytes changing
+(issue 13), so it is probed again on every run. Either way the probe is only a guess
+until the build's own log confirms it (`read_build_log`, checked by the engine stage).
 """
 
 from __future__ import annotations
@@ -55,15 +59,16 @@ def not_found_message() -> str:
             "or run `TRTEXEC=/path/to/trtexec doit ...`; on a host without a GPU use `doit cpu:<recipe>`")
 
 
+PROBE_CACHE = "trtexec-probe.json"  # under artifacts/cache/
+
+
 def probe_version(path: Path, cache_file: Path) -> TrtVersion:
-    """trtexec's version from its banner, cached by (resolved path, size, mtime)."""
+    """trtexec's version from its `--help` banner; cached only for an ELF binary (see above)."""
     from .proc import ToolTimeout, read_until
     from .trt_version import BANNER
 
-    real = path.resolve()
-    stat = real.stat()
-    key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
-    cached = _read_probe_cache(cache_file)
+    key = _probe_key(path.resolve())
+    cached = _read_probe_cache(cache_file) if key else {}
     if key in cached:
         return TrtVersion(*cached[key])
     try:
@@ -79,9 +84,31 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
         version.generation  # refuse unsupported versions before caching them
     except ToolError as exc:
         raise ToolError(f"{path}: {exc}") from None
-    cached[key] = [version.major, version.minor, version.patch]
-    _write_probe_cache(cache_file, cached)
+    if key:
+        cached = {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}:")}
+        cached[key] = [version.major, version.minor, version.patch]
+        _write_probe_cache(cache_file, cached)
     return version
+
+
+def _probe_key(real: Path) -> str | None:
+    """The cache key of an ELF executable; None for anything else (a script is probed every run)."""
+    try:
+        with open(real, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None
+        stat = real.stat()
+    except OSError:
+        return None
+    return f"{real}:{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def forget_probe(path: Path, cache_file: Path) -> None:
+    """Drop every cached probe of `path`, so the next run asks it again."""
+    cached = _read_probe_cache(cache_file)
+    kept = {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}:")}
+    if kept != cached:
+        _write_probe_cache(cache_file, kept)
 
 
 def _no_banner_message(path: Path, output: str) -> str:
@@ -161,6 +188,52 @@ def parse_device_info(log: str) -> dict:
         if match and key not in info:
             info[key] = match.group(1).strip()
     return info
+
+
+@dataclass(frozen=True)
+class BuildLog:
+    """What a trtexec build log says about who built the engine and whether the build finished."""
+
+    version: TrtVersion | None  # from the `&&&& RUNNING ... [TensorRT vN]` banner
+    library: TrtVersion | None  # from the `TensorRT version: X.Y.Z` line, when printed
+    device: dict  # parse_device_info
+    missing: tuple[str, ...]  # what a finished build prints that this log lacks
+    engine_mib: float | None  # `Created engine with size: <MiB> MiB`, when printed
+
+
+# What every finished build prints, 8.2 to 11.x (trtexec.cpp, sampleEngines.cpp, sampleDevice.h):
+# setCudaDevice's device block before any work, "Engine built in <s> sec." once the plan is
+# serialized, and "&&&& PASSED" last. 10.x and later also print "Created engine with size:
+# <MiB> MiB" (the bytes serialized, std::ostream's 6 significant digits); it is checked where
+# present, not required, since the 8.x and early 10.x sources could not be read here.
+_FINISHED_BUILD = (
+    ("'Selected Device:' line", re.compile(r"\[I\] Selected Device: \S")),
+    ("'Compute Capability:' line", re.compile(r"\[I\] Compute Capability: \d+\.\d+")),
+    ("'Engine built in <s> sec.' line", re.compile(r"\[I\] Engine built in " + _FLOAT + r" sec\.")),
+    ("'&&&& PASSED' line", re.compile(r"^&&&& PASSED TensorRT\.trtexec", re.MULTILINE)),
+)
+
+
+def read_build_log(log: str) -> BuildLog:
+    """The identity (TensorRT version, GPU) and the completion evidence of one trtexec build."""
+    library = re.search(r"\[I\] TensorRT version: (\d+)\.(\d+)(?:\.(\d+))?", log)
+    size = re.search(r"\[I\] Created engine with size: " + _FLOAT + " MiB", log)
+    missing = tuple(what for what, pattern in _FINISHED_BUILD if not pattern.search(log))
+    version = version_from_banner(log)
+    return BuildLog(
+        version=version,
+        library=TrtVersion(int(library[1]), int(library[2]), int(library[3] or 0)) if library else None,
+        device=parse_device_info(log),
+        missing=(("'&&&& RUNNING TensorRT.trtexec [TensorRT vN]' banner",) if version is None else ()) + missing,
+        engine_mib=float(size[1]) if size else None,
+    )
+
+
+def size_matches(engine_bytes: int, reported_mib: float) -> bool:
+    """Whether a file of `engine_bytes` is the one trtexec reported as `reported_mib` MiB
+    (printed with 6 significant digits)."""
+    actual = engine_bytes / (1 << 20)
+    return abs(actual - reported_mib) <= max(abs(reported_mib), actual) * 1e-5 + 1e-9
 
 
 # Markers of trtexec's phases, as its log prints them (8.x to 10.x logs agree on these).

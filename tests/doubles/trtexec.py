@@ -10,9 +10,18 @@ Environment
   TRTEXEC_DOUBLE_VERSION        "8.2" | "8.6" | "10.8" (default) | "11.0" | any MAJOR.MINOR[.PATCH]
                                 8.0-8.2 -> 8.2 grammar, 8.3-8.6 -> 8.6, 9.x/10.x -> 10, >=11 -> 11.
   TRTEXEC_DOUBLE_FAULT          hang (sleep forever after the banner) | no_engine (PASSED, exit 0,
-                                no file) | empty_engine (0-byte file, exit 0) | crash (SIGSEGV
-                                after half the engine is written) | build_error ([E] lines, FAILED,
-                                exit 1).  A bad version or fault value exits 2.
+                                no file) | empty_engine (0-byte file, exit 0) | tiny_engine (a
+                                16-byte file, an otherwise normal build) | crash (SIGSEGV after
+                                half the engine is written) | build_error ([E] lines, FAILED,
+                                exit 1) | garbage (a build prints 4 KiB of random bytes and no
+                                banner, writes 8 KiB of random bytes as the engine, exits 0;
+                                --help still answers).  A bad version or fault value exits 2.
+  TRTEXEC_DOUBLE_BUILD_VERSION  optional: the version a build (anything but --help) reports and
+                                speaks, as a trtexec whose TensorRT changed after it was probed.
+  DOUBLE_GPU                    the fake host's GPU, "<name>, <compute capability>" (default
+                                "NVIDIA GeForce RTX 3090, 8.6"); tests/doubles/nvidia_smi.py
+                                reports the same one.  A host's GPU is no trtexec setting, so
+                                make_wrapper() passes it through from the caller.
   TRTEXEC_DOUBLE_BUILD_SECONDS  float, default 0: "build" time; the engine is written in chunks
                                 meanwhile, so a kill leaves a partial file (as real 10.x, which
                                 streams the plan into --saveEngine while building).
@@ -85,9 +94,18 @@ from pathlib import Path
 ENGINE_MAGIC = b"trtforge-double-engine\n"
 TIMING_CACHE_MAGIC = "trtforge-double-timing-cache v1"
 DEFAULT_VERSION = "10.8"
-FAULTS = ("hang", "no_engine", "empty_engine", "crash", "build_error")
+FAULTS = ("hang", "no_engine", "empty_engine", "tiny_engine", "crash", "build_error", "garbage")
+DEFAULT_GPU = "NVIDIA GeForce RTX 3090, 8.6"
 GPU = {"name": "NVIDIA GeForce RTX 3090", "uuid": "GPU-5a7c0f4e-3d1b-4c2a-9e8f-0b1d2c3e4f50",
        "cc": "8.6", "sms": 82, "mem_mib": 24259}
+
+
+def host_gpu(text: str | None) -> tuple[str, str]:
+    """DOUBLE_GPU "<name>, <compute capability>" -> (name, cc)."""
+    name, _, cc = (text or DEFAULT_GPU).rpartition(",")
+    if not name.strip() or not re.fullmatch(r"\d+\.\d+", cc.strip()):
+        raise ValueError(f"bad DOUBLE_GPU {text!r}: use '<name>, <major>.<minor>'")
+    return name.strip(), cc.strip()
 
 # ----------------------------------------------------------------------------- option tables
 # kind: flag (value ignored), str, int (stoi), float (stof), repeat (str, may repeat)
@@ -712,6 +730,8 @@ def write_engine(path: str | None, blob: bytes, seconds: float, fault: str | Non
     """Emulate the build: stream the plan into the file in chunks over `seconds`."""
     if fault == "empty_engine":
         blob = b""
+    elif fault == "tiny_engine":
+        blob = blob[:16]
     n = 20 if (seconds > 0 or fault == "crash") else 1
     step = max(1, -(-len(blob) // n))
     f = open(path, "wb") if path is not None and fault != "no_engine" else None
@@ -1028,7 +1048,7 @@ class Session:
             write_engine(b.save, blob, self.seconds, self.fault)
         except OSError:
             return self.fail("Saving engine to file failed.", "Engine set up failed")
-        size = 0 if self.fault == "empty_engine" else len(blob)
+        size = 0 if self.fault == "empty_engine" else 16 if self.fault == "tiny_engine" else len(blob)
         if self.trt:
             log.i(f"Engine generation completed in {time.monotonic() - t1:.6g} seconds.", trt=True)
         if self.g.name != "8.2":
@@ -1076,16 +1096,32 @@ class Session:
         return self.passed()
 
 
+def garbage(argv: list[str]) -> int:
+    """Fault "garbage": random bytes on stdout and in the engine file, exit 0."""
+    rng = random.Random()
+    sys.stdout.buffer.write(rng.randbytes(4096))
+    sys.stdout.flush()
+    for name, value, _ in split_args(argv):
+        if name == "--saveEngine" and value:
+            Path(value).write_bytes(rng.randbytes(8192))
+    return 0
+
+
 def run(argv: list[str], env: dict) -> int:
+    helping = any(name in ("--help", "-h") for name, _, _ in split_args(argv))
     try:
-        vtuple, g = resolve_version(env.get("TRTEXEC_DOUBLE_VERSION") or DEFAULT_VERSION)
+        version = (not helping and env.get("TRTEXEC_DOUBLE_BUILD_VERSION")) or env.get("TRTEXEC_DOUBLE_VERSION")
+        vtuple, g = resolve_version(version or DEFAULT_VERSION)
         fault = env.get("TRTEXEC_DOUBLE_FAULT") or None
         if fault not in (None,) + FAULTS:
             raise ValueError(f"unknown TRTEXEC_DOUBLE_FAULT {fault!r}")
         seconds = float(env.get("TRTEXEC_DOUBLE_BUILD_SECONDS") or 0)
+        GPU["name"], GPU["cc"] = host_gpu(env.get("DOUBLE_GPU"))
     except ValueError as e:
         sys.stderr.write(f"trtexec double: {e}\n")
         return 2
+    if fault == "garbage" and not helping:
+        return garbage(argv)
     build_no = env.get("TRTEXEC_DOUBLE_BUILD_NUMBER")
     cmdline = " ".join([env.get("TRTEXEC_DOUBLE_ARGV0") or "trtexec", *argv])
     tag = f"TensorRT.trtexec [TensorRT {banner_tag(vtuple)}]{f' [b{build_no}]' if build_no else ''} # {cmdline}"
@@ -1104,19 +1140,27 @@ def run(argv: list[str], env: dict) -> int:
 
 
 def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = None,
-                 build_seconds: float | None = None, build_number: int | None = None) -> Path:
+                 build_seconds: float | None = None, build_number: int | None = None,
+                 version_from: str | None = None, build_version: str | None = None) -> Path:
     """Write <directory>/trtexec: a shell script exec-ing this double with sys.executable.
 
     Every TRTEXEC_DOUBLE_* variable is set or unset explicitly, so nothing leaks from the caller.
+    `version_from` names an environment variable that picks the version when set (`version`
+    otherwise), as a container's or module system's wrapper picks its TensorRT: what the
+    script runs then changes while its bytes do not. `build_version` sets
+    TRTEXEC_DOUBLE_BUILD_VERSION.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = {"TRTEXEC_DOUBLE_VERSION": version, "TRTEXEC_DOUBLE_FAULT": fault,
                 "TRTEXEC_DOUBLE_BUILD_SECONDS": None if build_seconds is None else repr(float(build_seconds)),
-                "TRTEXEC_DOUBLE_BUILD_NUMBER": None if build_number is None else str(build_number)}
+                "TRTEXEC_DOUBLE_BUILD_NUMBER": None if build_number is None else str(build_number),
+                "TRTEXEC_DOUBLE_BUILD_VERSION": build_version}
     lines = ["#!/bin/sh", "# trtexec test double wrapper (generated by tests/doubles/trtexec.py)"]
     for k, v in settings.items():
         lines.append(f"export {k}={shlex.quote(v)}" if v is not None else f"unset {k}")
+    if version_from:
+        lines.append(f'export TRTEXEC_DOUBLE_VERSION="${{{version_from}:-{version}}}"')
     lines.append('export TRTEXEC_DOUBLE_ARGV0="$0"')
     lines.append(f'exec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "$@"')
     path = directory / "trtexec"

@@ -3,9 +3,12 @@
 The job runs in a work folder of its own: the inputs (ONNX, plugins, calibration cache, a
 copy of the timing cache) are linked in under fixed names, trtexec runs there with
 relative paths only, and the outputs (engine, log, parsed summary, updated timing cache)
-are moved out when it succeeded. On TensorRT 8.2 an INT8 job with `build.keep_fp32`
-derives its own calibration cache there, without the kept layers' output scales
-(`kept_tensors`), and publishes it beside the engine. Nothing absolute is baked into the
+are moved out when it succeeded. Success is what trtexec's log says, not its exit code: the
+log must show a finished build (banner, device block, "Engine built in", PASSED) by the
+TensorRT version that was probed and on the GPU the task is keyed by, and summary.json
+records the version and GPU the log names (issue 13). On TensorRT 8.2 an INT8 job with
+`build.keep_fp32` derives its own calibration cache there, without the kept layers' output
+scales (`kept_tensors`), and publishes it beside the engine. Nothing absolute is baked into the
 argv or the artifacts, so the same job can later be shipped to a machine with the target
 GPU.
 
@@ -34,6 +37,7 @@ from ..errors import StageError, ToolError, require
 from ..recipe import BuildOptions
 from ..render import KEEP_FP32_CACHE, EngineIntent, keep_fp32_route, render_argv
 from ..trt_version import TrtVersion
+from ..trtexec import BuildLog
 
 ENGINE, LOG, SCRIPT, SUMMARY = "engine.plan", "trtexec.log", "trtexec.sh", "summary.json"
 
@@ -70,11 +74,11 @@ def build_engine(job: EngineJob, not_found: str) -> None:
         if intent.timing_cache:
             with SharedTimingCache(job) as cache:
                 cache.copy_to(work / intent.timing_cache)
-                _run_trtexec(job, argv, work)
-                cache.update_from(work / intent.timing_cache)
+                built = _run_trtexec(job, argv, work)
+                cache.update_from(work / intent.timing_cache)  # only after the log confirmed the build
         else:
-            _run_trtexec(job, argv, work)
-        _publish(job, argv, work, intent, dropped)
+            built = _run_trtexec(job, argv, work)
+        _publish(job, argv, work, intent, dropped, built)
     finally:
         remove_path(work)
 
@@ -330,10 +334,11 @@ def _doit_streams_stdout() -> bool:
     return getattr(sys.stdout, "orig_stream", sys.stdout) is not None
 
 
-def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
+def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> BuildLog:
+    """Run trtexec in `work`; returns what its log says about the build, once it confirms one."""
     from ..console import StatusLine
     from ..proc import ToolTimeout, run_logged
-    from ..trtexec import first_error, phase_of
+    from ..trtexec import first_error, phase_of, read_build_log
 
     log = work / LOG
     info(f"{job.task}: trtexec (TensorRT {job.version}) building; log: {job.out_dir / LOG}")
@@ -363,7 +368,54 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> None:
         _keep_failed_log(job, log)
         raise StageError(f"{job.task}: trtexec exited 0 but wrote {'an empty' if engine.is_file() else 'no'} "
                          f"engine (log: {job.out_dir / 'trtexec.failed.log'})")
+    built = read_build_log(text)
+    problem = _unconfirmed_build(job, built, engine.stat().st_size)
+    if problem:
+        _keep_failed_log(job, log)
+        raise StageError(f"{job.task}: {problem} (log: {job.out_dir / 'trtexec.failed.log'})")
     info(f"{job.task}: engine built in {time.monotonic() - started:.1f} s")
+    return built
+
+
+# trtexec's printPlanVersion reads a 28-byte plan header and calls anything shorter
+# "Plan file is incorrect" (sampleEngines.cpp, 10.x).
+MIN_PLAN_BYTES = 28
+
+
+def _unconfirmed_build(job: EngineJob, built: BuildLog, engine_bytes: int) -> str | None:
+    """Why trtexec's exit 0 does not make this build a success, or None when its log confirms it.
+
+    The engine's identity is what built it (issue 13): the TensorRT version is the one the
+    build's own banner reports, which must be the probed one whose grammar rendered the argv
+    and whose name keys the task and the timing cache; the GPU is the one its device block
+    names, which must be the one the task is keyed by."""
+    from ..gpu import gpu_identity
+    from ..trtexec import PROBE_CACHE, forget_probe, size_matches
+
+    if built.version is not None and built.version != job.version:
+        forget_probe(job.trtexec, job.timing_cache_dir.parent / PROBE_CACHE)
+        return (f"trtexec reported TensorRT {built.version} but was probed as {job.version}; its TensorRT changed "
+                "after the probe (a wrapper that picks TensorRT from the environment?), so nothing was published "
+                "and its probe is forgotten: rerun")
+    if built.version is not None and built.library is not None and built.library != built.version:
+        return (f"trtexec {built.version} ran with the TensorRT {built.library} library; nothing was published: "
+                "point LD_LIBRARY_PATH at the TensorRT that trtexec came with, or use that TensorRT's own trtexec")
+    if built.missing:
+        return (f"trtexec exited 0 but its log shows no finished build (no {', no '.join(built.missing)}); "
+                "nothing was published")
+    if engine_bytes < MIN_PLAN_BYTES:
+        return (f"trtexec exited 0 but wrote a {engine_bytes}-byte engine, too small to be a TensorRT plan; "
+                "nothing was published")
+    if built.engine_mib is not None and not size_matches(engine_bytes, built.engine_mib):
+        return (f"trtexec reported an engine of {built.engine_mib:g} MiB but {ENGINE} holds {engine_bytes} bytes; "
+                "nothing was published")
+    host = gpu_identity()
+    if host and built.device.get("compute_capability") != host["compute_capability"]:
+        return (f"trtexec built on {built.device.get('gpu')} (compute capability "
+                f"{built.device.get('compute_capability')}) but the engine is keyed by {host['name']} "
+                f"({host['compute_capability']}), the first GPU CUDA sees as NVML numbers them; nothing was "
+                "published: set CUDA_DEVICE_ORDER=PCI_BUS_ID (and CUDA_VISIBLE_DEVICES) so both agree, and rerun")
+    return None
 
 
 def _failure_cause(code: int, error_line: str | None) -> str:
@@ -386,16 +438,18 @@ def _keep_failed_log(job: EngineJob, log: Path) -> None:
         os.replace(log, job.out_dir / "trtexec.failed.log")
 
 
-def _publish(job: EngineJob, argv: list[str], work: Path, intent: EngineIntent, dropped: tuple[str, ...]) -> None:
-    from ..trtexec import parse_device_info, parse_perf_summary
+def _publish(job: EngineJob, argv: list[str], work: Path, intent: EngineIntent, dropped: tuple[str, ...],
+             built: BuildLog) -> None:
+    """Move the confirmed build's outputs out of `work`; its summary records what the log says built it."""
+    from ..trtexec import parse_perf_summary
 
     text = (work / LOG).read_text(errors="replace")
     engine = work / ENGINE
     summary = {
         "task": job.task,
-        "tensorrt": str(job.version),
+        "tensorrt": str(built.version),
         "argv": argv,
-        "device": parse_device_info(text),
+        "device": built.device,
         "performance": parse_perf_summary(text),
         "engine_bytes": engine.stat().st_size,
         "engine_sha256": _sha256(engine),

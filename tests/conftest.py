@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from suite_budget import pytest_addoption, pytest_sessionfinish  # noqa: E402,F401  (the suite's time budget)
+
 # A small YOLOv8n recipe: 160x160 input where the size does not matter (export, surgery,
 # doit bookkeeping and trtexec grammar behave the same as at 640).
 SMALL_RECIPE = """\

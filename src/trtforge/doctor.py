@@ -31,10 +31,10 @@ class Finding:
 
 
 def check_trtexec(root: Path) -> Finding:
-    from .trtexec import find_trtexec, not_found_message
+    from .trtexec import PROBE_CACHE, find_trtexec, not_found_message
 
     try:
-        found = find_trtexec(root / "artifacts" / "cache" / "trtexec-probe.json")
+        found = find_trtexec(root / "artifacts" / "cache" / PROBE_CACHE)
     except TrtforgeError as exc:
         return Finding("trtexec", "problem", str(exc), "fix TRTEXEC, or unset it to search PATH")
     if found is None:

@@ -30,7 +30,7 @@ from .stages import (autocast, calibrate, check, compare, engine, export, kit, l
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
-from .trtexec import Trtexec, find_trtexec, not_found_message
+from .trtexec import PROBE_CACHE, Trtexec, find_trtexec, not_found_message
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -64,7 +64,7 @@ def load_project(root: Path, generation: str | None = None) -> Project:
         project.trtexec = Trtexec(Path("trtexec"), version_for_generation(generation))
         return project
     try:
-        project.trtexec = find_trtexec(project.artifacts / "cache" / "trtexec-probe.json")
+        project.trtexec = find_trtexec(project.artifacts / "cache" / PROBE_CACHE)
         if project.trtexec is None:
             project.trtexec_problem = not_found_message()
     except ToolError as exc:
@@ -312,7 +312,7 @@ def surgery_tasks(project: Project) -> Iterator[dict]:
             "name": r.name,
             "doc": f"graph surgery on {r.name}: {', '.join(p.name for p in r.surgery) or 'no passes'}",
             "actions": [(run_stage, [surgery_stage.run_surgery, recipe_dir(project, r) / "export.onnx",
-                                     surgered_onnx(project, r), passes, plugin_files])],
+                                     surgered_onnx(project, r), passes, plugin_files, f"surgery:{r.name}"])],
             "file_dep": [str(recipe_dir(project, r) / "export.onnx"), *map(str, plugin_files),
                          *code("surgery.py", "stages/surgery.py", "stages/passes.py", "stages/nms.py")],
             "targets": [str(surgered_onnx(project, r))],

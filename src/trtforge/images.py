@@ -15,8 +15,10 @@ what the deployed model will see.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -100,7 +102,7 @@ def apply_view(image, steps: tuple[str, ...]):
 def list_image_set(source: Path, root: Path) -> list[ImageRef]:
     """Every image of a folder or manifest, sorted by name, without duplicates."""
     if source.is_dir():
-        refs = [_ref(p, root) for p in _walk_images(source)]
+        refs = [_ref(p, root) for p in _walk_images(source, root)]
     elif source.is_file():
         refs = _manifest(source, root)
     else:
@@ -110,14 +112,55 @@ def list_image_set(source: Path, root: Path) -> list[ImageRef]:
     return [unique[name] for name in sorted(unique)]
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, hidden ones left out.
+def _walk_images(folder: Path, root: Path) -> list[Path]:
+    """Image files under `folder`, hidden ones left out, named by the path they are found under.
 
-    pathlib's rglob never descends into a symlinked folder, so a `ln -s .. loop` inside
-    the set ends the walk instead of recursing; a file symlink that loops or dangles is
-    not a file and is left out. Hidden names are skipped as Ultralytics' glob skips them:
-    macOS leaves `._photo.jpg` metadata files beside copied photos."""
-    return sorted(p for p in folder.rglob("*") if _is_image_file(p, folder))
+    Symlinked folders are followed: users link datasets in from data disks, and pathlib's
+    rglob, which never follows them, dropped such a subfolder without a word. Loops still
+    end: a folder whose real path was walked already, or that holds the link leading to it
+    (`ln -s .. up`), is not entered again; folders reached without a link are walked first,
+    so a link to one of them adds nothing and renames nothing. A link to nothing (a disk
+    not mounted) is refused rather than passed over; a file symlink that loops is not a
+    file and is left out. Hidden names are skipped as Ultralytics' glob skips them: macOS
+    leaves `._photo.jpg` metadata files beside copied photos."""
+    found: list[Path] = []
+    walked: set[Path] = set()
+    plain, linked = [folder], []  # folders to walk, reached without and through a symlink
+    while plain or linked:
+        current = plain.pop() if plain else linked.pop()
+        real = current.resolve()
+        if real in walked or (current != folder and current.parent.resolve().is_relative_to(real)):
+            continue
+        walked.add(real)
+        for entry in _visible_entries(current):
+            if entry.is_dir():
+                (linked if entry.is_symlink() else plain).append(entry)
+            elif entry.is_symlink():
+                _refuse_dangling(entry, root)
+            if _is_image_file(entry, folder):
+                found.append(entry)
+    return sorted(found)
+
+
+def _visible_entries(folder: Path) -> list[Path]:
+    """The folder's entries without hidden ones, last name first (so a stack pops them in order)."""
+    try:
+        return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), reverse=True)
+    except PermissionError:  # as rglob did: a folder this user cannot list holds nothing to read
+        return []
+
+
+def _refuse_dangling(link: Path, root: Path) -> None:
+    """A symlink to nothing (a data disk not mounted, a moved dataset) is data that is
+    missing, not absent: say so in one line. A link that loops is left out, as rglob did."""
+    try:
+        link.stat()
+    except FileNotFoundError:
+        raise ImageSetError(f"{_rel(link, root)}: is a symlink to {os.readlink(link)}, which does not "
+                            "exist (an unmounted disk?); mount it or remove the link") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
 
 
 def _is_image_file(path: Path, base: Path) -> bool:

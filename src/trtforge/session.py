@@ -4,13 +4,14 @@ Measured with doit 0.37 (../shared/DESIGN.md): the `json` and `dbm` backends los
 corrupt records when two doit processes share them, so the state lives in `sqlite3`
 under artifacts/, and a command that runs tasks holds an exclusive lock for the whole
 invocation. doit writes its DB once, at exit, and only Ctrl-C leads there cleanly; SIGTERM
-(what `timeout` and CI send) would lose every success of the run, so it is turned into
-the same clean stop. Holding the lock also makes it safe to sweep the temporaries that
-an earlier, killed run left behind.
+(what `timeout` and CI send) and SIGHUP (a closed terminal, a dropped ssh session) would
+lose every success of the run, so they are turned into the same clean stop. Holding the
+lock also makes it safe to sweep the temporaries that an earlier, killed run left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from .errors import TrtforgeError, disk_error_message
 READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
 _held_lock = None
 _stopped_by: int | None = None  # the signal that stopped this run
+_terminal_fds: tuple[int, ...] = ()  # stdout/stderr when they were a terminal at the start
 current_task: str | None = None  # set by tasks.run_stage while a stage runs
 
 
@@ -70,6 +72,7 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     artifacts/ cannot be written."""
     read_only = doit_command(argv if argv is not None else sys.argv) in READ_ONLY_COMMANDS
     try:
+        refuse_unusable_artifacts(artifacts)
         artifacts.mkdir(parents=True, exist_ok=True)
         _refuse_unreadable_db(artifacts / ".doit.db")
         if read_only:
@@ -81,9 +84,44 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     if swept:
         info(f"removed {len(swept)} temporary file(s) an interrupted run left in {artifacts}")
     _guard_state_writes()
+    _handle_stop_signals()
+    sys.excepthook = _report_stop
+
+
+def refuse_unusable_artifacts(artifacts: Path) -> None:
+    """Raise a one-line TrtforgeError if artifacts/ exists but is no folder to write in: a
+    dangling symlink (a data disk that is not mounted; creating the folder behind it would
+    fill the system disk instead), a link to a file or a link loop, or a plain file. Each
+    made `mkdir` fail with a FileExistsError traceback before."""
+    shown = artifacts.name
+    if artifacts.is_symlink():
+        target = os.readlink(artifacts)
+        try:
+            artifacts.stat()
+        except FileNotFoundError:
+            raise TrtforgeError(f"{shown}: is a symlink to {target}, which does not exist (an unmounted disk?); "
+                                "mount it or remove the link") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise TrtforgeError(f"{shown}: is a symlink to {target}, which loops back on itself; "
+                                "remove the link") from None
+        if not artifacts.is_dir():
+            raise TrtforgeError(f"{shown}: is a symlink to {target}, which is a file, not a folder; point the "
+                                "link at a folder or remove it")
+    elif artifacts.exists() and not artifacts.is_dir():
+        raise TrtforgeError(f"{shown}: is a file, not a folder; move it away")
+
+
+def _handle_stop_signals() -> None:
+    """SIGTERM, Ctrl-C and SIGHUP all stop the run cleanly (see `_stop_on_signal`). A SIGHUP
+    that is ignored (`nohup doit ...`) stays ignored: that user asked to outlive the terminal."""
+    global _terminal_fds
+    _terminal_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
-    sys.excepthook = _report_stop
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _stop_on_signal)
 
 
 def _unwritable(exc: OSError, artifacts: Path) -> OSError | TrtforgeError:
@@ -174,11 +212,20 @@ def _read_pid(path: Path) -> str | None:
 
 
 def _stop_on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
-    """Ctrl-C and SIGTERM both become KeyboardInterrupt: doit then saves its state DB in its
-    `finally` (so every task that finished stays recorded) and the running stage's own
-    `finally` blocks end its tool's process group and remove its temporaries."""
+    """Ctrl-C, SIGTERM and SIGHUP all become KeyboardInterrupt: doit then saves its state DB
+    in its `finally` (so every task that finished stays recorded) and the running stage's own
+    `finally` blocks end its tool's process group and remove its temporaries.
+
+    After a hangup, every write to the terminal fails with EIO, and the first one during the
+    clean-up replaced the stop (measured: a closed pty ended the run with exit 1, not 129).
+    So output that went to the terminal goes nowhere from then on; a redirected log stays."""
     global _stopped_by
     _stopped_by = signum
+    if signum == signal.SIGHUP and _terminal_fds:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in _terminal_fds:
+            os.dup2(devnull, fd)
+        os.close(devnull)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -189,7 +236,10 @@ def _report_stop(kind, value, tb) -> None:  # noqa: ANN001 - sys.excepthook sign
         return
     signum = _stopped_by or signal.SIGINT
     where = f" during {current_task}" if current_task else ""
-    print(f"trtforge: stopped by {signal.Signals(signum).name}{where}; finished tasks are recorded and "
-          "partial outputs were removed: rerun the same command to continue", file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    try:
+        print(f"trtforge: stopped by {signal.Signals(signum).name}{where}; finished tasks are recorded and "
+              "partial outputs were removed: rerun the same command to continue", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+    except OSError:
+        pass  # nowhere left to say it (a closed pipe): the exit code still tells
     os._exit(128 + signum)  # what a shell reports for a process ended by that signal

@@ -430,7 +430,7 @@ def check_tasks(project: Project) -> Iterator[dict]:
                 task=f"check:{r.name}-{v.name}", variant_onnx=checked_onnx(project, r, v),
                 engine=out / engine.ENGINE, reference_inputs=refs["inputs"], reference_outputs=refs["outputs"],
                 check=v.check, verify=r.verify, report_json=out / "check.json", report_png=out / "check.png",
-                labels=labels, reference_images=refs["images"])
+                labels=labels, reference_images=refs["images"], calibration=check.CalibrationSet.of(project.root, v))
             yield {
                 "name": f"{r.name}-{v.name}",
                 "doc": f"accuracy gate of {r.name}-{v.name} against the FP32 reference (Polygraphy)",

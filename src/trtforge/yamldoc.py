@@ -4,9 +4,11 @@ PyYAML's `safe_load` silently keeps the last of two duplicate keys, expands alia
 without bound (a few hundred bytes can walk to tens of millions of characters) and
 applies YAML 1.1 typing (`no` is False, `1e3` a string, `0755` is 493). Recipes are
 short, hand-written files, so this module refuses what a person never means: aliases,
-duplicate keys, non-string keys, explicit tags, and files over a size cap. It keeps the
-line, column and source text of every value so that validation errors can point at
-`file:line:col` and explain a YAML 1.1 surprise in the value the user actually typed.
+duplicate keys, non-string keys, explicit tags, files over a size cap, and nesting over a
+depth cap (PyYAML composes nodes recursively: `a: [[[...]]]` 400 deep, 800 bytes, ended in
+a 3,000-line RecursionError traceback on every doit command). It keeps the line, column
+and source text of every value so that validation errors can point at `file:line:col` and
+explain a YAML 1.1 surprise in the value the user actually typed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ import yaml
 from .errors import RecipeError
 
 MAX_RECIPE_BYTES = 256 * 1024
+# The deepest real recipe field is 8 levels (variants.v.build.profiles[0].images.min[0]);
+# 32 leaves room for plugin pass parameters and keeps composing far from Python's limit.
+MAX_RECIPE_DEPTH = 32
+# Measuring how deep a refused document goes costs PyYAML's scanner time quadratic in the
+# depth of one line of `[[[[` (4000 deep: 6 s), so the count stops after this many events.
+_DEPTH_COUNT_EVENTS = 1000
+# Linux's PATH_MAX: no path, pattern or name in a recipe is longer. It also keeps every
+# number under Python's 4300-digit int() limit (a ValueError traceback past it) and every
+# error message that quotes a value readable.
+MAX_SCALAR_CHARS = 4096
 FieldPath = tuple  # keys (str) and list indices (int), e.g. ("variants", "fp16")
 
 _KEY = object()  # prefix of the paths under which the locations of keys are stored
@@ -45,13 +57,41 @@ class _Refused(Exception):
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases before anything is expanded."""
+    """SafeLoader that refuses aliases before anything is expanded, and nesting deeper than
+    MAX_RECIPE_DEPTH before the composer recurses into it."""
+
+    _depth = 0
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         if self.check_event(yaml.AliasEvent):
             raise _Refused("YAML aliases (*name) are not allowed in recipes; write the value out",
                            self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+        if not self.check_event(yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        if self._depth == MAX_RECIPE_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _Refused(f"nested {self._measured_depth()} levels deep; a recipe is at most "
+                           f"{MAX_RECIPE_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _measured_depth(self) -> str:
+        """How deep the collection about to start goes, read off the parser's events (which
+        PyYAML produces without recursion): `N`, or `at least N` where the count stopped."""
+        depth = deepest = self._depth
+        try:
+            for _ in range(_DEPTH_COUNT_EVENTS):
+                event = self.get_event()
+                depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+                deepest = max(deepest, depth)
+                if depth == self._depth:  # the deep collection ended
+                    return str(deepest)
+        except yaml.YAMLError:
+            pass  # a syntax error further on: the depth so far is what is known
+        return f"at least {deepest}"
 
 
 def format_path(path: FieldPath) -> str:
@@ -145,6 +185,7 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath,
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
                 raise _Refused(f"{format_path(path) or 'top level'}: keys must be plain text, "
                                f"got {key_node.value!r}", key_node.start_mark)
+            _refuse_long(key_node, path)
             key = key_node.value
             if key in out:
                 raise _Refused(f"{format_path(path + (key,))}: duplicate key '{key}' "
@@ -161,10 +202,21 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath,
         return [_to_python(loader, item, path + (i,), locations) for i, item in enumerate(node.value)]
     if node.tag not in _BASIC_TAGS:
         raise _Refused(f"YAML tag {node.tag} is not allowed in recipes", mark)
+    _refuse_long(node, path)
     locations[path] = Located(mark.line + 1, mark.column + 1, node.value)
-    value = loader.construct_object(node, deep=True)
+    try:
+        value = loader.construct_object(node, deep=True)
+    except ValueError:  # an int over sys.get_int_max_str_digits() (PYTHONINTMAXSTRDIGITS may lower it)
+        raise _Refused(f"{format_path(path) or 'value'}: a number of {len(node.value):,} characters is not "
+                       "a recipe value; write a smaller number", mark) from None
     # Dates would crash doit's JSON-encoded config later; keep them as typed text so a
     # text field gets it verbatim and a typed field reports it.
     if isinstance(value, (datetime.date, datetime.datetime)):
         return node.value
     return value
+
+
+def _refuse_long(node: yaml.ScalarNode, path: FieldPath) -> None:
+    if len(node.value) > MAX_SCALAR_CHARS:
+        raise _Refused(f"{format_path(path) or 'top level'}: a value of {len(node.value):,} characters; a recipe "
+                       f"value is at most {MAX_SCALAR_CHARS:,}", node.start_mark)

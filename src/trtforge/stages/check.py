@@ -20,7 +20,10 @@ Three comparisons, all on the reference's fixed real inputs:
    is the model's business; how much a variant loses is the gate's.
 
 The report is written whether the gate passes or not: check.json (machine), a table on
-the terminal, and check.png (error distribution per output, the gate's figures).
+the terminal, and check.png (error distribution per output, the gate's figures). For an
+INT8 variant verified on some of its own calibration images (same bytes, same view), a
+warning says so and check.json keeps them as `calibration_overlap`: the ranges were fitted
+to those images, so accuracy measured on them flatters INT8.
 """
 
 from __future__ import annotations
@@ -33,12 +36,31 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import atomic_output, write_text_atomic
+from ..console import warn
 from ..errors import StageError, require
 from ..gates import GateSetting
 from ..gates.labels import LabelSet
+from ..images import ImageRef, list_image_set, select_images, sha256_hex, view_of
 from ..quant.cpu_form import cpu_session_model
 from ..recipe import CheckSpec, VerifySpec
 from .reference import input_hw, load_reference, run_onnxruntime
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """An INT8 variant's calibration images as its recipe selects them (calibration.images,
+    count and fraction, under the project root): the check lists them only to warn when it
+    verifies on them, so task generation pays nothing for it."""
+
+    root: Path
+    images: Path
+    count: int | None
+    fraction: float | None
+
+    @classmethod
+    def of(cls, root: Path, variant) -> CalibrationSet | None:  # noqa: ANN001 - a recipe Variant
+        spec = variant.calibration
+        return None if spec is None else cls(root, spec.images, spec.count, spec.fraction)
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ class CheckJob:
     report_png: Path
     labels: LabelSet | None = None  # verify.labels' files for the reference's images
     reference_images: Path | None = None  # the reference's images.json: their order (read with labels)
+    calibration: CalibrationSet | None = None  # an INT8 variant's: verifying on them is flagged
 
 
 def tensorrt_available() -> bool:
@@ -79,13 +102,46 @@ def run_check(job: CheckJob) -> None:
     }
     if job.labels is not None:
         report["labels"] = _labels_section(reference, onnx_outputs, feeds, job)
+    overlap = calibration_overlap(job)
+    if overlap:
+        report["calibration_overlap"] = overlap
     failures = gate_failures(report)
     report["passed"] = not failures
     write_text_atomic(job.report_json, json.dumps(report, indent=2, sort_keys=True) + "\n")
     _plot(reference, onnx_outputs, report, job.report_png)
     _print_table(report)
+    if overlap:
+        shared, listed = overlap["images"], ", ".join(overlap["images"][:3])
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        warn(f"{job.task}: {len(shared)} of the {overlap['verification_images']} verification images are also "
+             f"calibration images ({listed}{more}); accuracy on them flatters INT8: verify on other images")
     if failures:
         raise StageError(f"{job.task}: {failures[0]} (report: {job.report_json})")
+
+
+def calibration_overlap(job: CheckJob) -> dict | None:
+    """{"images": the verification images that are also calibration images, "verification_images":
+    how many there are}, or None when none is. An image counts when its bytes and its view are
+    the same, under whatever name or folder (a copied file counts); only calibration files
+    as large as some verification file are read. Both sets are selected as the reference and
+    calib stages select them; one that cannot be listed is theirs to report, not this check's."""
+    spec = job.calibration
+    if spec is None:
+        return None
+    try:
+        verification = select_images(list_image_set(spec.root / job.verify.images, spec.root), job.verify.count, None)
+        calibration = select_images(list_image_set(spec.root / spec.images, spec.root), spec.count, spec.fraction)
+        sizes = {ref.path.stat().st_size for ref in verification}
+        calibrated = {_identity(ref) for ref in calibration if ref.path.stat().st_size in sizes}
+        shared = [ref.name for ref in verification if _identity(ref) in calibrated]
+    except (StageError, OSError):
+        return None
+    return {"images": shared, "verification_images": len(verification)} if shared else None
+
+
+def _identity(ref: ImageRef) -> tuple[str, tuple[str, ...]]:
+    """What the model is fed from an image: its bytes and the view taken of them."""
+    return sha256_hex(ref.path.read_bytes()), view_of(ref.name)
 
 
 # Heads whose outputs are ranked lists of detections (top-k by score): row i of FP32 and row i

@@ -1,0 +1,225 @@
+"""Fault catalogue, the "ugly" trust-boundary cases of issue 13 an outside tester found on a
+fresh clone: a closed terminal, a recipe nested 400 deep, artifacts/ that is a dangling
+link or a file, a calibration subfolder that is a symlink, and verification images that
+are also calibration images. Each ends in one line naming the file or field and what to
+do; nothing is trusted and nothing is left half-written. Real doit runs in temporary
+projects at 160 px (the faults do not depend on the input size)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_RECIPE, copied, doit_env, executed, make_project, run_doit
+from doubles.trtexec import make_wrapper
+from test_calibration import demo_images
+
+from trtforge.errors import RecipeError
+from trtforge.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+INT8_AND_VERIFY = """\
+  int8:
+    precision: int8
+    calibration: {images: calib/imgs, batch: 2}
+verify: {images: calib/verify, count: 2, task: detect}
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A project with four calibration photos (calib/imgs) and two other verification photos
+    (calib/verify) whose export already ran; each test works on a copy."""
+    project = make_project(tmp_path_factory.mktemp("ugly") / "proj", {"yolov8n": SMALL_RECIPE + INT8_AND_VERIFY})
+    photos = demo_images()
+    for folder, chosen in (("imgs", photos[:4]), ("verify", photos[6:8])):
+        (project / "calib" / folder).mkdir(parents=True)
+        for ref in chosen:
+            shutil.copy(ref.path, project / "calib" / folder / Path(ref.name).name)
+    result = run_doit(project, "export:yolov8n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
+@pytest.fixture
+def project(exported, tmp_path) -> Path:
+    return copied(exported, tmp_path)
+
+
+def no_traceback(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    return output
+
+
+# ----------------------------------------------------------------------------- 1. SIGHUP
+
+def start_engine_build(project: Path, tmp_path: Path, **popen) -> tuple[subprocess.Popen, Path]:
+    """`doit engine:yolov8n-fp32` (surgery first, then a 60 s trtexec), returned once trtexec
+    writes its engine: surgery has finished in this very run by then."""
+    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=60)
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "engine:yolov8n-fp32"], cwd=project,
+                            env=doit_env({"TRTEXEC": str(slow)}), text=True, **popen)
+    deadline = time.monotonic() + 120
+    while not any((project / "artifacts" / "yolov8n" / "fp32").glob("*trtforge-tmp*/engine.plan")):
+        assert time.monotonic() < deadline and proc.poll() is None, "trtexec never started"
+        time.sleep(0.2)
+    return proc, slow
+
+
+def assert_stopped_cleanly_and_surgery_kept(project: Path, tmp_path: Path, slow: Path) -> None:
+    """No trtexec left, no temporary, and the surgery this run finished is recorded: the rerun
+    builds the engine only."""
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""
+    assert not list(project.rglob("*trtforge-tmp*"))
+    assert not (project / "artifacts" / "yolov8n" / "fp32" / "engine.plan").exists()
+    rerun = run_doit(project, "engine:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
+    assert rerun.returncode == 0 and executed(rerun) == ["engine:yolov8n-fp32"], rerun.stdout + rerun.stderr
+
+
+def test_sighup_stops_the_build_like_sigterm_with_its_own_line_and_code(project, tmp_path):
+    proc, slow = start_engine_build(project, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.send_signal(signal.SIGHUP)  # what a closed terminal's shell sends its jobs
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 129, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "trtforge: stopped by SIGHUP during engine:yolov8n-fp32; finished tasks are recorded and partial outputs "
+        "were removed: rerun the same command to continue")
+    assert_stopped_cleanly_and_surgery_kept(project, tmp_path, slow)
+
+
+def test_closing_the_terminal_doit_writes_to_stops_the_build_cleanly(project, tmp_path):
+    """The real hangup: doit's controlling terminal goes away, so SIGHUP arrives and every
+    later write to the terminal fails (EIO). Measured before the output was moved aside on
+    SIGHUP: the stop ended in exit 1 instead of 129."""
+    main, terminal = pty.openpty()
+
+    def on_the_terminal() -> None:  # in the child: a session whose controlling terminal is `terminal`
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        proc, slow = start_engine_build(project, tmp_path, stdin=terminal, stdout=terminal, stderr=terminal,
+                                        preexec_fn=on_the_terminal)
+    finally:
+        os.close(terminal)
+    os.close(main)  # the terminal window is closed, the ssh connection dropped
+    assert proc.wait(timeout=60) == 129
+    assert_stopped_cleanly_and_surgery_kept(project, tmp_path, slow)
+
+
+# ----------------------------------------------------------------------------- 2. nesting and size
+
+def test_a_recipe_nested_400_deep_is_one_line_on_every_command(small_project):
+    (small_project / "recipes" / "x.yaml").write_text("a: " + "[" * 400 + "]" * 400 + "\n")  # 804 bytes
+    for command in (["list"], ["export:yolov8n"]):
+        result = run_doit(small_project, *command)
+        no_traceback(result)
+        assert result.returncode == 3
+        assert result.stderr.strip() == "ERROR: recipes/x.yaml:1:35: nested 401 levels deep; a recipe is at most 32 levels"
+
+
+CAP = 256 * 1024 - 64  # just under the size cap: larger files are refused unread
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a: " + "[" * (CAP // 2) + "]" * (CAP // 2), "nested at least 1032 levels deep"),  # counted for 1000 events only
+    ("a: " + "{b: " * 5000 + "1" + "}" * 5000, "nested at least 532 levels deep"),
+    ("".join("  " * i + "a:\n" for i in range(400)), "recipes/x.yaml:33:65: nested at least 400 levels deep"),
+    ("- " * 3000 + "x\n", "nested at least 1032 levels deep"),
+    (SMALL_RECIPE.replace("precision: fp32", "precision: " + "x" * 200_000),
+     "variants.fp32.precision: a value of 200,000 characters; a recipe value is at most 4,096"),
+    (SMALL_RECIPE.replace("opset: 17", "opset: " + "9" * 5000),  # over Python's 4300-digit int() limit
+     "export.opset: a value of 5,000 characters"),
+    (SMALL_RECIPE.replace("1GiB", "1" * 5000 + "GiB"), "build.workspace: a value of 5,003 characters"),
+    ("a: [" + "1," * 60_000 + "1]\n", "a: unknown key 'a'"),  # huge and flat
+    ("model: |\n" + ("  " + "y" * 78 + "\n") * 1500, "recipes/x.yaml:1:8: model: a value of 118,500 characters"),
+])
+def test_pathological_yaml_ends_in_one_short_line(tmp_path, text, says):
+    """PyYAML's own limits (recursion, int() digits) and error lines quoting a 200 KB value."""
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "x.yaml"
+    recipe.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe, tmp_path, {"fold_constants": None, "slim": None, "infer_shapes": None})
+    message = str(caught.value)
+    assert message.startswith("recipes/x.yaml") and says in message and len(message) < 200 and "\n" not in message
+    assert time.monotonic() - started < 60
+
+
+# ----------------------------------------------------------------------------- 3. artifacts/
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p, t: (p / "artifacts").symlink_to(t / "disk" / "artifacts"),
+     "is a symlink to {t}/disk/artifacts, which does not exist (an unmounted disk?); mount it or remove the link"),
+    (lambda p, t: (p / "artifacts").write_text("notes\n"), "is a file, not a folder; move it away"),
+])
+def test_artifacts_that_is_no_folder_is_one_line_exit_3_and_nothing_is_created(small_project, tmp_path, make, says):
+    make(small_project, tmp_path)
+    for command in ("list", "export:yolov8n"):
+        result = run_doit(small_project, command)
+        no_traceback(result)
+        assert result.returncode == 3
+        assert result.stderr.strip() == f"ERROR: artifacts: {says.format(t=tmp_path)}"
+    assert not (tmp_path / "disk").exists()  # nothing written behind the link, on the system disk
+
+
+# ----------------------------------------------------------------------------- 4. symlinked subfolders
+
+def test_a_symlinked_calibration_subfolder_is_calibrated_on_and_a_link_loop_ends(project, tmp_path):
+    """Half the set lives on a data disk, linked in; links back up (a loop) must not hang."""
+    imgs, disk = project / "calib" / "imgs", tmp_path / "disk" / "more"
+    disk.mkdir(parents=True)
+    for photo in sorted(imgs.iterdir())[2:]:
+        photo.rename(disk / photo.name)
+    (imgs / "more").symlink_to(disk)
+    (disk / "back").symlink_to(imgs)  # from the data disk back into the set
+    (imgs / "up").symlink_to("..")
+    result = run_doit(project, "calib:yolov8n-int8", timeout=300)
+    no_traceback(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((project / "artifacts" / "yolov8n" / "int8" / "calib.json").read_text())
+    assert report["images"] == 4
+
+
+def test_a_dangling_link_in_a_calibration_set_is_one_line_not_fewer_images(project, tmp_path):
+    (project / "calib" / "imgs" / "more").symlink_to(tmp_path / "unmounted" / "more")
+    result = run_doit(project, "calib:yolov8n-int8")
+    output = no_traceback(result)
+    assert result.returncode != 0
+    assert (f"yolov8n.yaml: variants.int8.calibration.images: calib/imgs/more: is a symlink to {tmp_path}/unmounted/more, "
+            "which does not exist (an unmounted disk?); mount it or remove the link") in output.splitlines()
+    assert not (project / "artifacts" / "yolov8n" / "int8" / "calib.cache").exists()
+
+
+# ----------------------------------------------------------------------------- 5. verified on calibration images
+
+def test_verifying_int8_on_its_own_calibration_images_is_flagged(project):
+    """One verification photo is a renamed copy of a calibration photo: same bytes, another name."""
+    calibrated = sorted((project / "calib" / "imgs").iterdir())[1]
+    shutil.copy(calibrated, project / "calib" / "verify" / "same-photo.jpg")
+    (project / "recipes" / "yolov8n.yaml").write_text(
+        (project / "recipes" / "yolov8n.yaml").read_text().replace("count: 2", "count: 3"))
+    result = run_doit(project, "--continue", "check:yolov8n-int8", "check:yolov8n-fp32", timeout=600)
+    output = no_traceback(result)
+    report = project / "artifacts" / "yolov8n" / "int8" / "check.json"
+    assert report.exists(), output
+    line = ("trtforge: WARNING: check:yolov8n-int8: 1 of the 3 verification images are also calibration images "
+            "(calib/verify/same-photo.jpg); accuracy on them flatters INT8: verify on other images")
+    assert output.splitlines().count(line) == 1, output  # and none for fp32, which no image calibrated
+    assert json.loads(report.read_text())["calibration_overlap"] == {
+        "images": ["calib/verify/same-photo.jpg"], "verification_images": 3}

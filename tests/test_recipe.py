@@ -71,6 +71,7 @@ def test_variant_build_overrides_only_the_fields_it_names(tmp_path):
     (VALID.replace("[1, 3, 640, 640]", "[1, 3, 640, 640]}\nbuild: {timing_cache: no"),
      "build.timing_cache", "YAML reads unquoted 'no' as false"),
     (VALID + "build: {workspace: 4GB}\n", "build.workspace", "4GiB or 512MiB"),
+    (VALID + "build: {workspace: " + "1" * 700 + "GiB}\n", "build.workspace", "4GiB or 512MiB"),  # no int() of 700 digits
     (VALID + "build: {workspace: 1536KiB}\n", "build.workspace", "whole, positive number of MiB"),
     (VALID + "build: {optimization_level: 1e3}\n", "build.optimization_level", "write the number out"),
     (VALID + "build: {optimization_level: 0755}\n", "build.optimization_level", "plain decimal"),

@@ -58,9 +58,9 @@ PRECISION_MODES = ("auto", "implicit", "explicit")
 MODEL_SOURCES = ("ultralytics", "yolov5", "torch", "onnx")  # yolov5: the anchor-based YOLOv5 package
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)\s*$")
+_SIZE = re.compile(r"^\s*(\d{1,16})\s*(B|KiB|MiB|GiB|TiB)\s*$")  # 16 digits: past any GPU, within int()
 _SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*(s|m|h)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 # Flags the renderer owns: setting them through extra_args would contradict the recipe.
 RENDERER_FLAGS = frozenset({

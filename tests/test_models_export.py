@@ -41,6 +41,7 @@ LAYOUTS = {
     "yolov5s": (160, {"output0": (2, 1575, 85)}),  # 640: [B, 25200, 85] (3 anchors per cell)
     "rtdetr-l": (160, {"output0": (2, 300, 6)}),  # any size: [B, 300, 6]
     "yolo26n": (160, {"output0": (2, 300, 6)}),  # any size: [B, 300, 6]
+    "yolov8s-people": (160, {"output0": (2, 6, 525)}),  # trained, 2 classes; 640: [B, 6, 8400]
 }
 
 

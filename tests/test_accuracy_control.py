@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtforge.errors import StageError
 from trtforge.quant.accuracy import (AccuracyJob, Control, accuracy_key, activation_quantized_nodes, control,
-                                     controlled, conv_int8_share, reverted, switchable)
+                                     controlled, conv_int8_share, reverted)
 from trtforge.stages.reference import run_onnxruntime
 
 RNG = np.random.default_rng(0)
@@ -79,24 +79,6 @@ def test_reverting_a_node_bypasses_only_its_own_input_and_drops_what_nobody_read
     assert [n.name for n in model.graph.node].count("a_Q") == 1  # the input model is untouched
     outputs = run_onnxruntime(result.SerializeToString(), FEEDS)
     assert all(np.allclose(o["y"], r["y"], atol=0.1) for o, r in zip(outputs, float_reference()))
-
-
-def test_a_switched_revert_computes_what_the_reverted_model_computes():
-    """Ranking runs every lone revert in one session of the switchable model; each switch
-    must give the reverted model's outputs, and all switches off the quantized model's."""
-    model = chain()
-    names = activation_quantized_nodes(model)
-    switch, flags = switchable(model, names)
-    off = {flag: np.array(False) for flag in flags.values()}
-    (quantized,), (all_off,) = run_onnxruntime(model.SerializeToString(), FEEDS[:1]), run_onnxruntime(
-        switch.SerializeToString(), [{**FEEDS[0], **off}])
-    np.testing.assert_array_equal(all_off["y"], quantized["y"])
-    for name in names:
-        (expected,) = run_onnxruntime(reverted(model, [name]).SerializeToString(), FEEDS[:1])
-        (switched,) = run_onnxruntime(switch.SerializeToString(), [{**FEEDS[0], **off, flags[name]: np.array(True)}])
-        np.testing.assert_array_equal(switched["y"], expected["y"])
-    (unclipped,) = run_onnxruntime(switch.SerializeToString(), [{**FEEDS[0], **off, flags["b"]: np.array(True)}])
-    assert not np.array_equal(unclipped["y"], quantized["y"])  # the switch is not a no-op
 
 
 def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):

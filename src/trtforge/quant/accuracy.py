@@ -9,8 +9,7 @@ on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
 2. rank every quantized node by how much reverting it alone (bypassing the Q/DQ pairs on
    its activation inputs) brings the outputs back towards FP32 on a few ranking images. A
    continuous output distance ranks, because a gate figure on a few images cannot tell
-   most single reverts apart. All lone reverts run in one session of a model whose reverts
-   are switched by inputs (`switchable`);
+   most single reverts apart;
 3. revert nodes in rank order, the fewest that make the gate hold: counts 1, 2, 4, ... are
    tried until one holds, then bisected, so a search costs a handful of gate runs.
 
@@ -34,7 +33,7 @@ from ..console import info, warn
 from ..errors import StageError, require
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
 
-ALGORITHM_VERSION = 2  # bump when the search changes, so stored exclusion lists are not reused
+ALGORITHM_VERSION = 1  # bump when the search changes, so stored exclusion lists are not reused
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,7 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
     takes a candidate's outputs on `feeds` and returns the gate's JSON (value, status)."""
     started = time.monotonic()
     floor = 1.0 - spec.max_drop
-    float16 = float16_tensors(model)
-    run = _runner(float16)
+    run = _runner(model)
 
     def gate(candidate) -> dict:
         if time.monotonic() - started > spec.seconds:
@@ -136,7 +134,7 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
     if holds(first):
         info(f"{spec.task}: INT8 holds the accuracy floor with nothing reverted ({first['value']:.3f} >= {floor:g})")
         return model, _finish(report, model, started)
-    ranked = rank_nodes(model, feeds[:spec.ranking_images], reference[:spec.ranking_images], spec.task, float16)
+    ranked = rank_nodes(model, feeds[:spec.ranking_images], reference[:spec.ranking_images], spec.task, run)
     count, result = _fewest(model, ranked, gate, holds, report["steps"], spec.task)
     if count is None:
         raise StageError(f"{spec.task}: calibration.accuracy: even with all {len(ranked)} quantized nodes reverted "
@@ -174,66 +172,27 @@ def _fewest(model, ranked: list[str], gate, holds, steps: list, task: str) -> tu
     return high, tried[high]
 
 
-def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, float16: set[str]) -> list[str]:
-    """Quantized nodes, the one whose lone revert brings the outputs closest to FP32 first.
-
-    Every lone revert runs in one ONNX Runtime session of the `switchable` model, so ranking
-    costs inferences, not a model copy and a session per node (most of the search's time when
-    each try was its own model)."""
+def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run) -> list[str]:
+    """Quantized nodes, the one whose lone revert brings the outputs closest to FP32 first."""
     np = require("numpy", "core")
-    ort = require("onnxruntime", "core")
     names = activation_quantized_nodes(model)
-    switch, flags = switchable(model, names)
-    session = ort.InferenceSession(with_float32_quantize_inputs(switch, float16)[0].SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    outputs = [o.name for o in session.get_outputs()]
-    off = {flag: np.array(False) for flag in flags.values()}
 
-    def distance(name: str) -> float:
-        total = 0.0
-        for feed, ref in zip(feeds, reference):
-            got = dict(zip(outputs, session.run(outputs, {**feed, **off, flags[name]: np.array(True)})))
-            total += sum(float(np.mean(np.abs(got[k].astype(np.float64) - ref[k])) / (np.mean(np.abs(ref[k])) + 1e-12))
-                         for k in ref if k in got)
-        return total
+    def distance(candidate) -> float:
+        outputs = run(candidate, feeds)
+        return float(sum(np.mean(np.abs(out[k].astype(np.float64) - ref[k])) / (np.mean(np.abs(ref[k])) + 1e-12)
+                         for out, ref in zip(outputs, reference) for k in ref if k in out))
 
     info(f"{task}: ranking {len(names)} quantized nodes on {len(feeds)} images")
-    scores = {name: distance(name) for name in names}
+    scores = {name: distance(reverted(model, [name])) for name in names}
     return sorted(names, key=lambda name: (scores[name], names.index(name)))
 
 
-def switchable(model, names: list[str]) -> tuple[object, dict[str, str]]:
-    """(a copy of `model` in which each node of `names` reads each quantized activation through
-    Where(flag, unquantized, quantized), {node: its flag}): one bool scalar graph input per
-    node, so feeding one flag true runs `reverted(model, [node])`'s arithmetic."""
-    onnx = require("onnx", "core")
-    from onnx import helper
-
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    producer = {out: node for node in result.graph.node for out in node.output}
-    wanted, flags, nodes = set(names), {}, []
-    for node in result.graph.node:
-        if node.name in wanted:
-            flag = flags[node.name] = f"__trtforge_revert_{len(flags)}"
-            for slot, tensor in enumerate(node.input):
-                source = _qdq_source(producer, tensor)
-                if source is not None:
-                    nodes.append(helper.make_node("Where", [flag, source, tensor], [f"{flag}_{slot}"],
-                                                  name=f"{flag}_{slot}"))
-                    node.input[slot] = f"{flag}_{slot}"
-        nodes.append(node)
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    result.graph.input.extend(helper.make_tensor_value_info(flag, onnx.TensorProto.BOOL, []) for flag in flags.values())
-    return result, flags
-
-
-def _runner(float16: set[str]) -> Callable[[object, list[dict]], list[dict]]:
-    """Runs a reverted copy of the Q/DQ model in the check's CPU form. Reverting removes Q/DQ
-    nodes but changes no tensor's type, so the model's float16 tensors are found once."""
+def _runner(model) -> Callable[[object, list[dict]], list[dict]]:
+    """Runs a reverted copy of `model` in the check's CPU form. Reverting removes Q/DQ nodes
+    but changes no tensor's type, so `model`'s float16 tensors are found once."""
     from ..stages.reference import run_onnxruntime
 
+    float16 = float16_tensors(model)
     return lambda candidate, feeds: run_onnxruntime(
         with_float32_quantize_inputs(candidate, float16)[0].SerializeToString(), feeds)
 

@@ -128,6 +128,22 @@ def write_stored_json(target: Path, payload: dict) -> None:
     write_text_atomic(target, json.dumps(record, sort_keys=True))
 
 
+def reusable_stored_json(path: Path, problem: Callable[[dict], str | None], task: str, what: str,
+                         instead: str) -> dict | None:
+    """The payload stored at `path`, or None: nothing is stored there, or it is damaged (see
+    `read_stored_json`) and the caller computes it again and replaces it, after one warning
+    naming the file, why, and what happens `instead`."""
+    if not path.exists():
+        return None
+    try:
+        return read_stored_json(path, problem)
+    except DamagedStore as why:
+        from .console import warn
+
+        warn(f"{task}: not reusing the stored {what} {path}: {why}; {instead}")
+        return None
+
+
 def read_stored_json(path: Path, problem: Callable[[dict], str | None]) -> dict:
     """The payload `write_stored_json` kept at `path`, or DamagedStore saying why not: the file
     is unreadable, empty (a power loss can leave one), not JSON (cut short), in another

@@ -9,6 +9,10 @@ as a task failure.
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class TrtforgeError(Exception):
     """Base class: an error the user can fix, with a one-line message."""
@@ -82,3 +86,22 @@ def require(module: str, extra: str):
         if exc.name and module.split(".")[0] != exc.name.split(".")[0]:
             raise  # a broken install of something else: keep the real traceback
         raise MissingDependencyError(module, extra) from exc
+
+
+def broken_link(path: Path) -> tuple[str, str] | None:
+    """(kind, the end of a one-line error) when `path` is a symlink that leads nowhere:
+    ("dangling", ...) for a target that does not exist (a data disk not mounted, a moved
+    dataset), ("loop", ...) for a link that loops; None for anything else."""
+    if not path.is_symlink():
+        return None
+    target = os.readlink(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return "dangling", (f"is a symlink to {target}, which does not exist (an unmounted disk?); "
+                            "mount it or remove the link")
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return "loop", f"is a symlink to {target}, which loops back on itself; remove the link"
+    return None

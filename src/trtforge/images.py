@@ -15,16 +15,14 @@ what the deployed model will see.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.util
-import os
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StageError, require
+from .errors import StageError, broken_link, require
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 PAD_VALUE = 114
@@ -153,14 +151,9 @@ def _visible_entries(folder: Path) -> list[Path]:
 def _refuse_dangling(link: Path, root: Path) -> None:
     """A symlink to nothing (a data disk not mounted, a moved dataset) is data that is
     missing, not absent: say so in one line. A link that loops is left out, as rglob did."""
-    try:
-        link.stat()
-    except FileNotFoundError:
-        raise ImageSetError(f"{_rel(link, root)}: is a symlink to {os.readlink(link)}, which does not "
-                            "exist (an unmounted disk?); mount it or remove the link") from None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
+    broken = broken_link(link)
+    if broken is not None and broken[0] == "dangling":
+        raise ImageSetError(f"{_rel(link, root)}: {broken[1]}")
 
 
 def _is_image_file(path: Path, base: Path) -> bool:

@@ -11,7 +11,6 @@ lock also makes it safe to sweep the temporaries that an earlier, killed run lef
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ from doit.reporter import ConsoleReporter
 
 from .atomic import sweep_temporaries
 from .console import info
-from .errors import TrtforgeError, disk_error_message
+from .errors import TrtforgeError, broken_link, disk_error_message
 
 # doit commands that only read the state: they neither take the lock nor sweep.
 READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
@@ -94,21 +93,13 @@ def refuse_unusable_artifacts(artifacts: Path) -> None:
     fill the system disk instead), a link to a file or a link loop, or a plain file. Each
     made `mkdir` fail with a FileExistsError traceback before."""
     shown = artifacts.name
+    broken = broken_link(artifacts)
+    if broken is not None:
+        raise TrtforgeError(f"{shown}: {broken[1]}")
     if artifacts.is_symlink():
-        target = os.readlink(artifacts)
-        try:
-            artifacts.stat()
-        except FileNotFoundError:
-            raise TrtforgeError(f"{shown}: is a symlink to {target}, which does not exist (an unmounted disk?); "
-                                "mount it or remove the link") from None
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise TrtforgeError(f"{shown}: is a symlink to {target}, which loops back on itself; "
-                                "remove the link") from None
         if not artifacts.is_dir():
-            raise TrtforgeError(f"{shown}: is a symlink to {target}, which is a file, not a folder; point the "
-                                "link at a folder or remove it")
+            raise TrtforgeError(f"{shown}: is a symlink to {os.readlink(artifacts)}, which is a file, not a folder; "
+                                "point the link at a folder or remove it")
     elif artifacts.exists() and not artifacts.is_dir():
         raise TrtforgeError(f"{shown}: is a file, not a folder; move it away")
 

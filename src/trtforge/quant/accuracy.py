@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import STORE_FORMAT, DamagedStore, read_stored_json, write_stored_json
+from ..atomic import STORE_FORMAT, reusable_stored_json, write_stored_json
 from ..console import info, warn
 from ..errors import StageError, require
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
@@ -240,7 +240,9 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     `quantized_from` identifies what the Q/DQ model was made from (see accuracy_key)."""
     key = accuracy_key(quantized_from, job)
     stored = job.store_dir / f"accuracy-{key[:24]}.json"
-    report = _stored_report(stored, key, job.control.task) if stored.exists() else None
+    # a damaged store (a power loss can leave it empty) is searched again and replaced
+    report = reusable_stored_json(stored, lambda payload: _stored_problem(payload, key), job.control.task,
+                                  "accuracy-control result", "searching again")
     if report is not None:
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
@@ -256,17 +258,6 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
     report = {**report, "key": key}
     write_stored_json(stored, report)
     return result, {**report, "reused": False}
-
-
-def _stored_report(path: Path, key: str, task: str) -> dict | None:
-    """A stored report, or None after one warning naming the file when it is damaged (a power
-    loss can leave it empty; see atomic.read_stored_json): the search then runs again and
-    replaces it, as a damaged stored calibration result is computed again."""
-    try:
-        return read_stored_json(path, lambda report: _stored_problem(report, key))
-    except DamagedStore as why:
-        warn(f"{task}: not reusing the stored accuracy-control result {path}: {why}; searching again")
-        return None
 
 
 def _stored_problem(report: dict, key: str) -> str | None:

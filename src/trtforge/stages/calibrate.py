@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import DamagedStore, atomic_output, read_stored_json, write_stored_json, write_text_atomic
+from ..atomic import atomic_output, reusable_stored_json, write_stored_json, write_text_atomic
 from ..calib_cache import write_cache_text
 from ..console import Progress, info, warn
 from ..errors import StageError, require
@@ -106,13 +106,8 @@ def _stored_result(job: CalibrationJob, stored: Path, key: str) -> dict | None:
     """The result stored under `key`, or None: none was stored, or the file is damaged (a
     power loss can leave it empty) and is computed again and replaced, after one warning
     naming it. Ranges read back unchecked would go straight into the engine's INT8 scales."""
-    if not stored.exists():
-        return None
-    try:
-        return read_stored_json(stored, lambda payload: _stored_problem(payload, key))
-    except DamagedStore as exc:
-        warn(f"{job.task}: not reusing the stored calibration result {stored}: {exc}; computing the ranges again")
-        return None
+    return reusable_stored_json(stored, lambda payload: _stored_problem(payload, key), job.task,
+                                "calibration result", "computing the ranges again")
 
 
 def _stored_problem(payload: dict, key: str) -> str | None:

@@ -11,6 +11,7 @@ libraries: it runs on every `doit` call, a no-op build included.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -79,10 +80,17 @@ def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFaile
 
     doit passes its Task as `task` (its name is what an interrupted run reports) and the
     target list; what this returns is saved by doit with the success, so `outputs_intact`
-    can later tell an output changed outside the tool from the one this run wrote."""
+    can later tell an output changed outside the tool from the one this run wrote.
+
+    doit records its file_deps' state after the action: an input replaced while the stage
+    read it (a training run still writing best.pt, a plugin edited mid-build) would be
+    recorded as the input of outputs made from the old bytes, and trusted on every later
+    run. So every file_dep's state is taken before the stage and compared after it; a
+    change fails the task, and doit records nothing."""
     from . import session
 
     session.current_task = task.name  # left set when a stop interrupts the stage
+    before = {dep: _file_state(dep) for dep in task.file_dep}
     try:
         func(*args)
     except TrtforgeError as exc:
@@ -93,7 +101,23 @@ def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFaile
             raise
         return TaskFailed(message)
     session.current_task = None
+    changed = sorted(dep for dep, state in before.items() if _file_state(dep) != state)
+    if changed:
+        shown = Path(changed[0]).relative_to(Path.cwd()) if Path(changed[0]).is_relative_to(Path.cwd()) else changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return TaskFailed(f"{task.name}: {shown}{more} changed while the task was reading it; nothing was recorded: "
+                          "rerun once it is stable")
     return {"outputs": {t: _fingerprint(Path(t)) for t in targets}}
+
+
+def _file_state(path: str) -> tuple | None:
+    """What any replacement or write changes, from one stat: inode, size, mtime and ctime
+    (a restored mtime does not restore ctime). None for a file that is gone."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def _fingerprint(path: Path) -> list:

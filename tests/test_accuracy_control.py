@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtforge.errors import StageError
 from trtforge.quant.accuracy import (AccuracyJob, Control, accuracy_key, activation_quantized_nodes, control,
-                                     controlled, conv_int8_share, reverted)
+                                     controlled, conv_int8_share, rank_nodes, reverted)
 from trtforge.stages.reference import run_onnxruntime
 
 RNG = np.random.default_rng(0)
@@ -89,6 +89,35 @@ def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):
     assert [step["reverted"] for step in report["steps"]] == [1]
     assert activation_quantized_nodes(result) == ["a", "c"]
     assert "reverted 1 of 3 quantized nodes" in capsys.readouterr().err
+
+
+def long_chain(length: int, damaged: int):
+    """x -> n0 -> n1 -> ... (each Mul by 1, reading its input through Q/DQ at a scale that
+    holds [-4, 4]), except that node `damaged` reads through a scale that clips at 0.03."""
+    nodes, inits, tensor = [], [numpy_helper.from_array(np.ones((1, 64), np.float32), "one")], "x"
+    for i in range(length):
+        scale = 0.03 / 127 if i == damaged else 4 / 127
+        nodes.append(helper.make_node("Mul", [qdq(tensor, scale, nodes, inits), "one"], [f"t{i}"], name=f"n{i}"))
+        tensor = f"t{i}"
+    graph = helper.make_graph(nodes, "long", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info(tensor, TensorProto.FLOAT, [1, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.mark.parametrize("damaged", [0, 23, 47])
+def test_ranking_finds_the_damaged_node_first_in_about_4_sqrt_n_tries(damaged):
+    """48 nodes: 8 runs of 6 neighbours, then the 3 best runs' nodes alone: 26 tries, not 48."""
+    model = long_chain(48, damaged)
+    reference = [{f"t{47}": feed["x"]} for feed in FEEDS[:2]]
+    tries = []
+
+    def run(candidate, feeds):
+        tries.append(1)
+        return run_onnxruntime(candidate.SerializeToString(), feeds)
+
+    ranked = rank_nodes(model, FEEDS[:2], reference, "quantize:t-int8", run)
+    assert ranked[0] == f"n{damaged}" and sorted(ranked) == sorted(f"n{i}" for i in range(48))
+    assert len(tries) == 8 + 3 * 6
 
 
 def test_a_model_that_already_holds_is_left_as_it_is():

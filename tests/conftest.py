@@ -112,5 +112,15 @@ def executed(result: subprocess.CompletedProcess) -> list[str]:
     return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]
 
 
+def the_error(result) -> str:
+    """The one line doit shows under `TaskFailed - taskid:<task>`; no traceback anywhere."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    lines = output.splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith("TaskFailed - taskid:")]
+    assert len(failed) == 1, output
+    return lines[failed[0] + 1]
+
+
 def up_to_date(result: subprocess.CompletedProcess) -> list[str]:
     return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith("-- ")]

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import ultralytics.utils.patches  # noqa: F401 (patches PIL.Image.open, as the export stage does in a doit run)
-from conftest import SMALL_RECIPE, copied, executed, make_project, run_doit
+from conftest import SMALL_RECIPE, copied, executed, make_project, run_doit, the_error
 from PIL import Image
 from test_calibration import demo_images, job_for, model_160, refs_in  # noqa: F401 (model_160: a fixture)
 
@@ -395,13 +395,19 @@ verify: {images: calib/verify, count: 2, task: detect}
 def surgered(tmp_path_factory) -> Path:
     """A project with six calibration and two verification photos whose export and
     surgery already ran (160 px: image faults do not depend on the input size)."""
-    project = make_project(tmp_path_factory.mktemp("faults") / "proj", {"yolov8n": SMALL_RECIPE + INT8_AND_VERIFY})
+    return project_with_photos(tmp_path_factory.mktemp("faults"), INT8_AND_VERIFY, 6, "surgery:yolov8n")
+
+
+def project_with_photos(folder: Path, int8_and_verify: str, calibration: int, task: str) -> Path:
+    """A SMALL_RECIPE project plus `int8_and_verify`, with `calibration` demo photos in
+    calib/imgs and two others in calib/verify, after `doit <task>`."""
+    project = make_project(folder / "proj", {"yolov8n": SMALL_RECIPE + int8_and_verify})
     photos = demo_images()
-    for folder, chosen in (("imgs", photos[:6]), ("verify", photos[6:8])):
-        (project / "calib" / folder).mkdir(parents=True)
+    for sub, chosen in (("imgs", photos[:calibration]), ("verify", photos[6:8])):
+        (project / "calib" / sub).mkdir(parents=True)
         for ref in chosen:
-            shutil.copy(ref.path, project / "calib" / folder / Path(ref.name).name)
-    result = run_doit(project, "surgery:yolov8n")
+            shutil.copy(ref.path, project / "calib" / sub / Path(ref.name).name)
+    result = run_doit(project, task)
     assert result.returncode == 0, result.stdout + result.stderr
     return project
 
@@ -409,16 +415,6 @@ def surgered(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(surgered, tmp_path) -> Path:
     return copied(surgered, tmp_path)
-
-
-def the_error(result) -> str:
-    """The one line doit shows under `TaskFailed - taskid:<task>`; no traceback anywhere."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = output.splitlines()
-    failed = [i for i, line in enumerate(lines) if line.startswith("TaskFailed - taskid:")]
-    assert len(failed) == 1, output
-    return lines[failed[0] + 1]
 
 
 def edit_recipe(project: Path, old: str, new: str) -> None:

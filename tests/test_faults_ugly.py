@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RECIPE, copied, doit_env, executed, make_project, run_doit
+from conftest import SMALL_RECIPE, copied, doit_env, executed, run_doit
 from doubles.trtexec import make_wrapper
-from test_calibration import demo_images
+from test_faults_images import project_with_photos
 
 from trtforge.errors import RecipeError
 from trtforge.recipe import load_recipe
@@ -41,15 +41,7 @@ verify: {images: calib/verify, count: 2, task: detect}
 def exported(tmp_path_factory) -> Path:
     """A project with four calibration photos (calib/imgs) and two other verification photos
     (calib/verify) whose export already ran; each test works on a copy."""
-    project = make_project(tmp_path_factory.mktemp("ugly") / "proj", {"yolov8n": SMALL_RECIPE + INT8_AND_VERIFY})
-    photos = demo_images()
-    for folder, chosen in (("imgs", photos[:4]), ("verify", photos[6:8])):
-        (project / "calib" / folder).mkdir(parents=True)
-        for ref in chosen:
-            shutil.copy(ref.path, project / "calib" / folder / Path(ref.name).name)
-    result = run_doit(project, "export:yolov8n")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return project
+    return project_with_photos(tmp_path_factory.mktemp("ugly"), INT8_AND_VERIFY, 4, "export:yolov8n")
 
 
 @pytest.fixture

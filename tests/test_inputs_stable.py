@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import executed, make_project, run_doit, up_to_date
+from conftest import executed, make_project, run_doit, the_error, up_to_date
 
 pytestmark = pytest.mark.slow
 
@@ -65,17 +65,11 @@ def project(tmp_path: Path, rewrite_weights: bool, edit_plugin: bool) -> Path:
     return root
 
 
-def failure_line(result) -> str:
-    lines = (result.stdout + result.stderr).splitlines()
-    assert "Traceback" not in result.stdout + result.stderr
-    return lines[next(i for i, line in enumerate(lines) if line.startswith("TaskFailed - taskid:")) + 1]
-
-
 def test_weights_replaced_during_the_export_fail_it_and_are_exported_next_run(tmp_path):
     root = project(tmp_path, rewrite_weights=True, edit_plugin=False)
     first = run_doit(root, "export:tiny")
     assert first.returncode == 1, first.stdout + first.stderr
-    assert failure_line(first) == ("export:tiny: models/w.pt changed while the task was reading it; "
+    assert the_error(first) == ("export:tiny: models/w.pt changed while the task was reading it; "
                                    "nothing was recorded: rerun once it is stable")
     again = run_doit(root, "export:tiny")  # the new weights are exported and recorded
     assert again.returncode == 0 and executed(again) == ["export:tiny"], again.stdout + again.stderr
@@ -86,6 +80,6 @@ def test_a_plugin_edited_while_its_pass_runs_fails_surgery_and_reruns_it(tmp_pat
     root = project(tmp_path, rewrite_weights=False, edit_plugin=True)
     first = run_doit(root, "surgery:tiny")
     assert first.returncode == 1, first.stdout + first.stderr
-    assert failure_line(first).startswith("surgery:tiny: plugins/edit.py changed while the task was reading it")
+    assert the_error(first).startswith("surgery:tiny: plugins/edit.py changed while the task was reading it")
     assert executed(run_doit(root, "surgery:tiny")) == ["surgery:tiny"]  # export stays done; surgery reruns
     assert up_to_date(run_doit(root, "surgery:tiny")) == ["export:tiny", "surgery:tiny"]

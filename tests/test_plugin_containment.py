@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import copied, executed, prepared_project, run_doit
+from conftest import copied, executed, prepared_project, run_doit, the_error
 
 from trtforge.errors import StageError
 from trtforge.stages.surgery import run_surgery
@@ -43,16 +43,6 @@ def with_plugin(project: Path, text: str) -> Path:
     recipe.write_text(recipe.read_text().replace("surgery: [fold_constants, slim, infer_shapes]",
                                                  "surgery: [fold_constants, x, infer_shapes]"))
     return project
-
-
-def the_error(result) -> str:
-    """The one line doit shows under `TaskFailed - taskid:<task>`; no traceback anywhere."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = output.splitlines()
-    failed = [i for i, line in enumerate(lines) if line.startswith("TaskFailed - taskid:")]
-    assert len(failed) == 1, output
-    return lines[failed[0] + 1]
 
 
 EXITS = {

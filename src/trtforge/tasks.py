@@ -111,13 +111,13 @@ def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFaile
 
 
 def _file_state(path: str) -> tuple | None:
-    """What any replacement or write changes, from one stat: inode, size, mtime and ctime
-    (a restored mtime does not restore ctime). None for a file that is gone."""
+    """What a replacement or a write changes, from one stat: inode, size and mtime. Not
+    ctime: the engine stage hard-links its inputs into its work folder, which changes it."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _fingerprint(path: Path) -> list:

@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,9 +64,14 @@ def _modelopt_qdq(source: Path, calib_cache: Path, sample_batch: Path, temp: Pat
     np = require("numpy", "core")
     quantization = require("modelopt.onnx.quantization", "quant")
     with tempfile.TemporaryDirectory() as scratch:
+        # ModelOpt runs onnx.shape_inference.infer_shapes_path(onnx_path) with no output path,
+        # which rewrites its input in place (modelopt/onnx/trt_utils.py, load_onnx_model): give
+        # it a private copy, or it rewrites surgery's model.onnx under the quantize task.
+        private = Path(scratch) / source.name
+        shutil.copyfile(source, private)
         try:
             quantization.quantize(
-                onnx_path=str(source), quantize_mode="int8", calibration_data=np.load(sample_batch),
+                onnx_path=str(private), quantize_mode="int8", calibration_data=np.load(sample_batch),
                 calibration_method="max", calibration_cache_path=str(calib_cache),
                 calibration_eps=["cpu"], nodes_to_exclude=[fnmatch.translate(p) for p in keep_fp32],
                 high_precision_dtype="fp32" if keep_fp32 else "fp16", output_path=str(temp),

@@ -5,8 +5,9 @@ path or glob relative to the manifest's folder, or `package:<module>/<glob>` for
 shipped inside an installed Python package (the built-in demo sets use those, so they
 need no network). An entry may end in ` @ <view>`, a deterministic view of each image it
 names (`mirror`, `crop 80% top-left`, or both joined by `, `): a few packaged photos then
-make a verification set with enough objects to measure (calib/demo-people.txt). Listing a set is cheap and imports nothing heavy: it runs when tasks
-are generated, so the exact files a stage reads are doit file_deps.
+make a verification set with enough objects to measure (calib/demo-people.txt). Listing a
+set is cheap and imports nothing heavy: it runs when tasks are generated, so the exact
+files a stage reads are doit file_deps.
 
 Preprocessing is Ultralytics' inference preprocessing (LetterBox with pad 114, centred,
 scale-up allowed; BGR -> RGB; /255; CHW float32), so calibration and verification see

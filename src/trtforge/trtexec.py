@@ -85,7 +85,7 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
     except ToolError as exc:
         raise ToolError(f"{path}: {exc}") from None
     if key:
-        cached = {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}:")}
+        cached = _without_probes_of(cached, path)
         cached[key] = [version.major, version.minor, version.patch]
         _write_probe_cache(cache_file, cached)
     return version
@@ -106,9 +106,14 @@ def _probe_key(real: Path) -> str | None:
 def forget_probe(path: Path, cache_file: Path) -> None:
     """Drop every cached probe of `path`, so the next run asks it again."""
     cached = _read_probe_cache(cache_file)
-    kept = {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}:")}
+    kept = _without_probes_of(cached, path)
     if kept != cached:
         _write_probe_cache(cache_file, kept)
+
+
+def _without_probes_of(cached: dict, path: Path) -> dict:
+    """The probe cache without the entries of `path` (keys start with its resolved path)."""
+    return {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}:")}
 
 
 def _no_banner_message(path: Path, output: str) -> str:

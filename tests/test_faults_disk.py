@@ -327,9 +327,10 @@ def test_modelopt_wrapping_a_full_disk_still_gives_the_disk_line(tmp_path, monke
 
     monkeypatch.setattr(quantization, "quantize", full_disk)
     np.save(tmp_path / "sample.npy", np.zeros((1, 3, 8, 8), np.float32))
+    (tmp_path / "model.onnx").write_bytes(b"")  # the stage hands ModelOpt a copy of it
     out = tmp_path / "qdq.onnx"
     failure = run_stage(qdq.quantize_int8, tmp_path / "model.onnx", tmp_path / "calib.cache", tmp_path / "sample.npy",
-                        out, (), task=SimpleNamespace(name="quantize:m-int8"), targets=[])
+                        out, (), task=SimpleNamespace(name="quantize:m-int8", file_dep=set()), targets=[])
     assert failure.message == (f"quantize:m-int8: cannot write {out}: No space left on device; "
                                "free space on that disk and rerun")
     assert not list(tmp_path.glob("*qdq.onnx"))

@@ -12,7 +12,7 @@ from doit.exceptions import TaskFailed
 from trtforge.errors import StageError
 from trtforge.tasks import run_stage
 
-TASK = SimpleNamespace(name="export:demo")
+TASK = SimpleNamespace(name="export:demo", file_dep=set())  # what run_stage reads of doit's Task
 
 
 def raising(exc: BaseException):

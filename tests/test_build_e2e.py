@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import copied, executed, prepared_project, run_doit, sha256, up_to_date
-from doubles.trtexec import make_wrapper, read_engine
+from doubles.trtexec import make_wrapper, read_engine, running_through
 
 pytestmark = pytest.mark.slow
 
@@ -416,7 +416,7 @@ def test_a_stop_during_trtexec_ends_it_removes_partials_and_keeps_finished_work(
     assert proc.returncode == code
     assert stderr.strip().splitlines()[-1].startswith(f"trtforge: stopped by {sig} during engine:yolov8n-fp32;")
     assert "Traceback" not in stderr
-    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""  # no orphan
+    assert running_through(slow) == []  # no orphan
     assert not list(project.rglob("*trtforge-tmp*")) and not (out / "engine.plan").exists()
 
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
@@ -477,7 +477,7 @@ def test_a_crashing_or_hanging_trtexec_is_reported_and_leaves_nothing(project, t
     assert not (out / "engine.plan").exists() and not list(out.glob("*trtforge-tmp*"))
     import subprocess
 
-    assert subprocess.run(["pgrep", "-f", str(trtexec)], capture_output=True).stdout == b""
+    assert running_through(trtexec) == []
 
 
 def test_a_second_doit_in_the_same_project_fails_fast(project, tmp_path):
@@ -542,7 +542,7 @@ def test_sigterm_to_a_parallel_doit_ends_its_workers_and_their_trtexec(project, 
     proc.communicate(timeout=60)  # a hang fails here
     assert proc.returncode == 143
     time.sleep(1)
-    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""
+    assert running_through(slow) == []
     assert subprocess.run(["pgrep", "-f", "doit -n 2 engine:yolov8n-fp32"], capture_output=True).stdout == b""
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and not list(project.rglob("*trtforge-tmp*"))
@@ -567,7 +567,7 @@ def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1)
-    assert subprocess.run(["pgrep", "-f", str(slow)], capture_output=True).stdout == b""  # died with doit
+    assert running_through(slow) == []  # died with doit
     assert not (out / "engine.plan").exists() and list(out.glob("*trtforge-tmp*"))  # only temporaries
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and "removed 1 temporary file(s)" in rerun.stderr

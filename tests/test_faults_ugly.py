@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_RECIPE, copied, doit_env, executed, run_doit
-from doubles.trtexec import make_wrapper
+from doubles.trtexec import make_wrapper, running_through
 from test_faults_images import project_with_photos
 
 from trtforge.errors import RecipeError
@@ -57,16 +57,17 @@ def no_traceback(result: subprocess.CompletedProcess) -> str:
 
 # ----------------------------------------------------------------------------- 1. SIGHUP
 
-def start_engine_build(project: Path, tmp_path: Path, preexec_fn=None, **popen) -> tuple[subprocess.Popen, Path]:
+def start_engine_build(project: Path, tmp_path: Path, preexec_fn=None, hangup=signal.SIG_DFL,
+                       **popen) -> tuple[subprocess.Popen, Path]:
     """`doit engine:yolov8n-fp32` (surgery first, then a 60 s trtexec), returned once trtexec
     writes its engine: surgery has finished in this very run by then.
 
-    The child starts with SIGHUP at its default even when the suite runs under `nohup`: doit
-    then rightly keeps the ignored SIGHUP it inherits (session.py), which measured as these
-    tests timing out, not as a fault of the product."""
+    The child starts with SIGHUP set to `hangup` whatever the suite itself runs under: under
+    `nohup` doit rightly keeps the ignored SIGHUP it inherits (session.py), which measured as
+    the SIGHUP tests timing out, not as a fault of the product."""
 
     def with_default_sighup() -> None:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, hangup)
         if preexec_fn is not None:
             preexec_fn()
 
@@ -85,7 +86,7 @@ def assert_stopped_cleanly_and_surgery_kept(project: Path, tmp_path: Path, slow:
     """No trtexec left, no temporary, and the surgery this run finished is recorded: the rerun
     builds the engine only."""
     time.sleep(0.5)
-    assert subprocess.run(["pgrep", "-f", str(slow)], check=False, capture_output=True).stdout == b""
+    assert running_through(slow) == []
     assert not list(project.rglob("*trtforge-tmp*"))
     assert not (project / "artifacts" / "yolov8n" / "fp32" / "engine.plan").exists()
     rerun = run_doit(project, "engine:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
@@ -102,6 +103,21 @@ def test_sighup_stops_the_build_like_sigterm_with_its_own_line_and_code(project,
         "trtforge: stopped by SIGHUP during engine:yolov8n-fp32; finished tasks are recorded and partial outputs "
         "were removed: rerun the same command to continue")
     assert_stopped_cleanly_and_surgery_kept(project, tmp_path, slow)
+
+
+def test_a_build_started_under_nohup_outlives_sighup(project, tmp_path):
+    """`nohup doit build:...` asks to outlive the terminal: the SIGHUP it ignores stays ignored,
+    and only a real stop (SIGTERM here) ends the build."""
+    proc, slow = start_engine_build(project, tmp_path, hangup=signal.SIG_IGN,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    still_running = proc.poll() is None
+    trtexec_alive = running_through(slow) != []
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert still_running and trtexec_alive, stderr
+    assert proc.returncode == 143 and "stopped by SIGTERM" in stderr, stderr
 
 
 def test_closing_the_terminal_doit_writes_to_stops_the_build_cleanly(project, tmp_path):

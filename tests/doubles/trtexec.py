@@ -1169,6 +1169,25 @@ def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = 
     return path
 
 
+def running_through(wrapper: Path) -> list[int]:
+    """The pids of doubles started through `wrapper` and still alive.
+
+    The wrapper execs the double, so neither its path nor its folder is on the command line
+    (`pgrep -f <wrapper>` matches nothing, ever); the double's environment names it instead."""
+    wanted = Path(wrapper).resolve()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text(errors="replace").split("\0")
+                       if "=" in item)
+            argv0 = env.get("TRTEXEC_DOUBLE_ARGV0")
+            if argv0 and (Path(os.readlink(proc / "cwd")) / argv0).resolve() == wanted:
+                pids.append(int(proc.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return pids
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # die on Ctrl-C / SIGPIPE like a C++ program,
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # not with a Python traceback

@@ -18,7 +18,13 @@ from conftest import SMALL_RECIPE, executed, make_project, run_doit, sha256
 from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine
 
 from trtforge.errors import ToolError
-from trtforge.trtexec import probe_version
+from trtforge.trtexec import (
+    first_error,
+    parse_perf_summary,
+    probe_version,
+    read_build_log,
+    read_log_evidence,
+)
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +307,34 @@ def test_four_parallel_builders_leave_a_loadable_timing_cache_with_every_entry(p
     assert recorded_sha256(cache) == sha256(cache)
     assert timing_folder_names(cache) == {cache.name, f"{cache.name}.sha256", f"{cache.name}.trtforge-lock"}
     assert not list(project.rglob("*trtforge-tmp*"))
+
+
+def test_a_huge_verbose_log_is_read_in_bounded_memory_and_still_confirms_the_build(tmp_path):
+    """A `--verbose` build log of 60 MB (mostly [V] lines, one 8 MB line with no end) is read
+    with a few MB, and what the engine stage checks is still found. Measured before: a 300 MB
+    log took 769 MB to read whole. The size is small for the suite's sake; memory is flat in it."""
+    import tracemalloc
+
+    stamp = "[12/03/2026-08:00:00]"
+    log = tmp_path / "trtexec.log"
+    with open(log, "wb") as f:
+        f.write("&&&& RUNNING TensorRT.trtexec [TensorRT v100800] # trtexec --onnx=model.onnx --verbose\n"
+                f"{stamp} [I] Selected Device: NVIDIA A10\n{stamp} [I] Compute Capability: 8.6\n"
+                f"{stamp} [I] TensorRT version: 10.8.0\n".encode())
+        verbose = f"{stamp} [V] [TRT] Tactic: 0x0000000000000001 Time: 0.0123\n".encode() * 1000
+        f.writelines(verbose for _ in range(60_000_000 // len(verbose)))
+        # One endless line whose far end looks like an error: only a line's start is evidence.
+        f.write(f"{stamp} [V] ".encode() + b"x" * 8_000_000 + f" {stamp} [E] not a real error\n".encode())
+        f.write(f"{stamp} [I] Engine built in 12.5 sec.\n{stamp} [I] Throughput: 812.3 qps\n"
+                f"{stamp} [I] Latency: min = 1.1 ms, max = 1.9 ms, mean = 1.2 ms, median = 1.2 ms\n"
+                "&&&& PASSED TensorRT.trtexec [TensorRT v100800] # trtexec --onnx=model.onnx\n".encode())
+    tracemalloc.start()
+    text = read_log_evidence(log)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB to read a {log.stat().st_size / 2**20:.0f} MiB log"
+    built = read_build_log(text)
+    assert built.missing == () and str(built.version) == "10.8.0"
+    assert built.device["compute_capability"] == "8.6" and built.device["gpu"] == "NVIDIA A10"
+    assert parse_perf_summary(text)["throughput_qps"] == 812.3
+    assert first_error(text) is None

@@ -165,6 +165,31 @@ _DEVICE_FIELDS = {
 }
 
 
+# Every parser below reads only `&&&&` banner lines and `[I]`/`[E]` lines. A `--verbose` log
+# is mostly `[V]` lines and can reach hundreds of MB (measured: a 300 MB log took 769 MB to
+# read whole), so the engine stage reads the evidence, not the log.
+_EVIDENCE_LINE = re.compile(rb"^&&&& |\[[IE]\] ")
+_EVIDENCE_LINE_BYTES = 2048
+_EVIDENCE_KEPT = 4000  # lines from each end: the device block opens a log, the summary ends it
+
+
+def read_log_evidence(path: Path) -> str:
+    """The lines of a trtexec log any parser here reads, in memory bounded by a few MB
+    whatever the log's size: the first and last `_EVIDENCE_KEPT` of them, each cut to
+    `_EVIDENCE_LINE_BYTES`."""
+    import collections
+
+    head: list[bytes] = []
+    tail: collections.deque[bytes] = collections.deque(maxlen=_EVIDENCE_KEPT)
+    at_line_start = True
+    with open(path, "rb") as log:
+        while chunk := log.readline(_EVIDENCE_LINE_BYTES):  # bounded even for one endless line
+            starts_a_line, at_line_start = at_line_start, chunk.endswith(b"\n")
+            if starts_a_line and _EVIDENCE_LINE.search(chunk):
+                (head if len(head) < _EVIDENCE_KEPT else tail).append(chunk.rstrip(b"\r\n"))
+    return b"\n".join([*head, *tail]).decode(errors="replace") + "\n"
+
+
 def parse_perf_summary(log: str) -> dict:
     """The `=== Performance summary ===` figures, as {name: {stat: value}} plus throughput.
 

@@ -338,7 +338,7 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> BuildLog:
     """Run trtexec in `work`; returns what its log says about the build, once it confirms one."""
     from ..console import StatusLine
     from ..proc import ToolTimeout, run_logged
-    from ..trtexec import first_error, phase_of, read_build_log
+    from ..trtexec import first_error, phase_of, read_build_log, read_log_evidence
 
     log = work / LOG
     info(f"{job.task}: trtexec (TensorRT {job.version}) building; log: {job.out_dir / LOG}")
@@ -358,7 +358,7 @@ def _run_trtexec(job: EngineJob, argv: list[str], work: Path) -> BuildLog:
         _keep_failed_log(job, log)
         raise StageError(f"{job.task}: trtexec was stopped after {exc.seconds:.0f} s (build.timeout); "
                          f"raise build.timeout or see {job.out_dir / 'trtexec.failed.log'}") from None
-    text = log.read_text(errors="replace") if log.exists() else ""
+    text = read_log_evidence(log) if log.exists() else ""
     if code != 0:
         _keep_failed_log(job, log)
         cause = _failure_cause(code, first_error(text))
@@ -441,9 +441,9 @@ def _keep_failed_log(job: EngineJob, log: Path) -> None:
 def _publish(job: EngineJob, argv: list[str], work: Path, intent: EngineIntent, dropped: tuple[str, ...],
              built: BuildLog) -> None:
     """Move the confirmed build's outputs out of `work`; its summary records what the log says built it."""
-    from ..trtexec import parse_perf_summary
+    from ..trtexec import parse_perf_summary, read_log_evidence
 
-    text = (work / LOG).read_text(errors="replace")
+    text = read_log_evidence(work / LOG)
     engine = work / ENGINE
     summary = {
         "task": job.task,

@@ -6,6 +6,7 @@ asserts both that it is refused and that the one-line message names the actual p
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -569,3 +570,27 @@ def test_package_stage_refuses_an_engine_changed_after_it_was_built(tmp_path):
     assert message.endswith("records: the engine changed after it was built; rebuild it with "
                             "`doit forget engine:yolov8n-fp16` then `doit package:yolov8n-fp16`")
     assert archive.read_bytes() == released  # the earlier release is left as it was
+
+
+def test_a_huge_trtexec_log_is_shipped_as_its_head_and_tail(tmp_path):
+    """A --verbose build's log of hundreds of MB would be shipped whole and read whole into
+    memory; the release carries its first and last 4 MiB and says what was left out. 20 MiB
+    stands in for the hundreds."""
+    from trtforge.stages.package import SHIPPED_LOG_MAX
+
+    engine = random.Random(2).randbytes(4096)
+    job = package_job(tmp_path, engine)
+    log = job.summary.with_name("trtexec.log")
+    body = b"".join(b"[V] line %08d\n" % i for i in range((20 << 20) // 15))
+    log.write_bytes(b"&&&& RUNNING head\n" + body + b"&&&& PASSED tail\n")
+    job = dataclasses.replace(job, files=(*job.files, ("trtexec.log", log)))
+    make_package(job)
+    (archive,) = job.release_dir.glob("*.tar.gz")
+    verify_archive(archive)
+    with tarfile.open(archive) as tar:
+        shipped = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/trtexec.log"))).read()
+    assert len(shipped) < SHIPPED_LOG_MAX + 200
+    assert shipped.startswith(b"&&&& RUNNING head\n") and shipped.endswith(b"&&&& PASSED tail\n")
+    left_out = log.stat().st_size - SHIPPED_LOG_MAX
+    assert f"[trtforge: {left_out} bytes of this log left out; the build's artifacts folder keeps it whole]".encode() \
+        in shipped

@@ -72,7 +72,7 @@ def archive_stem(recipe: str, variant: str, summary: dict) -> str:
 
 def make_package(job: PackageJob) -> None:
     summary = json.loads(job.summary.read_text())
-    members = {name: path.read_bytes() for name, path in job.files if path.is_file()}
+    members = {name: _member_bytes(name, path) for name, path in job.files if path.is_file()}
     check_engine_unchanged(job, summary, members)
     stem = archive_stem(job.recipe, job.variant, summary)
     members["reproduce.sh"] = _reproduce_script(job.script.read_text())
@@ -92,6 +92,25 @@ def make_package(job: PackageJob) -> None:
         temp.write_bytes(data)
     write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
     write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest}, indent=1) + "\n")
+
+
+SHIPPED_LOG_MAX = 8 << 20  # a --verbose trtexec log can be hundreds of MB (issue 13)
+
+
+def _member_bytes(name: str, path: Path) -> bytes:
+    """A member's bytes; trtexec.log beyond SHIPPED_LOG_MAX is shipped as its first and last
+    halves around a line saying how much was left out (artifacts/ keeps the whole log). Its
+    head holds the command and the device block, its tail the build's end and timings."""
+    if name != "trtexec.log" or path.stat().st_size <= SHIPPED_LOG_MAX:
+        return path.read_bytes()
+    half = SHIPPED_LOG_MAX // 2
+    with open(path, "rb") as log:
+        head = log.read(half)
+        skipped = log.seek(-half, 2) - half
+        tail = log.read()
+    # No path in the note: the same build gives the same archive wherever the project lies.
+    note = f"\n[trtforge: {skipped} bytes of this log left out; the build's artifacts folder keeps it whole]\n".encode()
+    return head + note + tail
 
 
 def check_engine_unchanged(job: PackageJob, summary: dict, members: dict[str, bytes]) -> None:

@@ -263,6 +263,31 @@ def test_symlink_loops_in_a_folder_or_under_a_manifest_glob_end_the_listing(tmp_
         assert [r.name for r in list_image_set(manifest, tmp_path)] == ["calib/imgs/sub/bus.jpg"]
 
 
+def test_a_manifest_glob_with_double_star_follows_a_linked_dataset_folder(tmp_path):
+    """`imgs/**/*.jpg` over a folder linked in from a data disk: pathlib's `**` never enters
+    a linked folder, so the set silently lost it (issue 13). Literal parts and single-level
+    wildcards still mean what they say."""
+    disk = tmp_path / "disk" / "frames"
+    (disk / "day").mkdir(parents=True)
+    shutil.copy(BUS, disk / "day" / "bus.jpg")
+    shutil.copy(BUS, disk / "top.jpg")
+    folder = tmp_path / "calib" / "imgs"
+    (folder / "own").mkdir(parents=True)
+    shutil.copy(BUS, folder / "own" / "a.jpg")
+    shutil.copy(BUS, folder / "b.jpg")
+    os.symlink(disk, folder / "linked")
+    manifest = tmp_path / "calib" / "set.txt"
+
+    def names(line: str) -> list[str]:
+        manifest.write_text(line)
+        return [r.name for r in list_image_set(manifest, tmp_path)]
+
+    assert names("imgs/**/*.jpg\n") == ["calib/imgs/b.jpg", "calib/imgs/linked/day/bus.jpg",
+                                        "calib/imgs/linked/top.jpg", "calib/imgs/own/a.jpg"]
+    assert names("imgs/linked/**/bus.jpg\n") == ["calib/imgs/linked/day/bus.jpg"]
+    assert names("imgs/*/*.jpg\n") == ["calib/imgs/linked/top.jpg", "calib/imgs/own/a.jpg"]
+
+
 def test_hidden_files_are_not_part_of_a_set(tmp_path):
     shutil.copy(BUS, tmp_path / "bus.jpg")
     (tmp_path / "._bus.jpg").write_bytes(b"\0\5\26\7" + b"\0" * 60)  # macOS AppleDouble metadata

@@ -16,6 +16,7 @@ what the deployed model will see.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import re
@@ -162,17 +163,35 @@ def _is_image_file(path: Path, base: Path) -> bool:
     return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def _glob(base: Path, pattern: str) -> list[Path]:
+def _glob(base: Path, pattern: str, root: Path) -> list[Path]:
     """Image files matching `pattern` (relative to `base`, or absolute).
 
-    pathlib's glob, not glob.glob: with `**`, glob.glob follows a symlink to a parent
-    folder again and again (measured: 100000 matches of one image in 15 s and counting);
-    pathlib's does not. Hidden names count only where a wildcard matched them."""
+    A pattern with `**` is matched against `_walk_images`, which follows symlinked folders
+    and ends loops: glob.glob follows a link to a parent folder again and again (measured:
+    100000 matches of one image in 15 s and counting), and pathlib's `**` never enters a
+    linked folder, so `calib/**/*.jpg` dropped a dataset linked in from a data disk without
+    a word. Other patterns use pathlib's glob. Hidden names count only where the pattern
+    names them literally."""
     parts = Path(pattern).parts
     literal = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
     base = base.joinpath(*parts[:literal])
-    found = base.glob(str(Path(*parts[literal:]))) if literal < len(parts) else [base]
+    wildcard = parts[literal:]
+    if "**" in wildcard:
+        found = [p for p in _walk_images(base, root) if _matches(p.relative_to(base).parts, wildcard)] \
+            if base.is_dir() else []
+    else:
+        found = base.glob(str(Path(*wildcard))) if wildcard else [base]
     return sorted(p for p in found if _is_image_file(p, base))
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path segments match glob segments, `**` standing for any number of folders
+    (none included), as pathlib's glob reads it."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
 
 
 def _manifest(manifest: Path, root: Path) -> list[ImageRef]:
@@ -188,7 +207,7 @@ def _manifest(manifest: Path, root: Path) -> list[ImageRef]:
         if entry.startswith("package:"):
             found = _package_entry(entry, manifest, number)
         else:
-            found = [_ref(p, root) for p in _glob(manifest.parent, entry)]
+            found = [_ref(p, root) for p in _glob(manifest.parent, entry, root)]
             if not found:
                 raise ImageSetError(f"{_rel(manifest, root)}:{number}: '{entry}' matches no image file")
         refs += [ImageRef(r.path, r.name + separator + view) for r in found]
@@ -201,7 +220,7 @@ def _package_entry(entry: str, manifest: Path, number: int) -> list[ImageRef]:
     base = package_folder(module)
     if base is None:
         return []  # the manifest may list optional packages; an empty set is caught later
-    return [ImageRef(p, f"package:{module}/{p.relative_to(base).as_posix()}") for p in _glob(base, pattern)]
+    return [ImageRef(p, f"package:{module}/{p.relative_to(base).as_posix()}") for p in _glob(base, pattern, base)]
 
 
 def package_folder(module: str) -> Path | None:

@@ -548,7 +548,11 @@ def test_sigterm_to_a_parallel_doit_ends_its_workers_and_their_trtexec(project, 
     assert rerun.returncode == 0 and not list(project.rglob("*trtforge-tmp*"))
 
 
-def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_path):
+@pytest.mark.parametrize("exec_double", [True, False], ids=["exec-wrapper", "non-exec-wrapper"])
+def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_path, exec_double):
+    """Behind a wrapper that execs trtexec, trtexec dies with doit (parent-death signal).
+    Behind one that does not, only the wrapper does: the next run ends the trtexec it left
+    before it removes that build's work folder and builds again."""
     import signal
     import subprocess
     import sys
@@ -556,7 +560,7 @@ def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_
 
     from conftest import doit_env
 
-    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=60)
+    slow = make_wrapper(tmp_path / "slow", "10.8", build_seconds=60, exec_double=exec_double)
     proc = subprocess.Popen([sys.executable, "-m", "doit", "build:yolov8n-fp32"], cwd=project,
                             env=doit_env({"TRTEXEC": str(slow)}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = project / "artifacts" / "yolov8n" / "fp32"
@@ -567,8 +571,12 @@ def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1)
-    assert running_through(slow) == []  # died with doit
+    left = running_through(slow)
+    assert len(left) == (0 if exec_double else 1)  # died with doit, or outlived its wrapper
     assert not (out / "engine.plan").exists() and list(out.glob("*trtforge-tmp*"))  # only temporaries
     rerun = run_doit(project, "build:yolov8n-fp32", env={"TRTEXEC": str(make_wrapper(tmp_path / "fast", "10.8"))})
     assert rerun.returncode == 0 and "removed 1 temporary file(s)" in rerun.stderr
+    assert ("ended 1 process(es) a killed run left running" in rerun.stderr) is not exec_double, rerun.stderr
+    assert running_through(slow) == [] and all(not Path(f"/proc/{pid}").exists() or
+                                               "State:\tZ" in Path(f"/proc/{pid}/status").read_text() for pid in left)
     assert read_engine(out / "engine.plan") and not list(project.rglob("*trtforge-tmp*"))

@@ -5,6 +5,15 @@ would keep writing the engine and timing cache after the build "stopped". Every 
 therefore runs in its own session (process group) and the whole group is ended on any
 way out of `run_logged`: success, failure, timeout, Ctrl-C or a SIGTERM turned into an
 exception.
+
+A process group does not hold every descendant: a child that starts its own session
+(`setsid`) leaves it, and after `kill -9` of doit the parent-death signal reaches only the
+tool itself, so a wrapper script that runs trtexec without `exec` dies and leaves trtexec
+running. Every tool's environment therefore names its work folder (`TOOL_ENV`), which
+each descendant inherits: `run_logged` ends whatever still carries its folder when the
+tool is done, and the next run ends what a killed run left (`end_leftover_tools`) before
+it removes any work folder. (A cgroup would contain even a descendant that clears its
+environment, but an unprivileged user rarely may create one; that case is documented.)
 """
 
 from __future__ import annotations
@@ -50,9 +59,70 @@ def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             continue
 
 
+TOOL_ENV = "TRTFORGE_TOOL_WORK"  # the absolute work folder of the tool a process descends from
+
+
+def _tool_environment(cwd: Path) -> dict[str, str]:
+    return {**os.environ, TOOL_ENV: str(cwd.resolve())}
+
+
+def _tool_processes(wanted: Callable[[str], bool]) -> dict[int, str]:
+    """{pid: name} of this user's live processes whose `TOOL_ENV` value `wanted` accepts
+    (Linux /proc; elsewhere there is nothing to find). Zombies have no environment left and
+    are not listed: they hold nothing."""
+    found = {}
+    prefix = f"{TOOL_ENV}=".encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) == os.getpid():
+            continue
+        try:
+            values = [item[len(prefix):] for item in (entry / "environ").read_bytes().split(b"\0")
+                      if item.startswith(prefix)]
+            if values and wanted(os.fsdecode(values[0])):
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or another user's
+    return found
+
+
+def _kill_all(pids: dict[int, str], wait_s: float = 5.0) -> dict[int, str]:
+    """SIGKILL `pids`; return those still alive after `wait_s` (not ours to kill)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {pid: name for pid, name in pids.items() if _running(pid)}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is no zombie (an orphaned zombie waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def end_leftover_tools(folder: Path) -> tuple[dict[int, str], dict[int, str]]:
+    """End every process that descends from a tool whose work folder lies under `folder`:
+    what a run killed with SIGKILL left running. Only call this while holding the project's
+    build lock (no live run owns such a process then). Returns ({pid: name} ended,
+    {pid: name} that could not be ended)."""
+    root = str(folder.resolve())
+    leftover = _tool_processes(lambda work: work.startswith(root + os.sep))
+    return leftover, _kill_all(leftover)
+
+
 def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, timeout_s: float,
                on_line: Callable[[str], None] | None = None) -> int:
-    """Run `executable` with `argv` (argv[0] included) in `cwd`; return the exit code.
+    """Run `executable` with `argv` (argv[0] included) in `cwd`, a folder of its own; return
+    the exit code. When it is done, every process that descends from it is ended.
 
     stdout and stderr are appended to `log_file`. argv[0] is what the tool sees as its
     name (trtexec echoes its command line into the log, so a bare name keeps absolute
@@ -62,6 +132,7 @@ def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, tim
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(argv, executable=executable, cwd=cwd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=_tool_environment(cwd),
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         deadline = time.monotonic() + timeout_s
         try:
@@ -75,6 +146,8 @@ def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, tim
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+            work = str(cwd.resolve())
+            _kill_all(_tool_processes(lambda value: value == work))  # descendants that left the group
 
 
 def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: float) -> None:

@@ -77,6 +77,7 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
         if read_only:
             return
         _take_lock(artifacts / ".trtforge.lock")
+        _end_leftover_tools(artifacts)
         swept = sweep_temporaries(artifacts)
     except OSError as exc:
         raise _unwritable(exc, artifacts) from None
@@ -85,6 +86,22 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
     _guard_state_writes()
     _handle_stop_signals()
     sys.excepthook = _report_stop
+
+
+def _end_leftover_tools(artifacts: Path) -> None:
+    """End the tools a run killed with SIGKILL left running here (a trtexec behind a wrapper
+    that does not `exec` outlives the parent-death signal), before their work folders are
+    removed and a second build starts beside them; refuse to go on while one cannot be ended."""
+    from .proc import end_leftover_tools
+
+    ended, alive = end_leftover_tools(artifacts)
+    if alive:
+        shown = ", ".join(f"{pid} ({name})" for pid, name in sorted(alive.items()))
+        raise TrtforgeError(f"{artifacts.name}: process(es) {shown} of an earlier build still run here and cannot be "
+                            "ended by this user; stop them, then rerun")
+    if ended:
+        shown = ", ".join(f"{pid} ({name})" for pid, name in sorted(ended.items()))
+        info(f"ended {len(ended)} process(es) a killed run left running in {artifacts}: {shown}")
 
 
 def refuse_unusable_artifacts(artifacts: Path) -> None:

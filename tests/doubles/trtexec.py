@@ -1141,8 +1141,10 @@ def run(argv: list[str], env: dict) -> int:
 
 def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = None,
                  build_seconds: float | None = None, build_number: int | None = None,
-                 version_from: str | None = None, build_version: str | None = None) -> Path:
-    """Write <directory>/trtexec: a shell script exec-ing this double with sys.executable.
+                 version_from: str | None = None, build_version: str | None = None, exec_double: bool = True) -> Path:
+    """Write <directory>/trtexec: a shell script exec-ing this double with sys.executable
+    (or, with `exec_double` False, running it as a child and passing on its exit code, as
+    many site wrappers do: the double is then a grandchild of whoever started the wrapper).
 
     Every TRTEXEC_DOUBLE_* variable is set or unset explicitly, so nothing leaks from the caller.
     `version_from` names an environment variable that picks the version when set (`version`
@@ -1162,7 +1164,8 @@ def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = 
     if version_from:
         lines.append(f'export TRTEXEC_DOUBLE_VERSION="${{{version_from}:-{version}}}"')
     lines.append('export TRTEXEC_DOUBLE_ARGV0="$0"')
-    lines.append(f'exec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "$@"')
+    run_double = f'{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "$@"'
+    lines.extend([f"exec {run_double}"] if exec_double else [run_double, "exit $?"])
     path = directory / "trtexec"
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)

@@ -20,7 +20,7 @@ from doubles.nvidia_smi import make_nvidia_smi
 from doubles.trtexec import make_wrapper, read_engine
 
 from trtforge import proc
-from trtforge.trtexec import probe_version
+from trtforge.trtexec import last_probed_version, probe_version
 
 A100 = "NVIDIA A100-SXM4-80GB, 8.0"
 H100 = "NVIDIA H100 80GB HBM3, 9.0"
@@ -96,7 +96,7 @@ def test_a_script_trtexec_is_probed_every_run_and_a_binary_once(tmp_path, monkey
     inode, size and mtime), never a script, whose behaviour can change with the environment."""
     probes = []
 
-    def banner(argv, wanted, timeout_s=30.0):
+    def banner(argv, wanted, **_):
         probes.append(argv[0])
         return "&&&& RUNNING TensorRT.trtexec [TensorRT v100800] # trtexec --help"
 
@@ -110,6 +110,9 @@ def test_a_script_trtexec_is_probed_every_run_and_a_binary_once(tmp_path, monkey
         assert str(probe_version(script, cache)) == "10.8.0"
         assert str(probe_version(binary, cache)) == "10.8.0"
     assert probes == [str(script), str(binary), str(script)]
+    # commands that build nothing recall both answers without starting either
+    assert [str(last_probed_version(t, cache)) for t in (script, binary)] == ["10.8.0", "10.8.0"]
+    assert last_probed_version(tmp_path / "never-probed", cache) is None
 
 
 @pytest.mark.slow

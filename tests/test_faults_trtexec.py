@@ -150,6 +150,41 @@ def test_after_a_trtexec_fault_a_plain_rerun_finishes_from_the_untouched_timing_
     assert len(decode_timing_cache(cache.read_bytes())) == 2
 
 
+def silent_trtexec(folder: Path) -> tuple[Path, Path]:
+    """(tool, starts): a trtexec that hangs before its banner and notes each start in `starts`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tool, starts = folder / "trtexec", folder / "starts"
+    tool.write_text(f"#!/bin/sh\necho started >> {starts}\nexec sleep 600\n")
+    tool.chmod(0o755)
+    return tool, starts
+
+
+def test_a_trtexec_silent_before_its_banner_is_waited_for_aloud_then_refused(tmp_path, monkeypatch, capsys):
+    import trtforge.trtexec as trtexec
+
+    monkeypatch.setattr(trtexec, "PROBE_TIMEOUT_S", 2.5)
+    monkeypatch.setattr(trtexec, "PROBE_PATIENCE_S", 0.5)
+    tool, _ = silent_trtexec(tmp_path / "bin")
+    with pytest.raises(ToolError, match=r"trtexec --help printed no version banner within 2 s; is it really"):
+        probe_version(tool, tmp_path / "probe.json")
+    said = capsys.readouterr()
+    assert (said.out + said.err).count(f"waiting for {tool} --help to print its TensorRT version (at most 2 s)") == 1
+
+
+def test_doit_list_never_starts_trtexec(tmp_path):
+    """A trtexec that hangs before its banner stalled `doit list` for 30 s (issue 13):
+    commands that build nothing take the last answer trtexec gave, or none."""
+    project = make_project(tmp_path / "proj", {"yolov8n": SMALL_RECIPE})
+    tool, starts = silent_trtexec(tmp_path / "bin")
+    listed = run_doit(project, "list", "--all", env={"TRTEXEC": str(tool)}, timeout=20)
+    assert listed.returncode == 0 and "build:yolov8n-fp16" in listed.stdout, listed.stdout + listed.stderr
+    assert not starts.exists()
+    answered = make_wrapper(tmp_path / "bin86", "8.6")
+    assert run_doit(project, "forget", env={"TRTEXEC": str(answered)}).returncode == 0  # probes: it may build
+    info = run_doit(project, "info", "lint:yolov8n-fp16", env={"TRTEXEC": str(answered)}, timeout=20)
+    assert "preflight-8.6.json" in info.stdout and "preflight-10.json" not in info.stdout, info.stdout  # its answer
+
+
 def test_a_trtexec_that_cannot_load_tensorrt_says_so_and_names_ld_library_path(tmp_path):
     """The usual way a real trtexec prints no banner: its libraries are not on the loader path."""
     tool = tmp_path / "trtexec"

@@ -150,7 +150,22 @@ def run_logged(executable: Path, argv: list[str], cwd: Path, log_file: Path, tim
             _kill_all(_tool_processes(lambda value: value == work))  # descendants that left the group
 
 
-def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: float) -> None:
+def _once_after(seconds: float, notice: Callable[[], None]) -> Callable[[], None]:
+    """A callback that calls `notice` the first time it is called `seconds` or more from now."""
+    due = time.monotonic() + seconds
+    pending = [notice]
+
+    def check() -> None:
+        if pending and time.monotonic() >= due:
+            pending.pop()()
+
+    return check
+
+
+def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: float,
+          on_wait: Callable[[], None] | None = None) -> None:
+    """Copy the tool's output to `log` (and `on_line`) until it closes; `on_wait` is called
+    whenever a second passes with no output."""
     import selectors
 
     assert proc.stdout is not None
@@ -162,6 +177,8 @@ def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: floa
             if remaining <= 0:
                 raise ToolTimeout(timeout_s)
             if not sel.select(timeout=min(remaining, 1.0)):
+                if on_wait:
+                    on_wait()
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:
@@ -177,14 +194,17 @@ def _pump(proc: subprocess.Popen, log, on_line, deadline: float, timeout_s: floa
             on_line(pending.decode("utf-8", "replace"))
 
 
-def read_until(argv: list[str], wanted: Callable[[str], bool], timeout_s: float = 30.0) -> str:
+def read_until(argv: list[str], wanted: Callable[[str], bool], timeout_s: float = 30.0,
+               patience: tuple[float, Callable[[], None]] | None = None) -> str:
     """Run a short probe (e.g. `trtexec --help`) in its own group and return its output up to
     and including the first line `wanted` accepts (or all of it, if it exits first). The
-    probe is ended as soon as that line arrives: a tool need not exit to be identified."""
+    probe is ended as soon as that line arrives: a tool need not exit to be identified.
+    `patience` (seconds, notice): the notice is called once if that line takes longer."""
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + timeout_s
+    on_wait = _once_after(*patience) if patience else None
 
     def collect(line: str) -> None:
         lines.append(line)
@@ -192,7 +212,7 @@ def read_until(argv: list[str], wanted: Callable[[str], bool], timeout_s: float 
             raise _Found
 
     try:
-        _pump(proc, _Discard(), collect, deadline, timeout_s)
+        _pump(proc, _Discard(), collect, deadline, timeout_s, on_wait)
     except _Found:
         pass
     finally:

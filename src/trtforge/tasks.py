@@ -31,7 +31,7 @@ from .stages import (autocast, calibrate, check, compare, engine, export, kit, l
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
-from .trtexec import PROBE_CACHE, Trtexec, find_trtexec, not_found_message
+from .trtexec import PROBE_CACHE, Trtexec, find_trtexec, not_found_message, recall_trtexec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -51,11 +51,13 @@ class Project:
         self.artifacts = self.root / "artifacts"
 
 
-def load_project(root: Path, generation: str | None = None) -> Project:
+def load_project(root: Path, generation: str | None = None, probe: bool = True) -> Project:
     """Read recipes/ and plugins/ and probe trtexec; every user error is one line.
 
     `generation` ("8.2", "8.6", "10", "11") plans for that TensorRT instead of probing the
     host's trtexec: what `trtforge plan --trt` shows; such a project is never run.
+    `probe` False (commands that build nothing) takes trtexec's last answer instead of
+    starting it (trtexec.recall_trtexec).
     """
     plugin_passes = discover_plugin_passes(root / "plugins") if (root / "plugins").is_dir() else {}
     known = {name: None for name in builtin_pass_names()} | plugin_passes
@@ -65,9 +67,9 @@ def load_project(root: Path, generation: str | None = None) -> Project:
         project.trtexec = Trtexec(Path("trtexec"), version_for_generation(generation))
         return project
     try:
-        project.trtexec = find_trtexec(project.artifacts / "cache" / PROBE_CACHE)
+        project.trtexec = (find_trtexec if probe else recall_trtexec)(project.artifacts / "cache" / PROBE_CACHE)
         if project.trtexec is None:
-            project.trtexec_problem = not_found_message()
+            project.trtexec_problem = not_found_message() if probe else "trtexec was not asked for its version"
     except ToolError as exc:
         project.trtexec_problem = str(exc)
     return project
@@ -176,11 +178,16 @@ def refusal(name: str, doc: str, message: str, **fields: Any) -> dict:
 
 
 def load_project_or_invalid(root: Path) -> Project:
-    """load_project for doit: a user error becomes InvalidDodoFile (one `ERROR:` line, exit 3)."""
+    """load_project for doit: a user error becomes InvalidDodoFile (one `ERROR:` line, exit 3).
+    A doit command that builds nothing (`list`, `info`, ...) does not start trtexec."""
+    import sys
+
     from doit.exceptions import InvalidDodoFile
 
+    from .session import READ_ONLY_COMMANDS, doit_command
+
     try:
-        return load_project(root)
+        return load_project(root, probe=doit_command(sys.argv) not in READ_ONLY_COMMANDS)
     except TrtforgeError as exc:
         raise InvalidDodoFile(str(exc)) from None
 

@@ -7,6 +7,11 @@ no-op `doit` run never starts it. A script (a container's or module system's wra
 picks TensorRT from the environment) can change what it runs without its bytes changing
 (issue 13), so it is probed again on every run. Either way the probe is only a guess
 until the build's own log confirms it (`read_build_log`, checked by the engine stage).
+
+Commands that only read (`doit list`, `info`, ...) build nothing, so they never start
+trtexec: they take the last answer it gave in this project, a script's included, and
+without one they list the tasks as on a host without trtexec. A trtexec that hangs
+before its banner therefore stalls only the commands that would run it, and says so.
 """
 
 from __future__ import annotations
@@ -60,21 +65,29 @@ def not_found_message() -> str:
 
 
 PROBE_CACHE = "trtexec-probe.json"  # under artifacts/cache/
+PROBE_TIMEOUT_S = 30.0  # a real trtexec prints its banner first thing; a slow disk may delay its libraries
+PROBE_PATIENCE_S = 3.0  # after this, say what the wait is for
 
 
 def probe_version(path: Path, cache_file: Path) -> TrtVersion:
     """trtexec's version from its `--help` banner; cached only for an ELF binary (see above)."""
+    from .console import info
     from .proc import ToolTimeout, read_until
     from .trt_version import BANNER
 
     key = _probe_key(path.resolve())
-    cached = _read_probe_cache(cache_file) if key else {}
+    cached = _read_probe_cache(cache_file)
     if key in cached:
         return TrtVersion(*cached[key])
     try:
-        output = read_until([str(path), "--help"], lambda line: bool(BANNER.match(line.strip())))
+        output = read_until([str(path), "--help"], lambda line: bool(BANNER.match(line.strip())),
+                            timeout_s=PROBE_TIMEOUT_S,
+                            patience=(PROBE_PATIENCE_S, lambda: info(
+                                f"waiting for {path} --help to print its TensorRT version "
+                                f"(at most {PROBE_TIMEOUT_S:.0f} s)")))
     except ToolTimeout:
-        raise ToolError(f"{path} --help printed no version banner within 30 s; is it really trtexec?") from None
+        raise ToolError(f"{path} --help printed no version banner within {PROBE_TIMEOUT_S:.0f} s; "
+                        "is it really trtexec?") from None
     except OSError as exc:
         raise ToolError(f"cannot run {path}: {exc.strerror}; check it is a trtexec for this machine") from None
     version = version_from_banner(output)
@@ -84,11 +97,26 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
         version.generation  # refuse unsupported versions before caching them
     except ToolError as exc:
         raise ToolError(f"{path}: {exc}") from None
-    if key:
-        cached = _without_probes_of(cached, path)
-        cached[key] = [version.major, version.minor, version.patch]
-        _write_probe_cache(cache_file, cached)
+    kept = _without_probes_of(cached, path) | {key or _last_answer_key(path): [version.major, version.minor,
+                                                                            version.patch]}
+    if kept != cached:
+        _write_probe_cache(cache_file, kept)
     return version
+
+
+def _last_answer_key(path: Path) -> str:
+    """Where a script's last answer is kept: only for commands that build nothing (see above)."""
+    return f"{path.resolve()}:last-answer"
+
+
+def last_probed_version(path: Path, cache_file: Path) -> TrtVersion | None:
+    """What probing `path` last answered in this project, without starting it; None if never."""
+    cached = _read_probe_cache(cache_file)
+    answer = cached.get(_probe_key(path.resolve()) or _last_answer_key(path))
+    try:
+        return TrtVersion(*answer) if answer else None
+    except TypeError:
+        return None  # a cache edited by hand: the next command that builds probes again
 
 
 def _probe_key(real: Path) -> str | None:
@@ -149,6 +177,14 @@ def find_trtexec(cache_file: Path) -> Trtexec | None:
     """The trtexec this host would use, or None when there is none anywhere."""
     path = locate_trtexec()
     return Trtexec(path, probe_version(path, cache_file)) if path else None
+
+
+def recall_trtexec(cache_file: Path) -> Trtexec | None:
+    """find_trtexec for commands that build nothing: the last answer, never a probe (see above).
+    None when there is no trtexec or it was never probed here."""
+    path = locate_trtexec()
+    version = last_probed_version(path, cache_file) if path else None
+    return Trtexec(path, version) if version else None
 
 
 # ----------------------------------------------------------------------------- log parsing

@@ -4,6 +4,7 @@
 runs every stage that needs no GPU. See README.md.
 """
 
+import os
 from pathlib import Path
 
 from doit.exceptions import InvalidDodoFile
@@ -12,6 +13,7 @@ from trtforge import session, tasks
 from trtforge.errors import TrtforgeError
 
 ROOT = Path(__file__).resolve().parent
+os.chdir(ROOT)  # tasks name the project's files relative to it, even under `doit -d <elsewhere>`
 DOIT_CONFIG = session.doit_config(ROOT / "artifacts")
 
 try:

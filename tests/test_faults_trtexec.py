@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_RECIPE, executed, make_project, run_doit, sha256
+from conftest import SMALL_RECIPE, copied, executed, make_project, prepared_project, run_doit, sha256
 from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine
 
 from trtforge.errors import ToolError
@@ -28,25 +28,15 @@ from trtforge.trtexec import (
 
 
 @pytest.fixture(scope="module")
-def surgered(tmp_path_factory) -> tuple[Path, Path]:
-    """(where, pristine): a project at `where` whose export and surgery ran, and a copy of it.
-
-    doit records file_deps by absolute path, so a copy run elsewhere reruns surgery and
-    everything after it; restoring the copy at the very same path keeps them up to date."""
-    base = tmp_path_factory.mktemp("faults")
-    where = make_project(base / "proj", {"yolov8n": SMALL_RECIPE})
-    result = run_doit(where, "surgery:yolov8n")
-    assert result.returncode == 0, result.stdout + result.stderr
-    shutil.copytree(where, base / "pristine", symlinks=True)
-    return where, base / "pristine"
+def surgered(tmp_path_factory) -> Path:
+    """A project whose export and surgery ran; each test works on a copy (doit's records are
+    relative to the project, so a copy elsewhere is up to date)."""
+    return prepared_project(tmp_path_factory.mktemp("faults"), "surgery:yolov8n")
 
 
 @pytest.fixture
-def project(surgered) -> Path:
-    where, pristine = surgered
-    shutil.rmtree(where)
-    shutil.copytree(pristine, where, symlinks=True)
-    return where
+def project(surgered, tmp_path) -> Path:
+    return copied(surgered, tmp_path)
 
 
 def output_lines_with(result, text: str) -> list[str]:

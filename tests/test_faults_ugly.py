@@ -242,3 +242,23 @@ def test_verifying_int8_on_its_own_calibration_images_is_flagged(project):
     assert output.splitlines().count(line) == 1, output  # and none for fp32, which no image calibrated
     assert json.loads(report.read_text())["calibration_overlap"] == {
         "images": ["calib/verify/same-photo.jpg"], "verification_images": 3}
+
+
+# ----------------------------------------------------------------------------- 6. a moved or copied project
+
+def test_a_project_moved_or_copied_elsewhere_is_up_to_date(project, tmp_path):
+    """doit keyed its records by absolute paths: a project moved to another disk or copied
+    into a colleague's checkout rebuilt every stage (issue 13). Every stage that reads an input
+    is built once, with the engine, a release and a kit."""
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    everything = ("cpu:yolov8n", "package:yolov8n-int8", "kit:yolov8n-int8")
+    built = run_doit(project, *everything, env=env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert {"calib:yolov8n-int8", "reference:yolov8n", "engine:yolov8n-int8", "package:yolov8n-int8"} <= set(executed(built))
+    moved = shutil.move(project, tmp_path / "moved")
+    copied_elsewhere = tmp_path / "elsewhere" / "proj"
+    copied_elsewhere.parent.mkdir()
+    subprocess.run(["cp", "-r", str(moved), str(copied_elsewhere)], check=True)  # new mtimes, same bytes
+    for where in (Path(moved), copied_elsewhere):
+        again = run_doit(where, *everything, env=env)
+        assert again.returncode == 0 and executed(again) == [], again.stdout + again.stderr

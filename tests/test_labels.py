@@ -325,8 +325,7 @@ def people(tmp_path_factory) -> tuple[Path, dict]:
     """A project verifying the trained detector at 320 px on an Ultralytics dataset: bus.jpg and
     zidane.jpg with their labels in the parallel labels/ folder, and scikit-image's coffee cup
     with no label file (no object), after `doit cpu:people package:people-fp32` against the
-    TensorRT 10.8 double; with the environment its doit runs need (every test reruns in this
-    project: doit keys files by absolute path, so a copy would rerun every stage)."""
+    TensorRT 10.8 double; with the environment its doit runs need (the tests only read it)."""
     from doubles.trtexec import make_wrapper
     from test_trained_detector import trained_checkpoint
 

@@ -69,9 +69,12 @@ def task_plan(project, recipe: Recipe, variants: list[Variant]) -> list[PlannedT
         return [PlannedTask(task.name, "run", ("never built in this project",)) for task in runnable]
     from doit.dependency import Dependency, SqliteDB
 
+    import contextlib
+
     dependency = Dependency(SqliteDB, str(db))
     try:
-        return [_status(task, tasks, dependency) for task in runnable]
+        with contextlib.chdir(project.root):  # the tasks' paths are relative to it, as doit runs them
+            return [_status(task, tasks, dependency) for task in runnable]
     finally:
         dependency.close()
 
@@ -99,7 +102,7 @@ def _uptodate_reason(check) -> str:
 
 def _short(item) -> str:
     text = str(item)
-    return text.split("/artifacts/", 1)[-1] if "/artifacts/" in text else text
+    return text.split("artifacts/", 1)[-1] if text.startswith("artifacts/") or "/artifacts/" in text else text
 
 
 def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:

@@ -196,6 +196,7 @@ def doit_namespace(project: Project) -> dict[str, Callable]:
     """`task_<stage>` creators for doit, one per stage, each documented for `doit list`.
 
     dodo.py and `trtforge plan` both load tasks from this, so they see the same graph.
+    Their file paths are relative to the project folder (see `relative_paths`).
     """
     stages = [
         ("export", export_tasks, "export the recipe's model to ONNX"),
@@ -215,11 +216,30 @@ def doit_namespace(project: Project) -> dict[str, Callable]:
     namespace = {}
     for name, generator, doc in stages:
         def creator(generator=generator):
-            yield from generator(project)
+            for task in generator(project):
+                yield relative_paths(task, project.root)
 
         creator.__doc__ = doc
         namespace[f"task_{name}"] = creator
     return namespace
+
+
+def relative_paths(task: dict, root: Path) -> dict:
+    """`task` with its file_dep and targets under `root` named relative to it.
+
+    doit keys its state by these strings, and runs in the project folder: with absolute
+    paths, a project moved or copied elsewhere (a new disk, a colleague's checkout) found
+    none of its records and rebuilt everything (issue 13). Paths outside the project (the
+    package's own code, images on a data disk) stay absolute: they did not move with it."""
+    for key in ("file_dep", "targets"):
+        if key in task:
+            task[key] = [_under(path, root) for path in task[key]]
+    return task
+
+
+def _under(path: str, root: Path) -> str:
+    relative = os.path.relpath(path, root)
+    return path if relative == ".." or relative.startswith(".." + os.sep) else relative
 
 
 @functools.lru_cache(maxsize=None)

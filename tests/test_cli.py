@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import doit_env
+from conftest import copied, doit_env, prepared_project
 
 TRTFORGE = str(Path(sys.executable).parent / "trtforge")
 
@@ -51,6 +51,8 @@ def test_plan_without_gpu_lists_tasks_and_renders_each_generation(small_project)
     assert "model.onnx is artifacts/yolov8n/fp16/autocast.onnx" in eleven.stdout and "--fp16" not in eleven.stdout
     refused = trtforge("plan", "yolov8n-fp16", "--trt", "8.2", cwd=small_project)
     assert "refused: TensorRT 8.2.1 has no --layerPrecisions" in refused.stdout
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        "trtforge: yolov8n-fp16 cannot be built with TensorRT 8.2.1: TensorRT 8.2.1 has no --layerPrecisions")
     assert not (small_project / "artifacts" / ".doit.db").exists()  # planning wrote no state
 
 
@@ -72,3 +74,25 @@ def test_doit_refuses_a_corrupt_state_db_in_one_line_and_recovers(small_project)
     assert line.startswith(f"ERROR: {db} is unreadable") and f"mv {db} {db}.bad" in line
     db.rename(db.with_name(".doit.db.bad"))
     assert run_doit(small_project, "list").returncode == 0
+
+
+def test_plan_shows_what_an_upstream_rerun_brings_and_what_was_never_built(tmp_path):
+    project = copied(prepared_project(tmp_path / "built", "lint:yolov8n-fp16"), tmp_path)
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("opset: 17", "opset: 18"))
+    result = trtforge("plan", "yolov8n-fp16", "--trt", "10", cwd=project)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n\n")[0].splitlines()
+    assert lines[:3] == ["run  export:yolov8n",
+                         "       a recipe field, tool version or rendered command it reads changed (or never built)",
+                         "run  surgery:yolov8n"]  # doit alone would call it up to date: its input is not rebuilt yet
+    assert "       runs after export:yolov8n, whose outputs it reads" in lines
+    assert not any(line.startswith("ok ") for line in lines), lines
+    engine = lines.index("run  engine:yolov8n-fp16")
+    assert lines[engine + 1] == "       never built in this project"  # not every one of its inputs
+
+
+def test_plan_into_a_closed_pipe_is_quiet(small_project):
+    result = subprocess.run(["bash", "-c", f"{TRTFORGE} plan yolov8n-fp16 --trt 10 | true; echo ${{PIPESTATUS[0]}}"],
+                            cwd=small_project, env=doit_env(), capture_output=True, text=True, timeout=300)
+    assert result.stderr == "" and result.stdout.strip() == "141"

@@ -100,7 +100,7 @@ def test_weights_missing_then_truncated_each_fail_in_one_line_and_a_rerun_finish
     assert result.returncode == 3  # refused while doit loads the recipes, before any task
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert errors == [f"ERROR: recipes/yolov8n.yaml:1:59: model.weights: file 'models/best.pt' does not exist "
-                      f"(paths are relative to {project})"]
+                      f"(relative paths start at the project root, {project})"]
     assert "Traceback" not in result.stderr
 
     (project / "models").mkdir()

@@ -52,7 +52,7 @@ CASES = {
     "missing surgery pass": (SMALL_RECIPE.replace("infer_shapes]", "my_fix]"), "recipes/yolov8n.yaml:4:33: surgery[2]",
                              "no surgery pass named 'my_fix' (built in, or registered by a plugins/*.py file)"),
     "missing calibration folder": (INT8.replace("calib/set", "calib/nowhere"), "variants.int8.calibration.images",
-                                   "'calib/nowhere' is not a folder or manifest inside the project"),
+                                   "'calib/nowhere' is no folder or manifest (relative paths start at the project root"),
     "control character": (SMALL_RECIPE.replace("seed: 0", "seed: 0\x07"), "recipes/yolov8n.yaml:1:57:",
                           "control character U+0007 is not allowed in a recipe; delete it"),
     "not utf-8": (None, "recipes/yolov8n.yaml:1:56:", "byte 0xff is not UTF-8 text; save the recipe as UTF-8"),
@@ -90,4 +90,4 @@ def test_two_recipes_with_one_name_stop_doit_naming_both_files(tmp_path):
     result = run_doit(project, "list")
     assert result.returncode == 3
     (line,) = result.stderr.strip().splitlines()
-    assert line == "ERROR: recipes/b.yaml: name: recipe name 'same' is already used by a.yaml; rename one"
+    assert line == "ERROR: recipes/a.yaml: name: recipe name 'same' is also used by b.yaml; rename one"

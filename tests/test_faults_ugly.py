@@ -143,12 +143,17 @@ def test_closing_the_terminal_doit_writes_to_stops_the_build_cleanly(project, tm
 # ----------------------------------------------------------------------------- 2. nesting and size
 
 def test_a_recipe_nested_400_deep_is_one_line_on_every_command(small_project):
+    """It is one warning line beside a good recipe (whose tasks go on), and the error when
+    its own task is asked for."""
     (small_project / "recipes" / "x.yaml").write_text("a: " + "[" * 400 + "]" * 400 + "\n")  # 804 bytes
-    for command in (["list"], ["export:yolov8n"]):
+    said = "recipes/x.yaml:1:35: nested 401 levels deep; a recipe is at most 32 levels"
+    for command in (["list"], ["info", "export:yolov8n"]):
         result = run_doit(small_project, *command)
         no_traceback(result)
-        assert result.returncode == 3
-        assert result.stderr.strip() == "ERROR: recipes/x.yaml:1:35: nested 401 levels deep; a recipe is at most 32 levels"
+        assert result.stderr.strip() == (f"trtforge: WARNING: {said}; its tasks are left out until it is fixed "
+                                         "(the other recipes build)")
+    result = run_doit(small_project, "export:x")
+    assert result.returncode == 3 and result.stderr.strip() == f"ERROR: {said}"
 
 
 CAP = 256 * 1024 - 64  # just under the size cap: larger files are refused unread
@@ -262,3 +267,55 @@ def test_a_project_moved_or_copied_elsewhere_is_up_to_date(project, tmp_path):
     for where in (Path(moved), copied_elsewhere):
         again = run_doit(where, *everything, env=env)
         assert again.returncode == 0 and executed(again) == [], again.stdout + again.stderr
+
+
+# ----------------------------------------------------------------------------- 7. one broken recipe among others
+
+def test_a_broken_recipe_disables_only_its_own_tasks(project, tmp_path):
+    """A colleague's half-edited recipe stopped everyone's build with exit 3 (issue 14)."""
+    (project / "recipes" / "wip.yaml").write_text((project / "recipes" / "yolov8n.yaml").read_text()
+                                                  .replace("precision: fp32", "precision: fp33"))
+    (project / "recipes" / "wip-people.yaml").write_text((project / "recipes" / "yolov8n.yaml").read_text())
+    said = ("recipes/wip.yaml:10:21: variants.fp32.precision: got str 'fp33'; allowed: fp32, fp16, int8")
+    warning = f"trtforge: WARNING: {said}; its tasks are left out until it is fixed (the other recipes build)"
+
+    listed = run_doit(project, "list", "--all")
+    assert listed.returncode == 0 and listed.stderr.strip() == warning
+    assert "build:yolov8n-fp32" in listed.stdout and "build:wip-people-fp32" in listed.stdout
+    assert "wip-fp" not in listed.stdout
+    built = run_doit(project, "lint:yolov8n-fp32", "export:wip-people")  # `wip-people` is not `wip`'s
+    assert built.returncode == 0 and warning in built.stderr.splitlines(), built.stdout + built.stderr
+    assert set(executed(built)) == {"surgery:yolov8n", "lint:yolov8n-fp32", "export:wip-people"}
+    asked = run_doit(project, "lint:yolov8n-fp32", "build:wip-fp32")
+    assert asked.returncode == 3 and asked.stderr.strip() == f"ERROR: {said}" and not executed(asked)
+
+    trtforge = [sys.executable, "-m", "trtforge.cli"]
+    plan = subprocess.run([*trtforge, "plan", "wip-fp32", "--project", str(project)], capture_output=True, text=True)
+    assert plan.returncode == 1 and said in plan.stderr
+    doctor = subprocess.run([*trtforge, "doctor", "--project", str(project)], capture_output=True, text=True)
+    assert doctor.returncode == 1 and said in doctor.stdout, doctor.stdout + doctor.stderr
+
+
+# ----------------------------------------------------------------------------- 8. inputs from outside the project
+
+def test_inputs_outside_the_project_are_read_and_tracked_by_content(project, tmp_path):
+    """Frames on a data disk (an absolute path) and a verification set under `~` were refused
+    as "not inside the project" (issue 14): they are inputs like any other."""
+    disk, home = tmp_path / "disk", tmp_path / "home"
+    disk.mkdir()
+    home.mkdir()
+    shutil.move(project / "calib" / "imgs", disk / "frames")
+    shutil.move(project / "calib" / "verify", home / "verify")
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("images: calib/imgs", f"images: {disk / 'frames'}")
+                      .replace("images: calib/verify", "images: ~/verify"))
+    env = {"HOME": str(home)}
+    stages = ("calib:yolov8n-int8", "reference:yolov8n")
+    first = run_doit(project, *stages, env=env)
+    assert first.returncode == 0 and set(stages) <= set(executed(first)), first.stdout + first.stderr
+    assert executed(run_doit(project, *stages, env=env)) == []
+    frames = sorted((disk / "frames").iterdir())
+    shutil.copy(frames[0], frames[1])  # one frame replaced on the data disk
+    again = run_doit(project, *stages, env=env)
+    assert again.returncode == 0 and executed(again) == ["calib:yolov8n-int8"], again.stdout + again.stderr
+    assert not list(disk.rglob("*trtforge*")) and not list(home.rglob("*trtforge*"))  # nothing written there

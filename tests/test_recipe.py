@@ -150,12 +150,19 @@ def test_oversized_recipe_is_refused_before_parsing(tmp_path):
     assert "larger than" in error_of(tmp_path, "# " + "x" * (300 * 1024) + "\n")
 
 
-def test_two_recipes_with_one_name_are_refused(tmp_path):
+def test_two_recipes_with_one_name_are_both_set_aside_and_a_broken_one_alone(tmp_path):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "a.yaml").write_text("name: same\n" + VALID)
     (tmp_path / "recipes" / "b.yaml").write_text("name: same\n" + VALID)
-    with pytest.raises(RecipeError, match=r"recipes/b.yaml: name: recipe name 'same' is already used by a.yaml"):
-        load_recipes(tmp_path / "recipes", tmp_path, PASSES)
+    (tmp_path / "recipes" / "c.yaml").write_text(VALID + "bogus: 1\n")
+    (tmp_path / "recipes" / "d.yaml").write_text(VALID)
+    loaded, broken = load_recipes(tmp_path / "recipes", tmp_path, PASSES)
+    assert [r.name for r in loaded] == ["d"]
+    assert [str(b.error) for b in broken] == [
+        "recipes/a.yaml: name: recipe name 'same' is also used by b.yaml; rename one",
+        "recipes/b.yaml: name: recipe name 'same' is also used by a.yaml; rename one",
+        error_of(tmp_path, VALID + "bogus: 1\n").replace("r.yaml", "c.yaml")]
+    assert [sorted(b.names) for b in broken] == [["a", "same"], ["b", "same"], ["c"]]
 
 
 def test_error_location_points_at_the_offending_value(tmp_path):

@@ -9,6 +9,8 @@ anything unexpected is one line plus a hint, and `--debug` shows its traceback.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +30,11 @@ class _Group(click.Group):
         except TrtforgeError as exc:
             click.echo(f"trtforge: {exc}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # the reader stopped early (`trtforge plan ... | head`): nothing more to say, nowhere to
+            # say it; point stdout at nothing so the flush at exit cannot fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)  # what a shell reports for a tool ended by SIGPIPE
         except Exception as exc:
             if ctx.params.get("debug"):
                 raise
@@ -123,7 +130,15 @@ def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands, "preflight": verdicts},
                               indent=2))
-        return
+    else:
+        _print_plan(loaded, recipe, steps, commands, verdicts)
+    refused = [v for v, command in commands.items() if isinstance(command, str) and command.startswith("refused:")]
+    if refused:
+        raise TrtforgeError(f"{recipe.name}-{refused[0]} cannot be built with TensorRT {loaded.trtexec.version}: "
+                            f"{commands[refused[0]].removeprefix('refused: ')}")
+
+
+def _print_plan(loaded, recipe, steps, commands, verdicts) -> None:
     for step in steps:
         click.echo(f"{'run' if step.status == 'run' else 'ok ':<4} {step.name}")
         for reason in step.reasons if step.status == "run" else ():

@@ -146,6 +146,11 @@ def check_recipes(root: Path) -> Finding:
     except TrtforgeError as exc:
         return Finding("recipes", "problem", str(exc), "fix the recipe as the message says")
     names = ", ".join(f"{r.name} ({', '.join(v.name for v in r.variants)})" for r in project.recipes)
+    if project.broken:
+        others = f"; {names} load" if names else ""
+        return Finding("recipes", "problem", f"{len(project.broken)} broken, left out of the build: "
+                       + " | ".join(str(b.error) for b in project.broken) + others,
+                       "fix the recipe as the message says (the other recipes still build)")
     return Finding("recipes", "ok", names or "none in recipes/")
 
 

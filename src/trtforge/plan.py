@@ -33,6 +33,12 @@ class PlannedTask:
 
 
 def resolve_target(project, target: str) -> tuple[Recipe, list[Variant]]:
+    from .recipe import BrokenRecipe
+    from .tasks import recipe_of
+
+    broken = recipe_of(project, target)
+    if isinstance(broken, BrokenRecipe):
+        raise broken.error
     for recipe in project.recipes:
         if target == recipe.name:
             return recipe, list(recipe.variants)
@@ -51,13 +57,16 @@ def task_plan(project, recipe: Recipe, variants: list[Variant]) -> list[PlannedT
 
     tasks = {t.name: t for t in load_tasks(doit_namespace(project))}
     producers = {target: t.name for t in tasks.values() for target in t.targets}
-    order: list[str] = []
+    needs: dict[str, list[str]] = {}  # task -> the tasks it waits for
+    order: list[str] = []  # each task after every task it needs
 
     def visit(name: str) -> None:
-        if name in order or name not in tasks:
+        if name in needs or name not in tasks:
             return
         task = tasks[name]
-        for dep in [*task.task_dep, *(producers[f] for f in task.file_dep if f in producers)]:
+        needs[name] = [dep for dep in [*task.task_dep, *(producers[f] for f in task.file_dep if f in producers)]
+                       if dep in tasks]
+        for dep in needs[name]:
             visit(dep)
         order.append(name)
 
@@ -67,19 +76,40 @@ def task_plan(project, recipe: Recipe, variants: list[Variant]) -> list[PlannedT
     db = project.artifacts / ".doit.db"
     if not db.is_file():  # do not let doit create a state DB just to plan
         return [PlannedTask(task.name, "run", ("never built in this project",)) for task in runnable]
-    from doit.dependency import Dependency, SqliteDB
-
     import contextlib
+
+    from doit.dependency import Dependency, SqliteDB
 
     dependency = Dependency(SqliteDB, str(db))
     try:
         with contextlib.chdir(project.root):  # the tasks' paths are relative to it, as doit runs them
-            return [_status(task, tasks, dependency) for task in runnable]
+            own = {task.name: _status(task, tasks, dependency) for task in runnable}
     finally:
         dependency.close()
+    return _with_upstream_reruns(order, needs, own)
+
+
+def _with_upstream_reruns(order: list[str], needs: dict[str, list[str]],
+                          own: dict[str, PlannedTask]) -> list[PlannedTask]:
+    """doit judges each task against its inputs as they are now, so on its own it calls a task
+    up to date whose input an earlier task is about to rebuild. Such a task is planned to run
+    too (doit reruns it when the rebuilt input differs, as it does after any real change)."""
+    cause: dict[str, str | None] = {}  # task -> the runnable task whose run reaches it, or None
+    planned = []
+    for name in order:
+        upstream = next((cause[dep] for dep in needs[name] if cause[dep]), None)
+        step = own.get(name)
+        if step is not None and step.status != "run" and upstream:
+            step = PlannedTask(name, "run", (f"runs after {upstream}, whose outputs it reads",))
+        cause[name] = (name if step is not None and step.status == "run" else upstream)
+        if step is not None:
+            planned.append(step)
+    return planned
 
 
 def _status(task, tasks: dict, dependency) -> PlannedTask:
+    if not dependency.backend.in_(task.name):
+        return PlannedTask(task.name, "run", ("never built in this project",))
     status = dependency.get_status(task, tasks, get_log=True)
     reasons = []
     for key, value in status.reasons.items():

@@ -331,28 +331,35 @@ def _duration_s(doc: Document, path: FieldPath, value: Any) -> int:
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def _project_file(doc: Document, path: FieldPath, value: Any, root: Path, under: str | None = None) -> Path:
-    rel = Path(_text(doc, path, value))
-    if rel.is_absolute() or ".." in rel.parts:
-        raise doc.error(path, f"'{value}' must be a path inside the project, relative to its root")
-    if under and rel.parts[0] != under:
-        raise doc.error(path, f"'{value}' must be under {under}/")
-    if not (root / rel).is_file():
-        raise doc.error(path, f"file '{value}' does not exist (paths are relative to {root})")
-    return rel
+def _user_path(doc: Document, path: FieldPath, value: Any) -> Path:
+    """A path as the recipe gives it: relative to the project root, absolute, or `~/...`.
+
+    Weights, ONNX files and image sets usually live outside the project, on a data disk or in
+    a training run's folder (issue 14). They are only read, and tracked by content like
+    project files; outputs still go nowhere but artifacts/."""
+    return Path(_text(doc, path, value)).expanduser()
+
+
+def _input_file(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
+    """An existing file the build reads (see `_user_path`); relative paths stay relative."""
+    given = _user_path(doc, path, value)
+    if not (root / given).is_file():
+        where = "" if given.is_absolute() else f" (relative paths start at the project root, {root})"
+        raise doc.error(path, f"file '{value}' does not exist{where}")
+    return given
 
 
 def _weights_file(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
-    """A project file, or `package:<module>/<path>`: a checkpoint an installed package ships
+    """An input file (`_input_file`), or `package:<module>/<path>`: a checkpoint an installed package ships
     (the built-in people demo's), as an absolute path."""
     text = _text(doc, path, value)
     if not text.startswith("package:"):
-        return _project_file(doc, path, value, root)
+        return _input_file(doc, path, value, root)
     module, _, rest = text[len("package:"):].partition("/")
     folder = package_folder(module)
     if folder is None:
         raise doc.error(path, f"'{value}' is in the Python package '{module}', which is not installed here; "
-                        "install it (scripts/quickstart.sh installs the demo's) or give a project file")
+                        "install it (scripts/quickstart.sh installs the demo's) or give the checkpoint's path")
     rel = Path(rest)
     if not rest or rel.is_absolute() or ".." in rel.parts or not (folder / rel).is_file():
         raise doc.error(path, f"'{value}': the package '{module}' has no file '{rest}' (at {folder})")
@@ -381,7 +388,7 @@ def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSourc
         weights=(_weights_file(doc, path + ("weights",), value["weights"], root)
                  if value.get("weights") is not None else None),
         factory=factory,
-        path=_project_file(doc, path + ("path",), value["path"], root) if "path" in value else None,
+        path=_input_file(doc, path + ("path",), value["path"], root) if "path" in value else None,
         seed=_integer(doc, path + ("seed",), value.get("seed", 0), 0, 2**31 - 1),
     )
 
@@ -467,7 +474,7 @@ def _build(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec:
         "optimization_level": lambda p, v: _integer(doc, p, v, 0, 5),
         "timing_cache": lambda p, v: _boolean(doc, p, v),
         "keep_fp32": lambda p, v: _list(doc, p, v, lambda q, x: _text(doc, q, x)),
-        "plugins": lambda p, v: _list(doc, p, v, lambda q, x: _project_file(doc, q, x, root, "plugins")),
+        "plugins": lambda p, v: _list(doc, p, v, lambda q, x: _input_file(doc, q, x, root)),
         "dla_core": lambda p, v: _integer(doc, p, v, 0, 15),
         "hardware_compatibility": lambda p, v: _choice(doc, p, v, HARDWARE_COMPATIBILITY),
         "version_compatible": lambda p, v: _boolean(doc, p, v),
@@ -527,10 +534,10 @@ def _accuracy(doc: Document, path: FieldPath, value: Any) -> AccuracySpec:
 
 
 def _image_source(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
-    images = Path(_text(doc, path, value))
-    if images.is_absolute() or ".." in images.parts or not (root / images).exists():
-        raise doc.error(path, f"'{images}' is not a folder or manifest inside the project "
-                              f"(paths are relative to {root})")
+    images = _user_path(doc, path, value)
+    if not (root / images).exists():
+        where = "" if images.is_absolute() else f" (relative paths start at the project root, {root})"
+        raise doc.error(path, f"'{value}' is no folder or manifest{where}")
     return images
 
 
@@ -562,12 +569,11 @@ def _labels(doc: Document, path: FieldPath, value: Any, root: Path) -> tuple[Lab
     its `val` split (the default verify.images); (spec, that split or None)."""
     if value == "yolo":
         return LabelSpec(), None
-    dataset = Path(value if isinstance(value, str) else "")
-    if (dataset.suffix not in (".yaml", ".yml") or dataset.is_absolute() or ".." in dataset.parts
-            or not (root / dataset).is_file()):
+    dataset = Path(value).expanduser() if isinstance(value, str) else Path()
+    if dataset.suffix not in (".yaml", ".yml") or not (root / dataset).is_file():
         shown = f"'{value}'" if isinstance(value, str) else _describe(value)
         raise doc.error(path, f"{shown} is neither `yolo` (label .txt files where Ultralytics looks for them) "
-                              "nor an Ultralytics dataset yaml inside the project")
+                              "nor an existing Ultralytics dataset yaml")
     data = _dataset_yaml(root / dataset, dataset.as_posix())
     names, val = _dataset_names(data, dataset.as_posix()), data.get("val")
     if val is None:
@@ -576,11 +582,12 @@ def _labels(doc: Document, path: FieldPath, value: Any, root: Path) -> tuple[Lab
         raise RecipeError(dataset.as_posix(), "val: give one folder or image list (trtforge verifies on one set)")
     # a relative `path` is relative to where Ultralytics runs, here the project root; none: the yaml's folder
     base = data.get("path") or dataset.parent.as_posix()
-    split = Path(os.path.normpath(root / str(base) / val))  # lexical: a dataset linked into the project stays in it
-    if not split.is_relative_to(os.path.normpath(root)) or not split.exists():
-        raise RecipeError(dataset.as_posix(), f"val: '{val}' is not a folder or image list inside the project; "
-                                              "copy or link the dataset into it, or set verify.images")
-    return LabelSpec(dataset, names), split.relative_to(os.path.normpath(root))
+    split = Path(os.path.normpath(root / Path(str(base)).expanduser() / val))  # lexical: a linked dataset stays linked
+    if not split.exists():
+        raise RecipeError(dataset.as_posix(), f"val: '{val}' is no folder or image list (looked at {split}); "
+                                              "fix `path` or `val`, or set verify.images")
+    inside = split.is_relative_to(os.path.normpath(root))
+    return LabelSpec(dataset, names), split.relative_to(os.path.normpath(root)) if inside else split
 
 
 def _dataset_yaml(file: Path, name: str) -> dict:
@@ -669,7 +676,7 @@ _TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "buil
 
 def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
     """Read and validate one recipe; every failure is a one-line RecipeError."""
-    shown = str(file.relative_to(root)) if file.is_relative_to(root) else str(file)
+    shown = _shown(file, root)
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -714,17 +721,41 @@ def _package(doc: Document, path: FieldPath, value: Any) -> PackageSpec:
     return PackageSpec(**{k: _boolean(doc, path + (k,), v) for k, v in value.items()})
 
 
-def load_recipes(folder: Path, root: Path, known_passes: Mapping[str, Any]) -> list[Recipe]:
-    """All recipes in `folder` (*.yaml, *.yml), refusing two with one name."""
-    recipes: dict[str, Recipe] = {}
+@dataclass(frozen=True)
+class BrokenRecipe:
+    """A recipe file that does not load: its one-line error, and the recipe names its tasks
+    would carry (the file's stem, and its `name:` when that is what broke it)."""
+
+    error: RecipeError
+    names: frozenset[str]
+
+
+def load_recipes(folder: Path, root: Path, known_passes: Mapping[str, Any]) -> tuple[list[Recipe], list[BrokenRecipe]]:
+    """All recipes in `folder` (*.yaml, *.yml): (those that load, those that do not).
+
+    A broken recipe is set aside with its error instead of stopping every recipe: a
+    colleague's half-edited file must not block everyone's build (issue 14). Two recipes
+    with one name are both set aside: building either under that name would be a guess."""
+    loaded: list[Recipe] = []
+    broken: list[BrokenRecipe] = []
     for file in sorted(folder.glob("*.y*ml")):
-        recipe = load_recipe(file, root, known_passes)
-        if recipe.name in recipes:
-            other = recipes[recipe.name].file.name
-            raise RecipeError(str(file.relative_to(root)), f"recipe name '{recipe.name}' is already "
-                                                           f"used by {other}; rename one", field="name")
-        recipes[recipe.name] = recipe
-    return list(recipes.values())
+        try:
+            loaded.append(load_recipe(file, root, known_passes))
+        except RecipeError as exc:
+            broken.append(BrokenRecipe(exc, frozenset({file.stem})))
+    shared = {r.name for r in loaded if sum(o.name == r.name for o in loaded) > 1}
+    for name in sorted(shared):
+        files = [r.file for r in loaded if r.name == name]
+        for file in files:
+            others = ", ".join(f.name for f in files if f != file)
+            error = RecipeError(_shown(file, root), f"recipe name '{name}' is also used by {others}; rename one",
+                                field="name")
+            broken.append(BrokenRecipe(error, frozenset({name, file.stem})))
+    return [r for r in loaded if r.name not in shared], sorted(broken, key=lambda b: b.error.file)
+
+
+def _shown(file: Path, root: Path) -> str:
+    return str(file.relative_to(root)) if file.is_relative_to(root) else str(file)
 
 
 def jsonable(value: Any) -> Any:

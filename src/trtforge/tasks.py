@@ -25,7 +25,7 @@ from .gates.labels import LabelSet, label_set
 from .gpu import gpu_config_changed
 from .images import ImageSetError, list_image_set, select_images
 from .quant.accuracy import AccuracyJob, Control
-from .recipe import Recipe, Variant, jsonable, load_recipes
+from .recipe import BrokenRecipe, Recipe, Variant, jsonable, load_recipes
 from .render import GRAMMARS, KEEP_FP32_CACHE, RenderError, check_intent, default_profiles, render_argv
 from .stages import (autocast, calibrate, check, compare, engine, export, kit, lint, package, qdq, reference,
                      surgery as surgery_stage)
@@ -43,6 +43,7 @@ class Project:
     root: Path
     recipes: list[Recipe]
     plugin_passes: dict[str, Path]
+    broken: list[BrokenRecipe] = field(default_factory=list)  # recipes that do not load: no tasks
     trtexec: Trtexec | None = None
     trtexec_problem: str | None = None  # why there is no usable trtexec
     artifacts: Path = field(init=False)
@@ -61,8 +62,8 @@ def load_project(root: Path, generation: str | None = None, probe: bool = True) 
     """
     plugin_passes = discover_plugin_passes(root / "plugins") if (root / "plugins").is_dir() else {}
     known = {name: None for name in builtin_pass_names()} | plugin_passes
-    recipes = load_recipes(root / "recipes", root, known)
-    project = Project(root, recipes, plugin_passes)
+    recipes, broken = load_recipes(root / "recipes", root, known)
+    project = Project(root, recipes, plugin_passes, broken)
     if generation is not None:
         project.trtexec = Trtexec(Path("trtexec"), version_for_generation(generation))
         return project
@@ -187,9 +188,38 @@ def load_project_or_invalid(root: Path) -> Project:
     from .session import READ_ONLY_COMMANDS, doit_command
 
     try:
-        return load_project(root, probe=doit_command(sys.argv) not in READ_ONLY_COMMANDS)
+        project = load_project(root, probe=doit_command(sys.argv) not in READ_ONLY_COMMANDS)
+        set_broken_recipes_aside(project, sys.argv)
     except TrtforgeError as exc:
         raise InvalidDodoFile(str(exc)) from None
+    return project
+
+
+def set_broken_recipes_aside(project: Project, argv: list[str]) -> None:
+    """A broken recipe disables only its own tasks: every command names it in one warning line
+    and goes on with the others. It is an error (raised) when there is no other recipe or the
+    command names one of its tasks (`build:<recipe>-<variant>`): that is what the user asked for."""
+    if not project.broken:
+        return
+    asked = [arg.split(":", 1)[1] for arg in argv[1:] if ":" in arg and not arg.startswith("-")]
+    for target in asked:
+        owner = recipe_of(project, target)
+        if isinstance(owner, BrokenRecipe):
+            raise owner.error
+    if not project.recipes:
+        raise project.broken[0].error
+    from .console import warn
+
+    for broken in project.broken:
+        warn(f"{broken.error}; its tasks are left out until it is fixed (the other recipes build)")
+
+
+def recipe_of(project: Project, target: str) -> Recipe | BrokenRecipe | None:
+    """The recipe, loaded or broken, whose task `target` (`<recipe>` or `<recipe>-<variant>`)
+    would be: the longest name that fits, as `a-b-fp16` is recipe `a-b`'s when `a` exists too."""
+    names = [(r.name, r) for r in project.recipes] + [(n, b) for b in project.broken for n in b.names]
+    fitting = [(len(name), owner) for name, owner in names if target == name or target.startswith(name + "-")]
+    return max(fitting, key=lambda fit: fit[0])[1] if fitting else None
 
 
 def doit_namespace(project: Project) -> dict[str, Callable]:

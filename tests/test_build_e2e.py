@@ -317,6 +317,8 @@ def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path
     archive.unlink()  # the record survives, the archive does not: it must be rebuilt, not trusted
     result = run_doit(int8_project, "package:yolov8n-int8", env=env)
     assert executed(result) == ["package:yolov8n-int8"] and archive.read_bytes() == first
+    said = f"trtforge: package:yolov8n-int8: wrote artifacts/release/{archive.name} (release archive; its sha256 in "
+    assert [line for line in result.stderr.splitlines() if line.startswith(said)], result.stderr
     assert (release / (archive.name + ".sha256")).read_text().split()[0] == sha256(archive)
 
     members = archive_members(archive)
@@ -377,6 +379,8 @@ def test_kit_builds_on_the_device_with_each_generation(int8_project, tmp_path, v
     result = run_doit(int8_project, "kit:yolov8n-int8")  # no trtexec on this host: the kit needs none
     assert result.returncode == 0, result.stdout + result.stderr
     kit = int8_project / "artifacts" / "kit" / "yolov8n-int8-kit.tar.gz"
+    assert "trtforge: kit:yolov8n-int8: wrote artifacts/kit/yolov8n-int8-kit.tar.gz (build kit: unpack it on the " \
+           "target device and run build.sh, " in result.stderr
     with tarfile.open(kit, "r:gz") as tar:
         tar.extractall(tmp_path / "device", filter="data")
     folder = tmp_path / "device" / "yolov8n-int8-kit"

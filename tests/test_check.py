@@ -221,3 +221,20 @@ def test_an_output_of_another_shape_fails_clearly(reference, tmp_path):
     candidate = constant_head_model(raw_head(REFERENCE_BOXES)[:, :, :32], tmp_path / "short.onnx")
     with pytest.raises(StageError, match="onnx output 'output0': its shape differs from the reference's"):
         run_check(job(folder, candidate))
+
+
+@pytest.mark.parametrize("quiet, hint", [(True, False), (False, True)], ids=["quieted", "polygraphy's default"])
+def test_polygraphy_warnings_carry_no_install_hint_for_colored(quiet, hint):
+    """Without the `colored` module, Polygraphy's first coloured warning printed an install
+    hint on stdout, which doit replayed after a failed check's one line (issue 14)."""
+    import importlib.util
+
+    if hint and importlib.util.find_spec("colored") is not None:
+        pytest.skip("the `colored` module is installed here: Polygraphy has no hint to print")
+    code = ("from polygraphy.logger import G_LOGGER\nfrom trtforge.stages.check import quiet_polygraphy\n"
+            f"{'quiet_polygraphy()' if quiet else 'G_LOGGER.module_severity = G_LOGGER.WARNING'}\n"
+            "G_LOGGER.warning('a warning')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert ("'colored' module is not installed" in run.stdout + run.stderr) is hint, run.stdout + run.stderr
+    assert "a warning" in run.stdout + run.stderr

@@ -319,3 +319,32 @@ def test_inputs_outside_the_project_are_read_and_tracked_by_content(project, tmp
     again = run_doit(project, *stages, env=env)
     assert again.returncode == 0 and executed(again) == ["calib:yolov8n-int8"], again.stdout + again.stderr
     assert not list(disk.rglob("*trtforge*")) and not list(home.rglob("*trtforge*"))  # nothing written there
+
+
+# ----------------------------------------------------------------------------- 9. progress on a terminal
+
+def output_on_a_terminal(project: Path, *args: str) -> tuple[int, str]:
+    """(exit code, everything written) of `doit <args>` run on a pseudo-terminal, as a person
+    at a terminal runs it (doit's default verbosity)."""
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, env=doit_env(),
+                            stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_calibration_progress_is_drawn_on_a_terminal_at_default_verbosity(project):
+    """rich drew its bar on stdout, which doit captures: 16 silent minutes for 500 images (issue 14)."""
+    code, output = output_on_a_terminal(project, "calib:yolov8n-int8")
+    assert code == 0, output
+    assert "calib:yolov8n-int8: calibrating" in output and "4/4" in output and "━" in output, output

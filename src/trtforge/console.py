@@ -7,6 +7,7 @@ action's stderr live. `warn` is for facts a user must not miss (untrained weight
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def info(message: str) -> None:
@@ -15,6 +16,18 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"trtforge: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def shown_path(path: Path) -> str:
+    """`path` as a person at the project would type it: relative to the working folder (doit
+    runs in the project) when it lies under it, else absolute."""
+    here = Path.cwd()
+    return str(path.relative_to(here)) if path.is_absolute() and path.is_relative_to(here) else str(path)
+
+
+def wrote(task: str, path: Path, what: str) -> None:
+    """Say where a stage put a file the user came for (an archive, a kit), with its size."""
+    info(f"{task}: wrote {shown_path(path)} ({what}, {path.stat().st_size / (1 << 20):.1f} MiB)")
 
 
 class Progress:
@@ -30,11 +43,19 @@ class Progress:
 
         self._started = time.monotonic()
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
+            # on stderr, which doit shows live; rich's default, stdout, is what doit captures
             self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+                                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True,
+                                      console=Console(stderr=True))
             self._rich.start()
             self._task = self._rich.add_task(self.description, total=self.total, rate="")
         return self

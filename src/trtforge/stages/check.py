@@ -83,12 +83,20 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def run_check(job: CheckJob) -> None:
-    """Compare, write the report, and raise a one-line StageError if a gate failed."""
+def quiet_polygraphy() -> None:
+    """Polygraphy's logger says only what the check's report does not: warnings and worse,
+    without colours (with them, its first warning prints an install hint for the `colored`
+    module on stdout, which doit replays after the check's one-line failure)."""
     require("polygraphy", "core")
     from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.WARNING  # the report below says what matters
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+    G_LOGGER.colors = False
+
+
+def run_check(job: CheckJob) -> None:
+    """Compare, write the report, and raise a one-line StageError if a gate failed."""
+    quiet_polygraphy()
 
     feeds, reference = load_reference(job.reference_inputs, job.reference_outputs)
     model, runtime = cpu_session_model(job.variant_onnx)

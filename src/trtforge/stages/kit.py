@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output
 from ..calib_cache import without_tensors
+from ..console import wrote
 from ..recipe import PassSpec
 from ..render import KEEP_FP32_CACHE, RenderError, check_intent, render_argv
 from ..trt_version import GENERATIONS, version_for_generation
@@ -51,6 +52,7 @@ def make_kit(kit: KitJob) -> None:
     }, indent=2, sort_keys=True) + "\n").encode()
     with atomic_output(kit.output) as temp:
         temp.write_bytes(reproducible_tar_gz(kit.stem, members))
+    wrote(kit.task, kit.output, "build kit: unpack it on the target device and run build.sh")
 
 
 def generation_job(kit: KitJob, generation: str) -> EngineJob | str:

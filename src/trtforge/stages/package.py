@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
+from ..console import wrote
 from ..errors import StageError, require
 
 FORMAT = "trtforge-release/1"
@@ -92,6 +93,7 @@ def make_package(job: PackageJob) -> None:
         temp.write_bytes(data)
     write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
     write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest}, indent=1) + "\n")
+    wrote(job.task, archive, f"release archive; its sha256 in {archive.name}.sha256")
 
 
 SHIPPED_LOG_MAX = 8 << 20  # a --verbose trtexec log can be hundreds of MB (issue 13)

@@ -78,3 +78,32 @@ def test_export_reports_its_phases_as_plain_lines_without_a_terminal(tmp_path, c
         "trtforge: export of mymodels:tiny: tracing to ONNX opset 13"]
     assert lines[-1].startswith("trtforge: exported export.onnx (") and " MiB) in " in lines[-1]
     assert not any(ch in "".join(lines) for ch in "\x1b\r")  # CI logs: no control characters
+
+
+def static_onnx(path: Path, shape=(1, 3, 16, 16)) -> Path:
+    """An ONNX with a fixed input shape, as `yolo export` writes by default (dynamic=False)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "static",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape, dynamic, says", [
+    ((1, 3, 16, 16), (0,), r"input.dynamic_axes: axis 0 of 'x' is fixed at 1 in static.onnx \(\[1, 3, 16, 16\], a "
+                           r"static export\): remove 0 from input.dynamic_axes"),
+    ((1, 3, 32, 32), (), r"input.shape: axis 2 is 32 but static.onnx fixes it at 16 \(\[1, 3, 16, 16\]\): set "
+                         r"input.shape to \[1, 3, 16, 16\]"),
+    ((1, 3, 16), (), r"input.shape: \[1, 3, 16\] has 3 axes but static.onnx's input 'x' has 4"),
+], ids=["dynamic batch", "size", "rank"])
+def test_a_recipe_the_onnx_cannot_take_is_one_line_naming_the_field(tmp_path, shape, dynamic, says):
+    static_onnx(tmp_path / "static.onnx")
+    with pytest.raises(StageError, match=says):
+        export_onnx(ModelSource("onnx", path=Path("static.onnx")), InputSpec("x", shape, "float32", dynamic), 17,
+                    tmp_path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+    export_onnx(ModelSource("onnx", path=Path("static.onnx")), InputSpec("x", (1, 3, 16, 16), "float32", ()), 17,
+                tmp_path, tmp_path / "out.onnx")  # the recipe the message leads to
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "static.onnx").read_bytes()

@@ -392,3 +392,33 @@ def _check_onnx_matches_recipe(model, spec: InputSpec, shown: Path) -> None:
     if spec.name not in inputs:
         raise StageError(f"model.path: {shown} has input(s) {', '.join(inputs)}, not '{spec.name}', which "
                          "input.name sets and build.profiles use: set input.name to the model's input")
+    graph_input = next(i for i in model.graph.input if i.name == spec.name)
+    _check_input_shape(_onnx_dims(graph_input), spec, shown)
+
+
+def _onnx_dims(graph_input) -> list[int | None]:
+    """The input's dimensions: a size where the ONNX fixes it, None where it is dynamic."""
+    dims = graph_input.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+
+
+def _check_input_shape(dims: list[int | None], spec: InputSpec, shown: Path) -> None:
+    """Refuse a recipe whose input shape the ONNX cannot take, before calibration or the engine
+    meet it (a static `yolo export` with the recipe's default dynamic batch ended in an ONNX
+    Runtime traceback during calibration, issue 14). The ONNX's view, e.g. [1, 3, 640, 640]
+    with ? for dynamic axes, is named with the field to change."""
+    seen = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    if len(dims) != len(spec.shape):
+        raise StageError(f"input.shape: {list(spec.shape)} has {len(spec.shape)} axes but {shown}'s input "
+                         f"'{spec.name}' has {len(dims)} ({seen}): give input.shape the model's axes")
+    for axis, (fixed, wanted) in enumerate(zip(dims, spec.shape)):
+        if fixed is None:
+            continue
+        if axis in spec.dynamic_axes:
+            raise StageError(f"input.dynamic_axes: axis {axis} of '{spec.name}' is fixed at {fixed} in {shown} "
+                             f"({seen}, a static export): remove {axis} from input.dynamic_axes (and keep "
+                             f"build.profiles and calibration.batch at {fixed}), or export the model with dynamic "
+                             "axes")
+        if fixed != wanted:
+            raise StageError(f"input.shape: axis {axis} is {wanted} but {shown} fixes it at {fixed} ({seen}): "
+                             f"set input.shape to {[d if d is not None else w for d, w in zip(dims, spec.shape)]}")

@@ -584,3 +584,33 @@ def test_kill_9_leaves_only_temporaries_which_the_next_run_removes(project, tmp_
     assert running_through(slow) == [] and all(not Path(f"/proc/{pid}").exists() or
                                                "State:\tZ" in Path(f"/proc/{pid}/status").read_text() for pid in left)
     assert read_engine(out / "engine.plan") and not list(project.rglob("*trtforge-tmp*"))
+
+
+def test_an_ultralytics_onnx_keeps_its_class_names_through_every_form_into_the_engine_header(int8_project, tmp_path):
+    """An ONNX exported by Ultralytics names its classes in metadata_props; surgery, AutoCast
+    and ModelOpt wrote models without them, so its `.engine` had `names: {}` (issue 14)."""
+    import onnx
+    from ultralytics.nn.backends.base import BaseBackend
+
+    from trtforge.modelmeta import props_of, stamp
+
+    given = onnx.load(str(int8_project / "artifacts" / "yolov8n" / "export.onnx"))
+    props = {"names": "{0: 'person', 1: 'forklift'}", "stride": "32", "task": "detect", "author": "Ultralytics"}
+    stamp(given, props)
+    (int8_project / "models").mkdir()
+    onnx.save(given, str(int8_project / "models" / "given.onnx"))
+    recipe = (int8_project / "recipes" / "yolov8n.yaml").read_text()
+    (int8_project / "recipes" / "given.yaml").write_text(
+        recipe.replace("model: {source: ultralytics, arch: yolov8n.yaml, seed: 0}",
+                       "model: {source: onnx, path: models/given.onnx}") + "package: {ultralytics_engine: true}\n")
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    result = run_doit(int8_project, "package:given-int8", "quantize:given-fp16", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = int8_project / "artifacts" / "given"
+    for form in ("model.onnx", "fp16/autocast.onnx", "int8/qdq.onnx"):
+        assert props.items() <= props_of(onnx.load(str(out / form), load_external_data=False)).items(), form
+    (archive,) = (int8_project / "artifacts" / "release").glob("given-int8-*.tar.gz")
+    engine_file = tmp_path / "given.engine"
+    engine_file.write_bytes(archive_members(archive)["given-int8.engine"])
+    _, meta = BaseBackend.engine_header(engine_file)  # Ultralytics' own reader
+    assert meta["names"] == {"0": "person", "1": "forklift"} and meta["task"] == "detect"

@@ -107,3 +107,17 @@ def test_a_recipe_the_onnx_cannot_take_is_one_line_naming_the_field(tmp_path, sh
     export_onnx(ModelSource("onnx", path=Path("static.onnx")), InputSpec("x", (1, 3, 16, 16), "float32", ()), 17,
                 tmp_path, tmp_path / "out.onnx")  # the recipe the message leads to
     assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "static.onnx").read_bytes()
+
+
+def test_model_metadata_is_read_as_literals_only_and_written_as_ultralytics_does():
+    from trtforge.modelmeta import metadata_from_props, props_from_metadata
+
+    props = {"names": "{0: 'person', 1: 'car'}", "stride": "32", "task": "detect", "imgsz": "[640, 640]",
+             "end2end": "False", "author": "Ultralytics"}
+    metadata = metadata_from_props(props)
+    assert metadata == {"names": {0: "person", 1: "car"}, "stride": 32, "task": "detect", "imgsz": [640, 640],
+                        "end2end": False}
+    assert props_from_metadata({**metadata, "names": {"0": "person", "1": "car"}}) == {
+        k: v for k, v in props.items() if k != "author"}  # export.json's string keys become ints again
+    hostile = {"names": "__import__('os').system('echo owned')", "stride": "[" * 10000, "imgsz": "640"}
+    assert metadata_from_props(hostile) == {}  # never evaluated, never a crash: left out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output
 from ..errors import StageError, require
+from ..modelmeta import read_props, stamp
 
 
 def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> None:
@@ -29,5 +30,6 @@ def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> Non
                                                     providers=["cpu"])
     except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot type
         raise StageError(f"AutoCast could not convert {source.name} to FP16: {str(exc).splitlines()[0]}") from exc
+    stamp(model, read_props(source))  # AutoCast writes a new model without the source's metadata
     with atomic_output(output) as temp:
         onnx.save(model, str(temp))

@@ -18,6 +18,7 @@ from .. import checkpoints
 from ..atomic import atomic_output, write_text_atomic
 from ..console import StatusLine, info, warn
 from ..errors import MissingDependencyError, StageError, require
+from ..modelmeta import metadata_from_props, props_of
 from ..recipe import OPSETS, InputSpec, ModelSource
 
 # Ultralytics tasks trtforge builds end to end, as Ultralytics names them (RT-DETR and the
@@ -37,7 +38,7 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
     with StatusLine(f"export of {model.weights or model.arch or model.factory or model.path}") as status:
         if model.source == "onnx":
             status.update("checking the ONNX", "")
-            _copy_checked_onnx(model.path, spec, root, output)
+            metadata = {**metadata_from_props(_copy_checked_onnx(model.path, spec, root, output)), **metadata}
         else:
             status.update("building the network", "")
             if model.source == "ultralytics":
@@ -332,8 +333,9 @@ def _factory_module(model: ModelSource, root: Path):
     return net.float().eval(), weights
 
 
-def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> None:
-    """Copy an ONNX source to `output` once it is a model the later stages can use.
+def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> dict[str, str]:
+    """Copy an ONNX source to `output` once it is a model the later stages can use; return its
+    metadata_props (an Ultralytics export names its classes there).
 
     External data is embedded in the copy: its file names are relative to the source's folder,
     so a plain copy under artifacts/ would lose them.
@@ -346,6 +348,7 @@ def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) ->
             onnx.save(onnx.load(str(root / path)), str(temp))
         else:
             shutil.copyfile(root / path, temp)
+    return props_of(model)
 
 
 def _read_onnx(source: Path, shown: Path):
@@ -375,7 +378,11 @@ def _external_data_files(model) -> list[str]:
     """Files (relative to the model) that hold the model's external tensor data, sorted."""
     # _get_all_tensors is the walker onnx.load itself uses (initializers and attribute tensors,
     # subgraphs included); private, but onnx is pinned and the external-data tests cover it.
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        uses_external_data,
+    )
 
     return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output, disk_fault, write_text_atomic
 from ..errors import StageError, require
+from ..modelmeta import read_props, stamp
 from ..quant.accuracy import AccuracyJob, controlled
 
 
@@ -36,13 +37,15 @@ def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: P
     """Write a Q/DQ INT8 copy of `source` to `output` (atomically); with `accuracy`, the copy
     in which the fewest quantized nodes are reverted for the task gate to hold, and the
     search's report to `accuracy_report`."""
+    onnx = require("onnx", "core")
     with atomic_output(output) as temp:
         _modelopt_qdq(source, calib_cache, sample_batch, temp, keep_fp32)
+        model = onnx.load(str(temp))
         if accuracy is not None:
-            onnx = require("onnx", "core")
             identity = _inputs_identity(source, calib_cache, sample_batch, keep_fp32)
-            model, report = controlled(onnx.load(str(temp)), accuracy, identity)
-            onnx.save(model, str(temp))
+            model, report = controlled(model, accuracy, identity)
+        stamp(model, read_props(source))  # ModelOpt writes a new model without the source's metadata
+        onnx.save(model, str(temp))
     if accuracy is not None:
         write_text_atomic(accuracy_report, json.dumps(report, indent=2, sort_keys=True) + "\n")
 

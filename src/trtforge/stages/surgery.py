@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output
 from ..errors import StageError, require
+from ..modelmeta import props_from_metadata, props_of, stamp
 from ..surgery import builtin_pass_names, registered_pass, registered_passes
 
 PASS_ENDS = "a pass must return the graph or raise"
@@ -30,11 +32,13 @@ FILE_ENDS = "a plugin file must only define and register passes"
 
 
 def run_surgery(source: Path, output: Path, passes: list[tuple[str, dict]], plugin_files: list[Path],
-                task: str | None = None) -> None:
+                task: str | None = None, metadata: Path | None = None) -> None:
     """Apply `passes` in order to the ONNX at `source`; write the result to `output`.
 
     `task` names the doit task in messages; by default it follows from `output`, the
-    surgered ONNX at artifacts/<recipe>/model.onnx."""
+    surgered ONNX at artifacts/<recipe>/model.onnx. The result keeps the source's
+    metadata_props, which passes drop, plus what the export stage learned of the model
+    (`metadata`, its export.json), in Ultralytics' format (modelmeta.py)."""
     onnx = require("onnx", "core")
     task = task or f"surgery:{output.parent.name}"
     builtin_pass_names()
@@ -43,6 +47,7 @@ def run_surgery(source: Path, output: Path, passes: list[tuple[str, dict]], plug
         with _exits_refused(f"{task}: plugin file {_shown(file)}", FILE_ENDS, when=" when imported"):
             origin.update(dict.fromkeys(_import_plugin(file), file))
     model = onnx.load(str(source))
+    props = props_of(model) | (props_from_metadata(json.loads(metadata.read_text())) if metadata else {})
     for name, params in passes:
         culprit = f"plugin pass '{name}' ({_shown(origin[name])})" if name in origin else f"surgery pass '{name}'"
         try:
@@ -56,6 +61,7 @@ def run_surgery(source: Path, output: Path, passes: list[tuple[str, dict]], plug
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise StageError(f"surgery produced an invalid model: {str(exc).splitlines()[0]}") from exc
+    stamp(model, props)
     with atomic_output(output) as temp:
         onnx.save(model, str(temp))
 

@@ -110,6 +110,22 @@ def doctor(project: Path) -> None:
         raise TrtforgeError(f"{stops[0].topic}: {stops[0].next_step or stops[0].detail}")
 
 
+@main.command(short_help="Create a project folder for your own models.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--example", type=click.Choice(["yolov8n"]), default=None,
+              help="Add the built-in demo recipe and its calibration and verification sets.")
+def init(folder: Path, example: str | None) -> None:
+    """Write a trtforge project into FOLDER (created if missing): dodo.py, recipes/ with a
+    commented template, calib/, plugins/, models/ and a .gitignore. Nothing is overwritten."""
+    from .project import init_project
+
+    written = init_project(folder, example)
+    for path in written:
+        click.echo(f"wrote {path}")
+    first = f"doit build:{example}-fp16" if example else "doit list"
+    click.echo(f"next: cd {folder} && {first}   (on a host without TensorRT: doit cpu:<recipe>)")
+
+
 @main.command(short_help="Show what a build would run, and why, without running it.")
 @click.argument("target")
 @click.option("--trt", type=click.Choice(["8.2", "8.6", "10", "11"]), default=None,

@@ -1,0 +1,80 @@
+"""A project folder as doit sees it, and `trtforge init`, which makes one anywhere.
+
+A project's dodo.py is three lines that call `doit_globals`; everything else lives in the
+installed package, so a project holds only the user's recipes, calibration sets, plugins
+and artifacts, never a copy of trtforge (issue 14).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from .errors import TrtforgeError
+
+DODO = '''"""doit entry point of a trtforge project: `doit list`, `doit build:<recipe>-<variant>`."""
+from trtforge.project import doit_globals
+globals().update(doit_globals(__file__))
+'''
+
+GITIGNORE = """# trtforge: everything under artifacts/ is rebuilt from the recipes
+/artifacts/
+# model files: large, and often not yours to publish
+*.pt
+*.pth
+*.onnx
+*.engine
+*.plan
+"""
+
+EXAMPLES = ("yolov8n",)
+
+
+def doit_globals(dodo_file: str) -> dict:
+    """What a project's dodo.py hands doit: DOIT_CONFIG and one task creator per stage.
+
+    doit runs in the project folder (file paths in its state are relative to it, see
+    tasks.relative_paths), also under `doit -d <elsewhere>`. A user error (a recipe, the
+    lock, artifacts/) becomes doit's one `ERROR:` line, exit 3."""
+    from doit.exceptions import InvalidDodoFile
+
+    from . import session, tasks
+
+    root = Path(dodo_file).resolve().parent
+    os.chdir(root)
+    config = session.doit_config(root / "artifacts")
+    try:
+        session.begin(root / "artifacts")
+    except TrtforgeError as exc:
+        raise InvalidDodoFile(str(exc)) from None
+    return {"DOIT_CONFIG": config, **tasks.doit_namespace(tasks.load_project_or_invalid(root))}
+
+
+def init_project(folder: Path, example: str | None = None) -> list[Path]:
+    """Write a new project into `folder` (created if missing); return what was written.
+
+    Refuses a folder that already holds a dodo.py or recipes: nothing of the user's is ever
+    overwritten. Without `example`, recipes/ gets a commented template doit does not load."""
+    if (folder / "dodo.py").exists() or any((folder / "recipes").glob("*.y*ml")):
+        raise TrtforgeError(f"{folder} already holds a project (dodo.py or recipes/*.yaml); init writes only "
+                            "into a new or empty folder")
+    if example is not None and example not in EXAMPLES:
+        raise TrtforgeError(f"no example '{example}'; examples: {', '.join(EXAMPLES)}")
+    examples = resources.files("trtforge") / "examples"
+    files = {Path("dodo.py"): DODO, Path(".gitignore"): GITIGNORE,
+             Path("recipes") / "my-model.yaml.example": (examples / "my-model.yaml.example").read_text()}
+    if example is not None:
+        files[Path("recipes") / f"{example}.yaml"] = (examples / "recipes" / f"{example}.yaml").read_text()
+        for manifest in (examples / "calib").iterdir():
+            files[Path("calib") / manifest.name] = manifest.read_text()
+    written = []
+    for rel, text in files.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        written.append(target)
+    for empty in ("calib", "plugins", "models"):
+        (folder / empty).mkdir(exist_ok=True)
+    return written

@@ -1,0 +1,61 @@
+"""trtforge as an installed tool (issue 14): the built wheel in a fresh virtual environment,
+`trtforge init` in a folder outside any clone, and a build there.
+
+The fresh environment gets trtforge from the wheel only; its dependencies (torch,
+ultralytics, ModelOpt: gigabytes) are borrowed from the development environment through a
+.pth line instead of being downloaded again. So this checks what the wheel carries (the
+package, its example files, the `trtforge` command) and that a project needs nothing from
+the repository, not pip's dependency resolution."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import REPO, doit_env
+
+pytestmark = pytest.mark.slow
+
+
+def run(*argv, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=doit_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The bin/ folder of a fresh venv with the wheel built from this checkout installed."""
+    base = tmp_path_factory.mktemp("install")
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", base / "dist", REPO)
+    (wheel,) = (base / "dist").glob("trtforge-*.whl")
+    venv = base / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    site = Path(run(venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+                .stdout.strip())
+    (site / "borrowed_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps", wheel)
+    return venv / "bin"
+
+
+def test_the_wheel_installs_a_command_that_makes_a_project_outside_any_clone_and_builds_there(installed, tmp_path):
+    where = run(installed / "python", "-c", "import trtforge; print(trtforge.__file__)").stdout
+    assert where.startswith(str(installed.parent)), where  # the wheel's copy, not this checkout's
+    project = tmp_path / "work" / "detector"
+    said = run(installed / "trtforge", "init", project, "--example", "yolov8n").stdout
+    assert f"wrote {project / 'recipes' / 'yolov8n.yaml'}" in said
+    dodo = (project / "dodo.py").read_text()
+    assert len(dodo.splitlines()) == 3 and "trtforge.project" in dodo
+    assert {"/artifacts/", "*.pt", "*.onnx"} <= set((project / ".gitignore").read_text().splitlines())
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace("640", "160"))  # the size does not matter here
+    listed = run(installed / "python", "-m", "doit", "list", "--all", cwd=project).stdout
+    assert "build:yolov8n-int8" in listed and "my-model" not in listed  # the template is not a recipe
+    built = run(installed / "python", "-m", "doit", "lint:yolov8n-fp32", cwd=project)
+    assert (project / "artifacts" / "yolov8n" / "model.onnx").is_file(), built.stdout + built.stderr
+    refused = subprocess.run([installed / "trtforge", "init", project], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith(f"trtforge: {project} already holds a project")

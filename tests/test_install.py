@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(*argv, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=doit_env(), capture_output=True, text=True,
+    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=doit_env(), capture_output=True, text=True, check=False,
                             timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -49,7 +49,7 @@ def test_the_wheel_installs_a_command_that_makes_a_project_outside_any_clone_and
     said = run(installed / "trtforge", "init", project, "--example", "yolov8n").stdout
     assert f"wrote {project / 'recipes' / 'yolov8n.yaml'}" in said
     dodo = (project / "dodo.py").read_text()
-    assert len(dodo.splitlines()) == 3 and "trtforge.project" in dodo
+    assert len([line for line in dodo.splitlines() if line]) == 3 and "trtforge.project" in dodo
     assert {"/artifacts/", "*.pt", "*.onnx"} <= set((project / ".gitignore").read_text().splitlines())
     recipe = project / "recipes" / "yolov8n.yaml"
     recipe.write_text(recipe.read_text().replace("640", "160"))  # the size does not matter here
@@ -57,5 +57,5 @@ def test_the_wheel_installs_a_command_that_makes_a_project_outside_any_clone_and
     assert "build:yolov8n-int8" in listed and "my-model" not in listed  # the template is not a recipe
     built = run(installed / "python", "-m", "doit", "lint:yolov8n-fp32", cwd=project)
     assert (project / "artifacts" / "yolov8n" / "model.onnx").is_file(), built.stdout + built.stderr
-    refused = subprocess.run([installed / "trtforge", "init", project], capture_output=True, text=True)
+    refused = subprocess.run([installed / "trtforge", "init", project], capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith(f"trtforge: {project} already holds a project")

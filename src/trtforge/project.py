@@ -8,14 +8,15 @@ and artifacts, never a copy of trtforge (issue 14).
 from __future__ import annotations
 
 import os
-import shutil
 from importlib import resources
 from pathlib import Path
 
 from .errors import TrtforgeError
 
 DODO = '''"""doit entry point of a trtforge project: `doit list`, `doit build:<recipe>-<variant>`."""
+
 from trtforge.project import doit_globals
+
 globals().update(doit_globals(__file__))
 '''
 

@@ -72,7 +72,7 @@ def test_onnx_source_is_checked_and_copied(tmp_path):
 def test_export_reports_its_phases_as_plain_lines_without_a_terminal(tmp_path, capfd):
     (tmp_path / "mymodels.py").write_text(FACTORY)
     export_onnx(ModelSource("torch", factory="mymodels:tiny"), SPEC, 13, tmp_path, tmp_path / "export.onnx")
-    lines = capfd.readouterr().err.splitlines()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "UNTRAINED" not in line]  # no weights here
     assert [line.split(" (")[0] for line in lines[:2]] == [
         "trtforge: export of mymodels:tiny: building the network",
         "trtforge: export of mymodels:tiny: tracing to ONNX opset 13"]

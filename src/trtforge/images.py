@@ -278,7 +278,7 @@ def letterbox_geometry(h: int, w: int, height: int, width: int) -> Letterbox:
     return Letterbox(new_w, new_h, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
 
 
-def letterbox(image, height: int, width: int):
+def letterbox(image, height: int, width: int, pad: int = PAD_VALUE):
     """Resize keeping aspect ratio and pad to (height, width), exactly as Ultralytics' LetterBox."""
     cv2 = require("cv2", "yolo")
     h, w = image.shape[:2]
@@ -286,7 +286,7 @@ def letterbox(image, height: int, width: int):
     if (w, h) != (box.new_w, box.new_h):
         image = cv2.resize(image, (box.new_w, box.new_h), interpolation=cv2.INTER_LINEAR)
     return cv2.copyMakeBorder(image, box.top, box.bottom, box.left, box.right, cv2.BORDER_CONSTANT,
-                              value=(PAD_VALUE,) * 3)
+                              value=(pad,) * 3)
 
 
 def read_image_bytes(ref: ImageRef) -> bytes:
@@ -475,8 +475,61 @@ def decode_image(data: bytes, name: str):
     return apply_view(image, view_of(name))
 
 
-def preprocess(image, height: int, width: int):
-    """BGR uint8 image -> 1x3xHxW float32 RGB in [0, 1], as Ultralytics feeds its models."""
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes the model's input (recipe: `input.preprocess`).
+
+    The defaults are Ultralytics' (what its predictor and validator feed YOLO models):
+    letterbox with pad 114, RGB, /255. IMAGENET is torchvision's classification preset
+    (`weights.transforms()`): the shorter side resized to 256 for a 224 crop (the crop over
+    0.875), bilinear as PIL does it, centre crop, /255, ImageNet mean and std."""
+
+    resize: str = "letterbox"  # letterbox | shortest_edge (then a centre crop) | stretch
+    resize_to: int | None = None  # shortest_edge: the shorter side before the crop; None: crop / 0.875
+    pad: int = PAD_VALUE  # letterbox padding, 0..255
+    channels: str = "rgb"  # rgb | bgr: the order the model takes
+    scale: float = 255.0  # pixel values are divided by this, then
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # have the mean subtracted and
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # are divided by the std, per channel
+
+
+ULTRALYTICS = Preprocess()
+IMAGENET = Preprocess(resize="shortest_edge", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+PRESETS = {"ultralytics": ULTRALYTICS, "imagenet": IMAGENET}
+
+
+def preprocess(image, height: int, width: int, how: Preprocess = ULTRALYTICS):
+    """BGR uint8 image -> 1x3xHxW float32, as the recipe's model is fed (`how`)."""
     np = require("numpy", "core")
-    boxed = letterbox(image, height, width)
-    return np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1), dtype=np.float32)[None] / 255.0
+    if how.resize == "letterbox":
+        sized = letterbox(image, height, width, how.pad)
+    elif how.resize == "stretch":
+        sized = require("cv2", "yolo").resize(image, (width, height), interpolation=1)  # 1: INTER_LINEAR
+    else:
+        sized = _shortest_edge_and_centre_crop(image, height, width, how.resize_to)
+    pixels = sized[..., ::-1] if how.channels == "rgb" else sized
+    x = pixels.astype(np.float32) / np.float32(how.scale)
+    if how.mean != (0.0, 0.0, 0.0) or how.std != (1.0, 1.0, 1.0):
+        x = (x - np.asarray(how.mean, np.float32)) / np.asarray(how.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+
+
+def _shortest_edge_and_centre_crop(image, height: int, width: int, resize_to: int | None):
+    """torchvision's Resize(shorter side) then CenterCrop on a PIL image, on a BGR array.
+
+    PIL's bilinear filter widens with the scale (it antialiases), unlike OpenCV's INTER_LINEAR,
+    so the resize is PIL's own: the pixels then match torchvision's transforms, which is what
+    a classifier trained with them saw. The longer side is truncated, as torchvision does."""
+    np = require("numpy", "core")
+    from PIL import Image
+
+    short = resize_to or round(min(height, width) / 0.875)
+    h, w = image.shape[:2]
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    rgb = Image.fromarray(np.ascontiguousarray(image[..., ::-1])).resize((new_w, new_h), Image.BILINEAR)
+    top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
+    cropped = np.asarray(rgb)[max(top, 0):max(top, 0) + height, max(left, 0):max(left, 0) + width]
+    if cropped.shape[:2] != (height, width):
+        raise StageError(f"input.preprocess: resize_to {short} leaves {new_w}x{new_h}, smaller than the "
+                         f"{width}x{height} crop; raise resize_to")
+    return np.ascontiguousarray(cropped[..., ::-1])  # back to BGR, as every other path holds it

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import RecipeError
-from .images import package_folder
+from .images import PRESETS, ULTRALYTICS, Preprocess, package_folder
 from .yamldoc import Document, FieldPath, line_column, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -90,6 +90,7 @@ class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
     dynamic_axes: tuple[int, ...] = (0,)
+    preprocess: Preprocess = ULTRALYTICS  # how calibration, references and gates feed images
 
 
 @dataclass(frozen=True)
@@ -393,8 +394,48 @@ def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSourc
     )
 
 
-def _input(doc: Document, path: FieldPath, value: Any) -> InputSpec:
-    value = _check_keys(doc, path, value, {"name", "shape", "dtype", "dynamic_axes"},
+# The preprocessing a model source implies when the recipe names none: Ultralytics and YOLOv5
+# models are fed Ultralytics' letterbox; a torch factory (torchvision's classifiers) ImageNet's
+# transforms. An ONNX from elsewhere gets Ultralytics' unless the recipe says otherwise.
+DEFAULT_PREPROCESS = {"ultralytics": "ultralytics", "yolov5": "ultralytics", "torch": "imagenet", "onnx": "ultralytics"}
+
+
+def _preprocess(doc: Document, path: FieldPath, value: Any, source: str, shape: tuple[int, ...]) -> Preprocess:
+    """input.preprocess: a preset name, or {preset: ..., and fields to change}; the default per source."""
+    if value is None or isinstance(value, str):
+        value = {"preset": value or DEFAULT_PREPROCESS[source]}
+    value = _check_keys(doc, path, value, {"preset", "resize", "resize_to", "pad", "channels", "scale", "mean", "std"})
+    preset = PRESETS[_choice(doc, path + ("preset",), value.get("preset", DEFAULT_PREPROCESS[source]),
+                             tuple(PRESETS))]
+
+    def triple(key: str, lo: float) -> tuple:
+        """mean or std: three numbers, one per channel in `channels` order."""
+        if key not in value:
+            return getattr(preset, key)
+        numbers = _list(doc, path + (key,), value[key], lambda p, v: _number(doc, p, v, lo, 1e6))
+        if len(numbers) != 3:
+            raise doc.error(path + (key,), "give 3 numbers, one per channel in `channels` order")
+        return tuple(numbers)
+
+    how = Preprocess(
+        resize=_choice(doc, path + ("resize",), value.get("resize", preset.resize),
+                       ("letterbox", "shortest_edge", "stretch")),
+        resize_to=(_integer(doc, path + ("resize_to",), value["resize_to"], 1, 1 << 16)
+                   if value.get("resize_to") is not None else preset.resize_to),
+        pad=_integer(doc, path + ("pad",), value.get("pad", preset.pad), 0, 255),
+        channels=_choice(doc, path + ("channels",), value.get("channels", preset.channels), ("rgb", "bgr")),
+        scale=_number(doc, path + ("scale",), value.get("scale", preset.scale), 0, 1e6),
+        mean=triple("mean", -1e6),
+        std=triple("std", 0),  # above 0: a std divides
+    )
+    if how.resize_to is not None and how.resize_to < max(shape[-2:]):
+        raise doc.error(path + ("resize_to",), f"{how.resize_to} is smaller than the input's "
+                                               f"{shape[-1]}x{shape[-2]} crop; use at least {max(shape[-2:])}")
+    return how
+
+
+def _input(doc: Document, path: FieldPath, value: Any, source: str = "ultralytics") -> InputSpec:
+    value = _check_keys(doc, path, value, {"name", "shape", "dtype", "dynamic_axes", "preprocess"},
                         required=("name", "shape"))
     shape = _shape(doc, path + ("shape",), value["shape"])
     axes = _list(doc, path + ("dynamic_axes",), value.get("dynamic_axes", [0]),
@@ -406,6 +447,7 @@ def _input(doc: Document, path: FieldPath, value: Any) -> InputSpec:
         shape=shape,
         dtype=_choice(doc, path + ("dtype",), value.get("dtype", "float32"), ("float32",)),
         dynamic_axes=tuple(sorted(axes)),
+        preprocess=_preprocess(doc, path + ("preprocess",), value.get("preprocess"), source, shape),
     )
 
 
@@ -697,15 +739,20 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
     name = _text(doc, ("name",), top.get("name", file.stem))
     if not NAME_PATTERN.match(name):
         raise doc.error(("name",), f"'{name}' must be lowercase letters, digits, '_', '.' or '-'")
-    spec = _input(doc, ("input",), top["input"])
+    model = _model(doc, ("model",), top["model"], root)
+    spec = _input(doc, ("input",), top["input"], model.source)
     export = _check_keys(doc, ("export",), top.get("export", {}), {"opset"})
     base = _build(doc, ("build",), top.get("build", {}), BuildOptions(), spec, root)
     verify = _verify(doc, ("verify",), top["verify"], root) if "verify" in top else None
+    if verify and verify.labels and spec.preprocess.resize != "letterbox":
+        raise doc.error(("verify", "labels"), f"label boxes are placed through Ultralytics' letterbox, but "
+                                              f"input.preprocess resizes by {spec.preprocess.resize}: use "
+                                              "resize: letterbox, or remove verify.labels")
     return Recipe(
         name=name,
         file=file,
         description=_text(doc, ("description",), top["description"]) if "description" in top else "",
-        model=_model(doc, ("model",), top["model"], root),
+        model=model,
         input=spec,
         opset=_integer(doc, ("export", "opset"), export.get("opset", 17), OPSETS[0], OPSETS[-1]),
         surgery=_surgery(doc, ("surgery",), top.get("surgery", []), known_passes),

@@ -423,7 +423,7 @@ def calib_tasks(project: Project) -> Iterator[dict]:
                 input_name=r.input.name, height=r.input.shape[-2], width=r.input.shape[-1],
                 batch=spec.batch, method=spec.method, percentile=spec.percentile,
                 skip_bad_images=spec.skip_bad_images, header_version=header_version(project),
-                recipe_field=f"variants.{v.name}.calibration",
+                recipe_field=f"variants.{v.name}.calibration", preprocess=r.input.preprocess,
                 store_dir=project.artifacts / "calib", cache_out=outs["cache"], report_out=outs["report"],
                 sample_out=outs["sample"])
             yield {
@@ -438,6 +438,7 @@ def calib_tasks(project: Project) -> Iterator[dict]:
                                              "calibration": {k: v for k, v in jsonable(spec).items()
                                                              if k != "accuracy"},
                                              "input": list(r.input.shape),
+                                             "preprocess": jsonable(r.input.preprocess),
                                              "header": str(job.header_version),
                                              "tools": tool_versions("onnxruntime", "opencv-python", "numpy")})],
                 "clean": True,
@@ -489,13 +490,14 @@ def reference_tasks(project: Project) -> Iterator[dict]:
             "doc": doc,
             "actions": [(run_stage, [reference.make_reference, recipe_dir(project, r) / "export.onnx", images,
                                      r.input.name, r.input.shape[-2], r.input.shape[-1], batch, outs["inputs"],
-                                     outs["outputs"], outs["images"]])],
+                                     outs["outputs"], outs["images"], r.input.preprocess])],
             "file_dep": [str(recipe_dir(project, r) / "export.onnx"), *(str(i.path) for i in images),
                          *code("stages/reference.py", "images.py")],
             "targets": [str(p) for p in outs.values()],
             "uptodate": [config_changed({"images": [i.name for i in images], "input": list(r.input.shape),
-                                         "batch": batch, "tools": tool_versions("onnxruntime", "opencv-python",
-                                                                                "polygraphy")})],
+                                         "preprocess": jsonable(r.input.preprocess), "batch": batch,
+                                         "tools": tool_versions("onnxruntime", "opencv-python", "polygraphy",
+                                                                "pillow")})],
             "clean": True,
         }
 

@@ -28,15 +28,31 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import atomic_output, reusable_stored_json, write_stored_json, write_text_atomic
+from ..atomic import (
+    atomic_output,
+    reusable_stored_json,
+    write_stored_json,
+    write_text_atomic,
+)
 from ..calib_cache import write_cache_text
 from ..console import Progress, info, warn
 from ..errors import StageError, require
-from ..images import (ImageRef, ImageSetChanged, UnusableImage, check_encoded, decode_image,
-                      preprocess, read_image_bytes, refuse_if_changed, sha256_hex)
+from ..images import (
+    ULTRALYTICS,
+    ImageRef,
+    ImageSetChanged,
+    Preprocess,
+    UnusableImage,
+    check_encoded,
+    decode_image,
+    preprocess,
+    read_image_bytes,
+    refuse_if_changed,
+    sha256_hex,
+)
 from ..trt_version import TrtVersion
 
 ALGORITHM_VERSION = 2  # bump when the statistics change, so stored ranges are not reused
@@ -64,6 +80,7 @@ class CalibrationJob:
     report_out: Path
     sample_out: Path
     recipe_field: str = "calibration"  # where the recipe sets it, for messages: variants.<V>.calibration
+    preprocess: Preprocess = ULTRALYTICS  # input.preprocess
 
 
 def calibrate(job: CalibrationJob) -> None:
@@ -132,8 +149,7 @@ def calibration_key(job: CalibrationJob, digests: dict[str, str]) -> str:
     """sha256 of everything the ranges depend on (image bytes, not names or mtimes)."""
     identity = {
         "images": sorted(digests.values()),
-        "preprocess": {"letterbox": "ultralytics", "pad": 114, "size": [job.height, job.width],
-                       "color": "rgb", "scale": "1/255"},
+        "preprocess": {**asdict(job.preprocess), "size": [job.height, job.width]},
         "batch": job.batch,
         "method": job.method,
         "percentile": job.percentile if job.method == "percentile" else None,
@@ -221,7 +237,7 @@ def _load(ref: ImageRef, digest: str, job: CalibrationJob):
         raise ImageSetChanged(f"{job.task}: {ref.name} changed while calibrating; nothing was written: "
                               "rerun once the image set is stable")
     try:
-        return preprocess(decode_image(data, ref.name), job.height, job.width), None
+        return preprocess(decode_image(data, ref.name), job.height, job.width, job.preprocess), None
     except UnusableImage as exc:
         return None, (ref.name, _reason_to_skip(job, exc))
 

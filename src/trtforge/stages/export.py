@@ -323,6 +323,10 @@ def _factory_module(model: ModelSource, root: Path):
         sys.path.remove(str(root))
     torch.manual_seed(model.seed)
     net, weights = factory(), None
+    if model.weights is None:
+        warn(f"model.weights is not set: exporting what {model.factory}() builds, which is UNTRAINED unless the "
+             "factory loads weights itself (torchvision's builders do not by default); its accuracy gates then "
+             "measure nothing trained: set model.weights to your state dict")
     if model.weights is not None:
         weights = checkpoints.read_torch_file(root / model.weights, model.weights)
         try:

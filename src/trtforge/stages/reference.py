@@ -16,26 +16,37 @@ from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
-from ..images import ImageRef, UnusableImage, decode_image, preprocess, read_image_bytes, refuse_if_changed, sha256_hex
+from ..images import (
+    ULTRALYTICS,
+    ImageRef,
+    Preprocess,
+    UnusableImage,
+    decode_image,
+    preprocess,
+    read_image_bytes,
+    refuse_if_changed,
+    sha256_hex,
+)
 
 RUNNER = "onnxrt-fp32-reference"
 
 
-def feeds_for(encoded: dict[str, bytes], input_name: str, height: int, width: int, batch: int) -> list[dict]:
+def feeds_for(encoded: dict[str, bytes], input_name: str, height: int, width: int, batch: int,
+              how: Preprocess = ULTRALYTICS) -> list[dict]:
     """One Polygraphy feed dict per iteration from {image name: file bytes}, `batch` images
     each (the last may be short only when the input's batch axis is dynamic, which is when
-    batch is 1)."""
+    batch is 1), preprocessed as `how` says."""
     np = require("numpy", "core")
-    arrays = [_preprocessed(name, data, height, width) for name, data in encoded.items()]
+    arrays = [_preprocessed(name, data, height, width, how) for name, data in encoded.items()]
     if len(arrays) % batch:
         raise StageError(f"verify.count: {len(arrays)} images do not fill batches of {batch} "
                          "(the input's batch is fixed); use a multiple")
     return [{input_name: np.concatenate(arrays[i:i + batch])} for i in range(0, len(arrays), batch)]
 
 
-def _preprocessed(name: str, data: bytes, height: int, width: int):
+def _preprocessed(name: str, data: bytes, height: int, width: int, how: Preprocess):
     try:
-        return preprocess(decode_image(data, name), height, width)
+        return preprocess(decode_image(data, name), height, width, how)
     except UnusableImage as exc:  # no skipping: a reference on fewer images than the recipe names would mislead
         raise StageError(f"verify.images: {exc}") from None
 
@@ -66,14 +77,15 @@ def input_hw(feeds: list[dict]) -> tuple[int, int]:
 
 
 def make_reference(onnx_path: Path, images: tuple[ImageRef, ...], input_name: str, height: int, width: int,
-                   batch: int, inputs_out: Path, outputs_out: Path, images_out: Path) -> None:
+                   batch: int, inputs_out: Path, outputs_out: Path, images_out: Path,
+                   how: Preprocess = ULTRALYTICS) -> None:
     """Write inputs.json and outputs.json (Polygraphy formats) and the list of images used."""
     require("polygraphy", "core")
     from polygraphy.comparator import RunResults
     from polygraphy.json import save_json
 
     encoded = {ref.name: read_image_bytes(ref) for ref in images}  # a few images (verify.count)
-    feeds = feeds_for(encoded, input_name, height, width, batch)
+    feeds = feeds_for(encoded, input_name, height, width, batch, how)
     results = RunResults()
     results.add(run_onnxruntime(onnx_path, feeds), runner_name=RUNNER)
     refuse_if_changed(images, {name: sha256_hex(data) for name, data in encoded.items()}, "reference")

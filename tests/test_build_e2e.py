@@ -241,6 +241,9 @@ def test_checks_run_on_cpu_and_report_the_engine_comparison_as_skipped(verified_
         assert report["passed"] and report["onnx"]["model"] == model
         assert report["engine"]["status"].startswith("skipped:")
         assert (out / variant / "check.png").is_file()
+    # a log is no terminal: the table is wide enough that each variant is one line, none cut short
+    row = next(line for line in result.stderr.splitlines() if line.startswith("│ fp16"))
+    assert "autocast.onnx" in row and " ms" in row and "passed" in row, result.stderr
 
     recipe = verified_project / "recipes" / "yolov8n.yaml"
     recipe.write_text(recipe.read_text().replace('build: {keep_fp32: ["/model.22/dfl/*"]}',

@@ -11,7 +11,12 @@ import pytest
 from conftest import REPO
 from test_recipe import error_of, load_text
 
-from trtforge.images import ImageSetError, decode_image, list_image_set, read_image_bytes
+from trtforge.images import (
+    ImageSetError,
+    decode_image,
+    list_image_set,
+    read_image_bytes,
+)
 
 PHOTO = "package:ultralytics/assets/zidane.jpg"
 
@@ -88,3 +93,22 @@ def test_package_weights_that_are_not_there_are_one_line(tmp_path, weights, says
     message = error_of(tmp_path, f"model: {{source: ultralytics, arch: yolov8n.yaml, weights: {weights}}}\n"
                                  "input: {name: images, shape: [1, 3, 640, 640]}\nvariants: {fp16: {precision: fp16}}\n")
     assert "model.weights" in message and says in message, message
+
+
+def test_png_colour_profiles_are_not_parsed_so_libpng_stays_quiet(capfd):
+    """libpng printed `libpng warning: iCCP: ...` from C for the demo photos' profiles on every
+    run (issue 14); OpenCV ignores profiles, so dropping them changes no pixel."""
+    import cv2
+    from test_calibration import demo_images
+
+    from trtforge.images import read_image_bytes
+
+    profiled = [ref for ref in demo_images() if b"iCCP" in read_image_bytes(ref)[:4096]]
+    assert profiled  # the demo set has some
+    capfd.readouterr()
+    for ref in profiled:
+        data = read_image_bytes(ref)
+        ours = decode_image(data, ref.name)
+        assert "libpng" not in capfd.readouterr().err
+        assert np.array_equal(ours, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    assert "libpng warning: iCCP" in capfd.readouterr().err  # what OpenCV alone prints for them

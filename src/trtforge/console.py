@@ -30,6 +30,21 @@ def wrote(task: str, path: Path, what: str) -> None:
     info(f"{task}: wrote {shown_path(path)} ({what}, {path.stat().st_size / (1 << 20):.1f} MiB)")
 
 
+LOG_WIDTH = 200  # columns of a report table written to a log, not a terminal
+
+
+def report_console():
+    """A rich console for report tables, on stderr: a terminal's own width, else COLUMNS if set,
+    else LOG_WIDTH. rich's default for a log is 80 columns, which wrapped the comparison
+    table's cells into 3-7-line ones in CI logs (issue 14)."""
+    import os
+
+    from rich.console import Console
+
+    wide = None if sys.stderr.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=True, width=wide)
+
+
 class Progress:
     """Progress of a long loop: a rich bar on a terminal, a plain line per 10% otherwise
     (CI logs stay free of control characters). `advance(n)` after each unit of work."""

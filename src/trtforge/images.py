@@ -461,6 +461,32 @@ def _truncated(kind: str, data: bytes) -> bool:
     return False
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _without_icc_profile(data: bytes) -> bytes:
+    """A PNG without its iCCP chunk (anything else unchanged).
+
+    OpenCV ignores colour profiles, but libpng still parses them and prints "libpng warning:
+    iCCP: ..." on stderr for a profile it dislikes, from C, on every run (issue 14: the demo's
+    photos have such profiles). Dropping the chunk before decoding changes no pixel."""
+    if not data.startswith(PNG_SIGNATURE) or b"iCCP" not in data:
+        return data
+    chunks, at = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length = struct.unpack(">I", data[at:at + 4])[0]
+        end = at + 12 + length  # length, type, data, CRC
+        if data[at + 4:at + 8] != b"iCCP":
+            chunks.append(data[at:end])
+        if data[at + 4:at + 8] == b"IEND" or end > len(data):
+            chunks.append(data[end:])  # anything after IEND (or a cut-off chunk) stays as it was
+            break
+        at = end
+    else:
+        chunks.append(data[at:])
+    return b"".join(chunks)
+
+
 def decode_image(data: bytes, name: str):
     """BGR uint8 HxWx3 from encoded bytes, as Ultralytics reads images (cv2.IMREAD_COLOR):
     grayscale is repeated into 3 channels, 16-bit keeps its high byte, CMYK is converted; then
@@ -469,7 +495,7 @@ def decode_image(data: bytes, name: str):
     cv2 = require("cv2", "yolo")
     np = require("numpy", "core")
     check_encoded(data, name)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(_without_icc_profile(data), np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UnusableImage(f"{name}: corrupt image (OpenCV cannot decode it); replace it or remove it from the set")
     return apply_view(image, view_of(name))

@@ -313,8 +313,9 @@ def _decoding_errors(job: CheckJob, setting: GateSetting) -> Iterator[None]:
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..console import report_console
 
     table = Table(title=f"{report['task']}: {'PASSED' if report['passed'] else 'FAILED'}")
     for column in ("comparison", "output", "max abs", "mean abs", "median abs", "verdict"):
@@ -342,7 +343,7 @@ def _print_table(report: dict) -> None:
         skipped += [f"labels: {status.removeprefix('skipped: ')}" for status in
                     (labels["status"], labels.get("variant", {}).get("status", "")) if status.startswith("skipped")]
     table.caption = "; ".join(f"skipped {s}" for s in skipped) or None
-    Console(stderr=True).print(table)
+    report_console().print(table)
 
 
 def _labels_cells(labels: dict) -> list[str]:

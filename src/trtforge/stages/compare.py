@@ -216,8 +216,9 @@ def markdown_table(report: dict) -> str:
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..console import report_console
 
     table = Table(title=f"{report['task']} (ORT CPU here, batch {report['batch']})")
     for header in headers(report):
@@ -225,4 +226,4 @@ def _print_table(report: dict) -> None:
     table.caption = _reference_line(report)
     for row in report["variants"]:
         table.add_row(*_cells(row, _with_labels(report)))
-    Console(stderr=True).print(table)
+    report_console().print(table)

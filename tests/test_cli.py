@@ -96,3 +96,18 @@ def test_plan_into_a_closed_pipe_is_quiet(small_project):
     result = subprocess.run(["bash", "-c", f"{TRTFORGE} plan yolov8n-fp16 --trt 10 | true; echo ${{PIPESTATUS[0]}}"],
                             cwd=small_project, env=doit_env(), capture_output=True, text=True, timeout=300)
     assert result.stderr == "" and result.stdout.strip() == "141"
+
+
+def test_doctor_lists_the_variants_this_hosts_trtexec_cannot_build(small_project, tmp_path):
+    """With a TensorRT 8.2 trtexec, doctor said all was ok although variants could not be built (issue 14)."""
+    from doubles.trtexec import make_wrapper
+
+    old = trtforge("doctor", cwd=small_project, env={"TRTEXEC": str(make_wrapper(tmp_path / "b82", "8.2"))})
+    assert old.returncode == 1, old.stdout + old.stderr
+    line = next(line for line in old.stdout.splitlines() if line.split()[1:2] == ["variants"])
+    assert line.startswith("problem  variants"), line
+    assert ("1 of 2 cannot be built with TensorRT 8.2.1: yolov8n-fp16: yolov8n.yaml: variants.fp16: TensorRT 8.2.1 "
+            "has no --layerPrecisions") in line, line
+    assert old.stderr.startswith("trtforge: variants: change those variants' settings")
+    new = trtforge("doctor", cwd=small_project, env={"TRTEXEC": str(make_wrapper(tmp_path / "b10", "10.8"))})
+    assert "ok       variants         all 2 buildable with TensorRT 10.8.0: yolov8n-fp32, yolov8n-fp16" in new.stdout

@@ -154,10 +154,35 @@ def check_recipes(root: Path) -> Finding:
     return Finding("recipes", "ok", names or "none in recipes/")
 
 
+def check_variants(root: Path) -> Finding | None:
+    """Which recipe-variants this host's trtexec can build, and why not the others (with a
+    TensorRT 8.2 trtexec doctor said "ok" while six variants could not be built, issue 14).
+    None when there is nothing to check: no trtexec, or recipes that do not load (their own
+    findings say so)."""
+    from .tasks import engine_plan, load_project
+
+    try:
+        project = load_project(root)
+    except TrtforgeError:
+        return None
+    if project.trtexec is None:
+        return None
+    verdicts = {f"{r.name}-{v.name}": engine_plan(project, r, v)[1] for r in project.recipes for v in r.variants}
+    refused = {name: why for name, why in verdicts.items() if why}
+    version = project.trtexec.version
+    if not refused:
+        return Finding("variants", "ok", f"all {len(verdicts)} buildable with TensorRT {version}: {', '.join(verdicts)}")
+    return Finding("variants", "problem",
+                   f"{len(refused)} of {len(verdicts)} cannot be built with TensorRT {version}: "
+                   + " | ".join(f"{name}: {why}" for name, why in refused.items()),
+                   "change those variants' settings, or build them where a newer TensorRT is (doit kit:<recipe>-<variant>)")
+
+
 def diagnose(root: Path) -> list[Finding]:
-    return [
+    findings = [
         check_recipes(root),
         check_trtexec(root),
+        check_variants(root),
         check_tensorrt_python(),
         check_gpu(),
         check_onnxruntime(),
@@ -166,6 +191,7 @@ def diagnose(root: Path) -> list[Finding]:
         check_disk(root),
         check_state_db(root),
     ]
+    return [finding for finding in findings if finding is not None]
 
 
 def blocking(findings: list[Finding]) -> list[Finding]:

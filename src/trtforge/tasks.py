@@ -523,7 +523,7 @@ def check_tasks(project: Project) -> Iterator[dict]:
                 # Where this host builds the engine, the check follows it, so a failed gate still leaves
                 # an engine to inspect: a group's task_dep alone does not order its members (doit runs
                 # whichever is ready first, and the check is, while the engine waits for lint).
-                "task_dep": [f"engine:{r.name}-{v.name}"] if _engine_plan(project, r, v)[0] else [],
+                "task_dep": [f"engine:{r.name}-{v.name}"] if engine_plan(project, r, v)[0] else [],
                 "file_dep": [str(refs["inputs"]), str(refs["outputs"]), str(job.variant_onnx),
                              *([str(job.engine)] if with_engine else []),
                              *code("stages/check.py", "stages/reference.py", "quant/cpu_form.py"),
@@ -622,7 +622,7 @@ def engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.Eng
     )
 
 
-def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.EngineJob | None, str | None]:
+def engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.EngineJob | None, str | None]:
     """(job, None) when the engine can be built here, else (None, the one-line reason)."""
     if project.trtexec is None:
         return None, project.trtexec_problem
@@ -646,7 +646,7 @@ def _engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.Engine
 def engine_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
-            job, problem = _engine_plan(project, r, v)
+            job, problem = engine_plan(project, r, v)
             name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
             doc = f"TensorRT {v.precision.upper()} engine of {r.name} through trtexec"
             if job is None:
@@ -715,7 +715,7 @@ def lint_tasks(project: Project) -> Iterator[dict]:
 def build_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
-            job, problem = _engine_plan(project, r, v)
+            job, problem = engine_plan(project, r, v)
             name = f"{r.name}-{v.name}"
             doc = f"everything for the {v.name} variant of {r.name} (engine included; needs trtexec)"
             checks = [f"check:{name}"] if r.verify else []
@@ -763,7 +763,7 @@ def compare_tasks(project: Project) -> Iterator[dict]:
 
 def _compare_inputs(project: Project, r: Recipe, v: Variant) -> compare.VariantInputs:
     """A variant's row reads the engine's summary only where the engine can be built here."""
-    job, problem = _engine_plan(project, r, v)
+    job, problem = engine_plan(project, r, v)
     return compare.VariantInputs(
         name=v.name, precision=v.precision, onnx=checked_onnx(project, r, v),
         check_report=variant_dir(project, r, v) / "check.json",
@@ -800,7 +800,7 @@ def _archive_intact(record: str):
 def package_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
         for v in r.variants:
-            job, problem = _engine_plan(project, r, v)
+            job, problem = engine_plan(project, r, v)
             name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
             doc = f"release archive of {name} (engine, ONNX, manifest, reproduce.sh)"
             if job is None:

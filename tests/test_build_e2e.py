@@ -320,7 +320,8 @@ def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path
     archive.unlink()  # the record survives, the archive does not: it must be rebuilt, not trusted
     result = run_doit(int8_project, "package:yolov8n-int8", env=env)
     assert executed(result) == ["package:yolov8n-int8"] and archive.read_bytes() == first
-    said = f"trtforge: package:yolov8n-int8: wrote artifacts/release/{archive.name} (release archive; its sha256 in "
+    said = (f"trtforge: package:yolov8n-int8: wrote artifacts/release/{archive.name} (release archive, unverified: "
+            "the recipe has no verify section; its sha256 in ")
     assert [line for line in result.stderr.splitlines() if line.startswith(said)], result.stderr
     assert (release / (archive.name + ".sha256")).read_text().split()[0] == sha256(archive)
 
@@ -331,7 +332,9 @@ def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path
     assert members["model.onnx"] == (int8_project / "artifacts/yolov8n/int8/qdq.onnx").read_bytes()
     assert manifest["tensorrt"] == "10.8.0" and manifest["device"]["compute_capability"] == "8.6"
     assert manifest["calibration"]["key"] == json.loads((int8_project / "artifacts/yolov8n/int8/calib.json").read_text())["key"]
-    assert manifest["verification"]["status"].startswith("skipped")
+    assert manifest["verification"] == {"passed": False, "status": "unverified: the recipe has no verify section"}
+    record = json.loads((release / "yolov8n-int8.release.json").read_text())
+    assert record["verification"] == "unverified: the recipe has no verify section"
     assert manifest["performance"]["throughput_qps"] > 0
     assert str(int8_project) not in json.dumps(manifest)  # no absolute path
     assert b"--onnx=model.onnx" in members["reproduce.sh"]
@@ -355,13 +358,20 @@ def test_triton_and_ultralytics_layouts(int8_project, tmp_path):
     from ultralytics.nn.backends.base import BaseBackend
 
     recipe = int8_project / "recipes" / "yolov8n.yaml"
-    recipe.write_text(recipe.read_text() + PACKAGE)
+    recipe.write_text(recipe.read_text() + "package: {triton: {dynamic_batching: true, max_queue_delay_us: 500, "
+                      "instances: 2}, ultralytics_engine: true, onnx: false}\n")
     env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "8.6"))}
     assert run_doit(int8_project, "package:yolov8n-int8", env=env).returncode == 0
     (archive,) = (int8_project / "artifacts" / "release").glob("*.tar.gz")
     members = archive_members(archive)
     config = text_format.Parse(members["triton/yolov8n_int8/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 4  # the profile's max batch
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
+    onnx_sha = sha256(int8_project / "artifacts" / "yolov8n" / "model.onnx")
+    assert "model.onnx" not in members and f"sha256 {onnx_sha} here as model.onnx" in members["reproduce.sh"].decode()
+    assert json.loads(members["manifest.json"])["not_shipped"] == {
+        "model.onnx": {"sha256": onnx_sha, "why": "package.onnx: false"}}
     assert [(i.name, list(i.dims)) for i in config.input] == [("images", [3, 160, 160])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("output0", [84, 525])]
     assert members["triton/yolov8n_int8/1/model.plan"] == members["engine.plan"]

@@ -546,7 +546,7 @@ def package_job(folder: Path, engine: bytes) -> PackageJob:
     return PackageJob(task="package:yolov8n-fp16", recipe="yolov8n", variant="fp16",
                       files=tuple((n, out / n) for n in ("engine.plan", "model.onnx", "summary.json")),
                       summary=out / "summary.json", script=out / "trtexec.sh", export_metadata=out / "export.json",
-                      resolved_recipe={"name": "yolov8n"}, max_batch=0, triton=False, ultralytics_engine=False,
+                      resolved_recipe={"name": "yolov8n"}, max_batch=0, triton=None, ultralytics_engine=False, ship_onnx=True,
                       release_dir=folder / "release", record=folder / "release.json")
 
 
@@ -594,3 +594,18 @@ def test_a_huge_trtexec_log_is_shipped_as_its_head_and_tail(tmp_path):
     left_out = log.stat().st_size - SHIPPED_LOG_MAX
     assert f"[trtforge: {left_out} bytes of this log left out; the build's artifacts folder keeps it whole]".encode() \
         in shipped
+
+
+@pytest.mark.parametrize("engine, gate, status", [
+    ("passed", "passed", "verified"),
+    ("skipped: TensorRT not installed", "passed", "unverified: engine comparison skipped: TensorRT not installed"),
+    ("passed", "skipped: the FP32 reference detects nothing", "unverified: task gate skipped: the FP32 reference "
+                                                              "detects nothing"),
+])
+def test_a_release_is_verified_only_when_every_comparison_ran_and_passed(engine, gate, status):
+    """check.json's `passed` means no comparison failed; one that could not run proved nothing
+    (issue 14: a release whose engine was never compared said passed: true)."""
+    from trtforge.stages.package import verification_of
+
+    verdict = verification_of({"passed": True, "engine": {"status": engine}, "gate": {"status": gate}})
+    assert (verdict["status"], verdict["passed"]) == (status, status == "verified")

@@ -185,10 +185,20 @@ class VerifySpec:
 
 
 @dataclass(frozen=True)
-class PackageSpec:
-    """Opt-in release layouts beside the plain archive."""
+class TritonSpec:
+    """Triton's scheduling for the generated config.pbtxt."""
 
-    triton: bool = False
+    dynamic_batching: bool = False  # let Triton batch requests up to max_batch_size
+    max_queue_delay_us: int = 0  # how long a request may wait for others to fill a batch
+    instances: int = 1  # model instances per GPU (instance_group count)
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What a release carries: the ONNX forms (or not), and opt-in layouts beside the plain archive."""
+
+    onnx: bool = True  # ship model.onnx (and model.fp32.onnx); false keeps archives small
+    triton: TritonSpec | None = None
     ultralytics_engine: bool = False
 
 
@@ -764,8 +774,28 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
 
 
 def _package(doc: Document, path: FieldPath, value: Any) -> PackageSpec:
-    value = _check_keys(doc, path, value, {"triton", "ultralytics_engine"})
-    return PackageSpec(**{k: _boolean(doc, path + (k,), v) for k, v in value.items()})
+    value = _check_keys(doc, path, value, {"onnx", "triton", "ultralytics_engine"})
+
+    def flag(key: str, default: bool) -> bool:
+        return _boolean(doc, path + (key,), value[key]) if key in value else default
+
+    return PackageSpec(onnx=flag("onnx", True),
+                       triton=_triton(doc, path + ("triton",), value["triton"]) if "triton" in value else None,
+                       ultralytics_engine=flag("ultralytics_engine", False))
+
+
+def _triton(doc: Document, path: FieldPath, value: Any) -> TritonSpec | None:
+    """package.triton: true (Triton's defaults), false, or {dynamic_batching, max_queue_delay_us, instances}."""
+    if not isinstance(value, dict):
+        return TritonSpec() if _boolean(doc, path, value) else None
+    value = _check_keys(doc, path, value, {"dynamic_batching", "max_queue_delay_us", "instances"})
+    return TritonSpec(
+        dynamic_batching=(_boolean(doc, path + ("dynamic_batching",), value["dynamic_batching"])
+                          if "dynamic_batching" in value else False),
+        max_queue_delay_us=_integer(doc, path + ("max_queue_delay_us",), value.get("max_queue_delay_us", 0),
+                                    0, 10**8),
+        instances=_integer(doc, path + ("instances",), value.get("instances", 1), 1, 64),
+    )
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from ..atomic import atomic_output, write_text_atomic
 from ..console import wrote
 from ..errors import StageError, require
+from ..recipe import TritonSpec
 
 FORMAT = "trtforge-release/1"
 ENGINE = "engine.plan"
@@ -59,8 +60,9 @@ class PackageJob:
     export_metadata: Path  # names, stride, task, imgsz
     resolved_recipe: dict
     max_batch: int  # 0 when the batch axis is fixed
-    triton: bool
+    triton: TritonSpec | None
     ultralytics_engine: bool
+    ship_onnx: bool  # package.onnx
     release_dir: Path
     record: Path  # the doit target: names the archive and its sha256
 
@@ -80,11 +82,18 @@ def make_package(job: PackageJob) -> None:
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
         members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_"), members["model.onnx"],
-                                         members[ENGINE], job.max_batch))
+                                         members[ENGINE], job.max_batch, job.triton))
     if job.ultralytics_engine:
         members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members[ENGINE], metadata,
                                                                            job.max_batch or 1)
+    left_out = {} if job.ship_onnx else {name: hashlib.sha256(members.pop(name)).hexdigest()
+                                          for name in ONNX_MEMBERS if name in members}
+    if left_out:
+        members["reproduce.sh"] = _without_onnx_note(left_out) + members["reproduce.sh"]
     manifest = _manifest(job, summary, members)
+    if left_out:
+        manifest["not_shipped"] = {name: {"sha256": digest, "why": "package.onnx: false"}
+                                   for name, digest in left_out.items()}
     members["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     archive = job.release_dir / f"{stem}.tar.gz"
     data = reproducible_tar_gz(stem, members)
@@ -92,8 +101,10 @@ def make_package(job: PackageJob) -> None:
     with atomic_output(archive) as temp:
         temp.write_bytes(data)
     write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
-    write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest}, indent=1) + "\n")
-    wrote(job.task, archive, f"release archive; its sha256 in {archive.name}.sha256")
+    verdict = manifest["verification"]["status"]
+    write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest, "verification": verdict},
+                                             indent=1) + "\n")
+    wrote(job.task, archive, f"release archive, {verdict}; its sha256 in {archive.name}.sha256")
 
 
 SHIPPED_LOG_MAX = 8 << 20  # a --verbose trtexec log can be hundreds of MB (issue 13)
@@ -149,13 +160,39 @@ def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes]) -> dict
         "performance": summary.get("performance", {}),
         "calibration": ({k: calib.get(k) for k in ("key", "method", "images", "skipped", "batch")}
                         if calib else None),
-        "verification": _verification(check) if check else {"status": "skipped: recipe has no verify section"},
+        "verification": verification_of(check) if check else {
+            "passed": False, "status": "unverified: the recipe has no verify section"},
     }
 
 
-def _verification(check: dict) -> dict:
+ONNX_MEMBERS = ("model.onnx", "model.fp32.onnx")
+
+
+def _without_onnx_note(left_out: dict[str, str]) -> bytes:
+    """The lines reproduce.sh starts with when the archive ships no ONNX."""
+    lines = ["#!/bin/sh", "# This release ships no ONNX (package.onnx: false). To rebuild the engine, put the ONNX"]
+    lines += [f"# with sha256 {digest} here as {name}" for name, digest in left_out.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def verification_of(check: dict) -> dict:
+    """What the release can claim: `verified` only when every comparison ran and passed.
+
+    check.json's own `passed` means no gate failed; a comparison that could not run (the
+    engine's, without TensorRT where it was checked; a task gate with nothing to measure)
+    left nothing failed but proved nothing either, so such a release is `unverified`,
+    saying which did not run, in the manifest, the release record and package's line."""
+    engine = check.get("engine", {}).get("status", "skipped: not compared")
+    gate = check.get("gate", {}).get("status", "passed")
+    not_run = [f"{what} {status}" for what, status in (("engine comparison", engine), ("task gate", gate))
+               if status.startswith("skipped")]
+    if not check.get("passed"):
+        status = "failed"
+    else:
+        status = "unverified: " + "; ".join(not_run) if not_run else "verified"
     return {
-        "passed": check.get("passed"),
+        "passed": status == "verified",
+        "status": status,
         "onnx": {name: out.get("passed") for name, out in check.get("onnx", {}).get("outputs", {}).items()},
         "engine": check.get("engine", {}).get("status"),
         "gate": {k: check["gate"].get(k) for k in ("task", "figure", "value", "floor", "status")}
@@ -205,8 +242,11 @@ _TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT6
                  2: "TYPE_UINT8"}
 
 
-def triton_repository(name: str, onnx_bytes: bytes, plan: bytes, max_batch: int) -> dict[str, bytes]:
-    """`triton/<name>/config.pbtxt` and `triton/<name>/1/model.plan`, I/O from the ONNX."""
+def triton_repository(name: str, onnx_bytes: bytes, plan: bytes, max_batch: int,
+                      scheduling: TritonSpec | None = None) -> dict[str, bytes]:
+    """`triton/<name>/config.pbtxt` and `triton/<name>/1/model.plan`, I/O from the ONNX,
+    with the recipe's dynamic batching and instance count (Triton's defaults without)."""
+    scheduling = scheduling or TritonSpec()
     onnx = require("onnx", "core")
     graph = onnx.load_from_string(onnx_bytes).graph
     initializers = {i.name for i in graph.initializer}
@@ -228,7 +268,13 @@ def triton_repository(name: str, onnx_bytes: bytes, plan: bytes, max_batch: int)
 
     inputs = [i for i in graph.input if i.name not in initializers]
     config = (f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
-              f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(graph.output)}\n]\n")
+              f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(graph.output)}\n]\n"
+              f"instance_group [\n  {{\n    count: {scheduling.instances}\n    kind: KIND_GPU\n  }}\n]\n")
+    if scheduling.dynamic_batching:
+        if not max_batch:
+            raise StageError("package.triton.dynamic_batching: the input's batch axis is fixed, so Triton cannot "
+                             "batch requests; add 0 to input.dynamic_axes or turn dynamic_batching off")
+        config += f"dynamic_batching {{\n  max_queue_delay_microseconds: {scheduling.max_queue_delay_us}\n}}\n"
     return {f"triton/{name}/config.pbtxt": config.encode(), f"triton/{name}/1/model.plan": plan}
 
 

@@ -66,5 +66,5 @@ def test_the_detect_gate_reports_real_figures_for_a_trained_model_on_real_photos
     for variant in ("fp32", "fp16"):
         assert gates[variant]["status"] == "passed" and gates[variant]["value"] >= 0.99, gates[variant]
         assert gates[variant]["details"]["mean_matched_box_iou"] > 0.98
-    # INT8 has a real figure too; how good it is depends on the calibration set (README, "INT8")
+    # INT8 has a real figure too; how good it is depends on the calibration set (docs/int8.md)
     assert 0 <= gates["int8"]["value"] <= 1 and gates["int8"]["status"] in ("passed", "failed")

@@ -546,7 +546,7 @@ def _extra_arg(doc: Document, path: FieldPath, value: Any) -> str:
                               "--name=value, with no spaces")
     if match.group(1) in RENDERER_FLAGS:
         raise doc.error(path, f"--{match.group(1)} is set by trtforge from the recipe; use the "
-                              "matching build field instead (see README.md, 'Recipe reference')")
+                              "matching build field instead (see docs/recipes.md in the trtforge repository)")
     return arg
 
 

@@ -144,7 +144,7 @@ def parse_document(text: str, file: str) -> Document:
         loader = _NoAliasLoader(text)  # the reader already refuses control characters here
         root = loader.get_single_node()
         if root is None:
-            raise RecipeError(file, "file is empty; see README.md for the recipe format")
+            raise RecipeError(file, "file is empty; see docs/recipes.md in the trtforge repository for the recipe format")
         locations: dict[FieldPath, Located] = {}
         data = _to_python(loader, root, (), locations)
     except _Refused as exc:

@@ -353,10 +353,17 @@ def _user_path(doc: Document, path: FieldPath, value: Any) -> Path:
 
 def _input_file(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
     """An existing file the build reads (see `_user_path`); relative paths stay relative."""
+    return _existing(doc, path, value, root, Path.is_file, f"file '{value}' does not exist")
+
+
+def _existing(doc: Document, path: FieldPath, value: Any, root: Path, test: Callable[[Path], bool],
+              missing: str) -> Path:
+    """The input `value` names, if `test` holds for it; else the one line `missing`, and where
+    relative paths start."""
     given = _user_path(doc, path, value)
-    if not (root / given).is_file():
+    if not test(root / given):
         where = "" if given.is_absolute() else f" (relative paths start at the project root, {root})"
-        raise doc.error(path, f"file '{value}' does not exist{where}")
+        raise doc.error(path, missing + where)
     return given
 
 
@@ -586,11 +593,7 @@ def _accuracy(doc: Document, path: FieldPath, value: Any) -> AccuracySpec:
 
 
 def _image_source(doc: Document, path: FieldPath, value: Any, root: Path) -> Path:
-    images = _user_path(doc, path, value)
-    if not (root / images).exists():
-        where = "" if images.is_absolute() else f" (relative paths start at the project root, {root})"
-        raise doc.error(path, f"'{value}' is no folder or manifest{where}")
-    return images
+    return _existing(doc, path, value, root, Path.exists, f"'{value}' is no folder or manifest")
 
 
 def _verify(doc: Document, path: FieldPath, value: Any, root: Path) -> VerifySpec:

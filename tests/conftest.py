@@ -93,8 +93,9 @@ def small_project(tmp_path: Path) -> Path:
 
 
 def doit_env(env: dict | None = None) -> dict:
-    """The caller's environment without any trtexec, plus `env`."""
-    full_env = {k: v for k, v in os.environ.items() if k != "TRTEXEC"}
+    """The caller's environment without any trtexec, plus `env`. Without COLUMNS and LINES
+    too: pytest-xdist's workers set them to 80x24, which a build writing to a log never has."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("TRTEXEC", "COLUMNS", "LINES")}
     full_env["PATH"] = os.pathsep.join(p for p in full_env.get("PATH", "").split(os.pathsep)
                                        if not (Path(p) / "trtexec").exists())
     full_env.update(env or {})

@@ -238,3 +238,12 @@ def test_polygraphy_warnings_carry_no_install_hint_for_colored(quiet, hint):
     assert run.returncode == 0, run.stderr
     assert ("'colored' module is not installed" in run.stdout + run.stderr) is hint, run.stdout + run.stderr
     assert "a warning" in run.stdout + run.stderr
+
+
+def test_report_tables_in_a_log_are_wide_unless_columns_says_otherwise(monkeypatch):
+    from trtforge.console import LOG_WIDTH, report_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert report_console().width == LOG_WIDTH  # rich alone: 80, which wrapped every cell in CI logs
+    monkeypatch.setenv("COLUMNS", "100")
+    assert report_console().width == 100

@@ -59,3 +59,17 @@ def test_the_wheel_installs_a_command_that_makes_a_project_outside_any_clone_and
     assert (project / "artifacts" / "yolov8n" / "model.onnx").is_file(), built.stdout + built.stderr
     refused = subprocess.run([installed / "trtforge", "init", project], capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith(f"trtforge: {project} already holds a project")
+
+
+def test_init_writes_only_files_that_do_not_exist_yet(tmp_path):
+    """A folder that already has a .gitignore (a repository the user keeps models in) keeps it."""
+    from trtforge.errors import TrtforgeError
+    from trtforge.project import init_project
+
+    (tmp_path / ".gitignore").write_text("mine\n")
+    with pytest.raises(TrtforgeError, match=r"already has \.gitignore; init writes only files that do not exist"):
+        init_project(tmp_path, "yolov8n")
+    assert (tmp_path / ".gitignore").read_text() == "mine\n" and not (tmp_path / "dodo.py").exists()
+    written = init_project(tmp_path / "new")
+    assert {p.relative_to(tmp_path / "new").as_posix() for p in written} == {
+        "dodo.py", ".gitignore", "recipes/my-model.yaml.example"}

@@ -56,8 +56,8 @@ def doit_globals(dodo_file: str) -> dict:
 def init_project(folder: Path, example: str | None = None) -> list[Path]:
     """Write a new project into `folder` (created if missing); return what was written.
 
-    Refuses a folder that already holds a dodo.py or recipes: nothing of the user's is ever
-    overwritten. Without `example`, recipes/ gets a commented template doit does not load."""
+    Refuses a folder that already holds a dodo.py, recipes, or any file init would write:
+    nothing of the user's is ever overwritten. Without `example`, recipes/ gets a commented template doit does not load."""
     if (folder / "dodo.py").exists() or any((folder / "recipes").glob("*.y*ml")):
         raise TrtforgeError(f"{folder} already holds a project (dodo.py or recipes/*.yaml); init writes only "
                             "into a new or empty folder")
@@ -70,6 +70,10 @@ def init_project(folder: Path, example: str | None = None) -> list[Path]:
         files[Path("recipes") / f"{example}.yaml"] = (examples / "recipes" / f"{example}.yaml").read_text()
         for manifest in (examples / "calib").iterdir():
             files[Path("calib") / manifest.name] = manifest.read_text()
+    taken = [str(rel) for rel in files if (folder / rel).exists()]
+    if taken:
+        raise TrtforgeError(f"{folder} already has {', '.join(taken)}; init writes only files that do not exist yet "
+                            "(move them aside, or init another folder)")
     written = []
     for rel, text in files.items():
         target = folder / rel

@@ -97,14 +97,20 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
-def sweep_temporaries(folder: Path) -> list[Path]:
-    """Remove temporaries an interrupted run left under `folder`; return what was removed.
+WORK_MARK = f"{TEMP_MARK}work-"  # a tool's work folder (the engine stage's), named by its process
 
-    Only called while this process holds the build lock, so no live writer owns them.
+
+def leftover_temporaries(folder: Path) -> list[Path]:
+    """Temporaries an interrupted run left under `folder`."""
+    return list(folder.rglob(f"{TEMP_MARK}*")) if folder.is_dir() else []
+
+
+def sweep_temporaries(stale: list[Path]) -> list[Path]:
+    """Remove `stale` (from `leftover_temporaries`), deepest first; return them.
+
+    Only called while this process holds the build lock, so no live trtforge run owns them,
+    and after the tools a killed run left are ended (session.py), so no tool writes in them.
     """
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.rglob(f"{TEMP_MARK}*")]
     for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
         remove_path(path)
     return stale

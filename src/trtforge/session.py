@@ -18,7 +18,7 @@ from pathlib import Path
 
 from doit.reporter import ConsoleReporter
 
-from .atomic import sweep_temporaries
+from .atomic import WORK_MARK, leftover_temporaries, sweep_temporaries
 from .console import info
 from .errors import TrtforgeError, broken_link, disk_error_message
 
@@ -77,8 +77,10 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
         if read_only:
             return
         _take_lock(artifacts / ".trtforge.lock")
-        _end_leftover_tools(artifacts)
-        swept = sweep_temporaries(artifacts)
+        stale = leftover_temporaries(artifacts)
+        if any(path.name.startswith(WORK_MARK) for path in stale):  # a killed build's: its tool may live on
+            _end_leftover_tools(artifacts)
+        swept = sweep_temporaries(stale)
     except OSError as exc:
         raise _unwritable(exc, artifacts) from None
     if swept:
@@ -91,7 +93,9 @@ def begin(artifacts: Path, argv: list[str] | None = None) -> None:
 def _end_leftover_tools(artifacts: Path) -> None:
     """End the tools a run killed with SIGKILL left running here (a trtexec behind a wrapper
     that does not `exec` outlives the parent-death signal), before their work folders are
-    removed and a second build starts beside them; refuse to go on while one cannot be ended."""
+    removed and a second build starts beside them; refuse to go on while one cannot be ended.
+    Called only when such a work folder is left: scanning /proc costs about 20 µs a process,
+    which a no-op build on a busy host should not pay."""
     from .proc import end_leftover_tools
 
     ended, alive = end_leftover_tools(artifacts)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import TEMP_MARK, atomic_output, remove_path, write_text_atomic
+from ..atomic import WORK_MARK, atomic_output, remove_path, write_text_atomic
 from ..calib_cache import without_tensors
 from ..console import info, warn
 from ..errors import StageError, ToolError, require
@@ -64,7 +64,7 @@ def build_engine(job: EngineJob, not_found: str) -> None:
     if job.trtexec is None or job.version is None:
         raise ToolError(not_found)
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    work = job.out_dir / f"{TEMP_MARK}work-{os.getpid()}"
+    work = job.out_dir / f"{WORK_MARK}{os.getpid()}"
     remove_path(work)
     work.mkdir()
     try:

@@ -111,3 +111,18 @@ def test_doctor_lists_the_variants_this_hosts_trtexec_cannot_build(small_project
     assert old.stderr.startswith("trtforge: variants: change those variants' settings")
     new = trtforge("doctor", cwd=small_project, env={"TRTEXEC": str(make_wrapper(tmp_path / "b10", "10.8"))})
     assert "ok       variants         all 2 buildable with TensorRT 10.8.0: yolov8n-fp32, yolov8n-fp16" in new.stdout
+
+
+def test_doctor_starts_trtexec_once(small_project, tmp_path):
+    """Each check loaded the project and probed a wrapper script again: three starts, and a
+    trtexec that hangs before its banner was waited for three times."""
+    from doubles.trtexec import make_wrapper
+
+    real = make_wrapper(tmp_path / "b10", "10.8")
+    counting = tmp_path / "counting" / "trtexec"
+    counting.parent.mkdir()
+    counting.write_text(f'#!/bin/sh\necho started >> {tmp_path / "starts"}\nexec {real} "$@"\n')
+    counting.chmod(0o755)
+    result = trtforge("doctor", cwd=small_project, env={"TRTEXEC": str(counting)})
+    assert "ok       variants         all 2 buildable with TensorRT 10.8.0" in result.stdout, result.stdout
+    assert (tmp_path / "starts").read_text().count("started") == 1

@@ -138,13 +138,10 @@ def _is_json_object(data: str | bytes | None) -> bool:
         return False
 
 
-def check_recipes(root: Path) -> Finding:
-    from .tasks import load_project
-
-    try:
-        project = load_project(root)
-    except TrtforgeError as exc:
-        return Finding("recipes", "problem", str(exc), "fix the recipe as the message says")
+def check_recipes(project, problem: TrtforgeError | None) -> Finding:
+    """The recipes as loaded (`problem`: why the project did not load at all)."""
+    if problem is not None:
+        return Finding("recipes", "problem", str(problem), "fix the recipe as the message says")
     names = ", ".join(f"{r.name} ({', '.join(v.name for v in r.variants)})" for r in project.recipes)
     if project.broken:
         others = f"; {names} load" if names else ""
@@ -154,18 +151,14 @@ def check_recipes(root: Path) -> Finding:
     return Finding("recipes", "ok", names or "none in recipes/")
 
 
-def check_variants(root: Path) -> Finding | None:
+def check_variants(project) -> Finding | None:
     """Which recipe-variants this host's trtexec can build, and why not the others (with a
     TensorRT 8.2 trtexec doctor said "ok" while six variants could not be built, issue 14).
     None when there is nothing to check: no trtexec, or recipes that do not load (their own
     findings say so)."""
-    from .tasks import engine_plan, load_project
+    from .tasks import engine_plan
 
-    try:
-        project = load_project(root)
-    except TrtforgeError:
-        return None
-    if project.trtexec is None:
+    if project is None or project.trtexec is None:
         return None
     verdicts = {f"{r.name}-{v.name}": engine_plan(project, r, v)[1] for r in project.recipes for v in r.variants}
     refused = {name: why for name, why in verdicts.items() if why}
@@ -179,10 +172,20 @@ def check_variants(root: Path) -> Finding | None:
 
 
 def diagnose(root: Path) -> list[Finding]:
+    """Every finding, in the order shown. trtexec is started once, by check_trtexec: the
+    project is then loaded with the answer that probe left (a hanging trtexec is waited for
+    once, not once per check)."""
+    from .tasks import load_project
+
+    trtexec = check_trtexec(root)
+    try:
+        project, problem = load_project(root, probe=False), None
+    except TrtforgeError as exc:
+        project, problem = None, exc
     findings = [
-        check_recipes(root),
-        check_trtexec(root),
-        check_variants(root),
+        check_recipes(project, problem),
+        trtexec,
+        check_variants(project if trtexec.status == "ok" else None),  # never judged by an older answer
         check_tensorrt_python(),
         check_gpu(),
         check_onnxruntime(),

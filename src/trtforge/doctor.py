@@ -164,11 +164,13 @@ def check_variants(project) -> Finding | None:
     refused = {name: why for name, why in verdicts.items() if why}
     version = project.trtexec.version
     if not refused:
-        return Finding("variants", "ok", f"all {len(verdicts)} buildable with TensorRT {version}: {', '.join(verdicts)}")
+        return Finding("variants", "ok",
+                       f"all {len(verdicts)} buildable with TensorRT {version}: {', '.join(verdicts)}")
     return Finding("variants", "problem",
                    f"{len(refused)} of {len(verdicts)} cannot be built with TensorRT {version}: "
                    + " | ".join(f"{name}: {why}" for name, why in refused.items()),
-                   "change those variants' settings, or build them where a newer TensorRT is (doit kit:<recipe>-<variant>)")
+                   "change those variants' settings, or build them where a newer TensorRT is "
+                   "(doit kit:<recipe>-<variant>)")
 
 
 def diagnose(root: Path) -> list[Finding]:

@@ -57,7 +57,8 @@ def init_project(folder: Path, example: str | None = None) -> list[Path]:
     """Write a new project into `folder` (created if missing); return what was written.
 
     Refuses a folder that already holds a dodo.py, recipes, or any file init would write:
-    nothing of the user's is ever overwritten. Without `example`, recipes/ gets a commented template doit does not load."""
+    nothing of the user's is ever overwritten. Without `example`, recipes/ gets a commented
+    template doit does not load."""
     if (folder / "dodo.py").exists() or any((folder / "recipes").glob("*.y*ml")):
         raise TrtforgeError(f"{folder} already holds a project (dodo.py or recipes/*.yaml); init writes only "
                             "into a new or empty folder")

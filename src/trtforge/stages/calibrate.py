@@ -31,28 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import (
-    atomic_output,
-    reusable_stored_json,
-    write_stored_json,
-    write_text_atomic,
-)
+from ..atomic import atomic_output, reusable_stored_json, write_stored_json, write_text_atomic
 from ..calib_cache import write_cache_text
 from ..console import Progress, info, warn
 from ..errors import StageError, require
-from ..images import (
-    ULTRALYTICS,
-    ImageRef,
-    ImageSetChanged,
-    Preprocess,
-    UnusableImage,
-    check_encoded,
-    decode_image,
-    preprocess,
-    read_image_bytes,
-    refuse_if_changed,
-    sha256_hex,
-)
+from ..images import (ULTRALYTICS, ImageRef, ImageSetChanged, Preprocess, UnusableImage, check_encoded,
+                      decode_image, preprocess, read_image_bytes, refuse_if_changed, sha256_hex)
 from ..trt_version import TrtVersion
 
 ALGORITHM_VERSION = 2  # bump when the statistics change, so stored ranges are not reused

@@ -382,11 +382,7 @@ def _external_data_files(model) -> list[str]:
     """Files (relative to the model) that hold the model's external tensor data, sorted."""
     # _get_all_tensors is the walker onnx.load itself uses (initializers and attribute tensors,
     # subgraphs included); private, but onnx is pinned and the external-data tests cover it.
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        uses_external_data,
-    )
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
 

@@ -16,17 +16,8 @@ from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
 from ..errors import StageError, require
-from ..images import (
-    ULTRALYTICS,
-    ImageRef,
-    Preprocess,
-    UnusableImage,
-    decode_image,
-    preprocess,
-    read_image_bytes,
-    refuse_if_changed,
-    sha256_hex,
-)
+from ..images import (ULTRALYTICS, ImageRef, Preprocess, UnusableImage, decode_image, preprocess, read_image_bytes,
+                      refuse_if_changed, sha256_hex)
 
 RUNNER = "onnxrt-fp32-reference"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -291,6 +292,12 @@ def _boolean(doc: Document, path: FieldPath, value: Any) -> bool:
         raise doc.error(path, f"expected true or false, got {_describe(value)}"
                               f"{_yaml11_hint(doc, path, value)}")
     return value
+
+
+def _flag(doc: Document, path: FieldPath, mapping: dict, key: str, default: bool) -> bool:
+    """mapping[key] as a strict boolean, or `default` when the recipe leaves it out (`_boolean`
+    checks the recipe's own text, which a default has none of)."""
+    return _boolean(doc, path + (key,), mapping[key]) if key in mapping else default
 
 
 def _choice(doc: Document, path: FieldPath, value: Any, allowed: tuple[str, ...]) -> str:
@@ -778,13 +785,9 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
 
 def _package(doc: Document, path: FieldPath, value: Any) -> PackageSpec:
     value = _check_keys(doc, path, value, {"onnx", "triton", "ultralytics_engine"})
-
-    def flag(key: str, default: bool) -> bool:
-        return _boolean(doc, path + (key,), value[key]) if key in value else default
-
-    return PackageSpec(onnx=flag("onnx", True),
+    return PackageSpec(onnx=_flag(doc, path, value, "onnx", True),
                        triton=_triton(doc, path + ("triton",), value["triton"]) if "triton" in value else None,
-                       ultralytics_engine=flag("ultralytics_engine", False))
+                       ultralytics_engine=_flag(doc, path, value, "ultralytics_engine", False))
 
 
 def _triton(doc: Document, path: FieldPath, value: Any) -> TritonSpec | None:
@@ -793,8 +796,7 @@ def _triton(doc: Document, path: FieldPath, value: Any) -> TritonSpec | None:
         return TritonSpec() if _boolean(doc, path, value) else None
     value = _check_keys(doc, path, value, {"dynamic_batching", "max_queue_delay_us", "instances"})
     return TritonSpec(
-        dynamic_batching=(_boolean(doc, path + ("dynamic_batching",), value["dynamic_batching"])
-                          if "dynamic_batching" in value else False),
+        dynamic_batching=_flag(doc, path, value, "dynamic_batching", False),
         max_queue_delay_us=_integer(doc, path + ("max_queue_delay_us",), value.get("max_queue_delay_us", 0),
                                     0, 10**8),
         instances=_integer(doc, path + ("instances",), value.get("instances", 1), 1, 64),
@@ -823,7 +825,7 @@ def load_recipes(folder: Path, root: Path, known_passes: Mapping[str, Any]) -> t
             loaded.append(load_recipe(file, root, known_passes))
         except RecipeError as exc:
             broken.append(BrokenRecipe(exc, frozenset({file.stem})))
-    shared = {r.name for r in loaded if sum(o.name == r.name for o in loaded) > 1}
+    shared = {name for name, count in Counter(r.name for r in loaded).items() if count > 1}
     for name in sorted(shared):
         files = [r.file for r in loaded if r.name == name]
         for file in files:

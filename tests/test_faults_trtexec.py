@@ -83,7 +83,7 @@ def test_a_trtexec_newer_than_any_known_version_is_refused_naming_it_and_the_sup
     assert result.returncode == 1
     line = the_line_with(result, "is not supported")
     assert f"{future}: TensorRT 13.0.0 is not supported" in line
-    assert "8.2 (Jetson TX2/Nano), 8.6, 10.x and 11.x" in line and "point TRTEXEC at" in line
+    assert "8.2 (Jetson TX2/Nano), 8.4/8.5 (JetPack 5), 8.6, 10.x and 11.x" in line and "point TRTEXEC at" in line
     out = variant_out(project, "fp32")
     assert not (out / "engine.plan").exists()
 

@@ -74,7 +74,7 @@ def test_keep_fp32_on_an_fp16_engine_is_refused_on_82_in_one_line():
         check_intent("fp16", replace(BUILD, keep_fp32=("/model.22/*",)), V82)
     assert str(refused.value) == ("TensorRT 8.2.1 has no --layerPrecisions, so an FP16 engine cannot keep "
                                   "build.keep_fp32 layers in FP32 (INT8 can); remove keep_fp32 from this variant "
-                                  "or build with TensorRT 8.6+")
+                                  "or build with TensorRT 8.4+")
 
 
 @pytest.mark.parametrize("precision, mode, generation, route", [

@@ -128,7 +128,7 @@ def init(folder: Path, example: str | None) -> None:
 
 @main.command(short_help="Show what a build would run, and why, without running it.")
 @click.argument("target")
-@click.option("--trt", type=click.Choice(["8.2", "8.6", "10", "11"]), default=None,
+@click.option("--trt", type=click.Choice(["8.2", "8.5", "8.6", "10", "11"]), default=None,
               help="Render for this TensorRT generation instead of the host's trtexec.")
 @click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")

@@ -1,7 +1,7 @@
 """What each TensorRT generation's ONNX parser accepts: operators, tensor types, opsets.
 
-The data behind `trtforge.preflight`. One `ParserTable` per generation ("8.2", "8.6",
-"10", "11", as in render.py and trt_version.py). Imports nothing heavy: tasks.py may load it.
+The data behind `trtforge.preflight`. One `ParserTable` per generation ("8.2", "8.5",
+"8.6", "10", "11", as in render.py and trt_version.py). Imports nothing heavy: tasks.py may load it.
 
 Where the facts come from (read, not remembered; nothing here could be checked on a GPU):
 
@@ -203,6 +203,18 @@ TABLES = {
         opset_max=13,  # [8.2-head]
         weight_inputs=_WEIGHTS_8_2,
         types=_TYPES_8, cast_down=_CAST_DOWN_8,
+        plugins=_PLUGINS_8_CERTAIN, plugins_uncertain=_PLUGINS_10 - _PLUGINS_8_CERTAIN,
+    ),
+    "8.5": ParserTable(  # JetPack 5: 8.4 (5.0.2) and 8.5 (5.1.x) share the trtexec grammar
+        generation="8.5",
+        source="onnx-tensorrt operators.md 8.4 and 8.5",
+        supported=_OPS_8_5,
+        unsupported=_MISSING_8_5 | _NEVER_SUPPORTED,
+        since={op: "8.5 (8.4, of JetPack 5.0.2, lacks it)" for op in _OPS_8_5 - _OPS_8_4},
+        experimental=frozenset({"NonMaxSuppression"}),  # [ops-8.4]
+        opset_max=17,  # [ops-8.5]; 8.4's header was not found
+        weight_inputs=_WEIGHTS_8_2,  # [ops-8.4]'s rules, the stricter of the two
+        types=_TYPES_8, cast_down=_CAST_DOWN_8, uint8_io=True,  # UINT8 I/O from 8.5 [changelog]
         plugins=_PLUGINS_8_CERTAIN, plugins_uncertain=_PLUGINS_10 - _PLUGINS_8_CERTAIN,
     ),
     "8.6": ParserTable(

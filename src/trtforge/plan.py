@@ -137,8 +137,7 @@ def _short(item) -> str:
 
 def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
     """{variant: {"argv", "model.onnx"}} for the project's TensorRT, or the renderer's refusal."""
-    from .render import RenderError, check_intent, render_argv
-    from .stages.engine import engine_intent, keep_fp32_layers, keep_fp32_route_of
+    from .render import RenderError, check_intent
     from .tasks import engine_job
 
     if project.trtexec is None:
@@ -151,15 +150,30 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
             commands[variant.name] = f"refused: {exc}"
             continue
         job = engine_job(project, recipe, variant, mode)
-        if job.onnx.is_file():
-            keep = keep_fp32_layers(job, job.onnx)
-        elif keep_fp32_route_of(job) == "layer_precisions":
-            keep = tuple(f"<{glob} in the surgered ONNX>" for glob in job.build.keep_fp32)
-        else:
-            keep = ()
-        commands[variant.name] = {"argv": ["trtexec", *render_argv(engine_intent(job, keep), project.trtexec.version)],
-                                  "model.onnx": _short(job.onnx)}
+        try:
+            argv = _planned_argv(job, project.trtexec.version)
+        except TrtforgeError as exc:  # a refusal, or a keep_fp32 glob matching nothing
+            commands[variant.name] = f"refused: {exc}"
+            continue
+        commands[variant.name] = {"argv": ["trtexec", *argv], "model.onnx": _short(job.onnx)}
     return commands
+
+
+def _planned_argv(job, version) -> list[str]:  # job: an engine.EngineJob
+    """The engine job's argv; where its ONNX is not made yet, the flags read from it are placeholders."""
+    from .render import render_argv
+    from .stages.engine import (binding_types, engine_intent, fp16_io_flags_apply, keep_fp32_layers,
+                                keep_fp32_route_of)
+
+    if job.onnx.is_file():
+        return render_argv(engine_intent(job, keep_fp32_layers(job, job.onnx), binding_types(job, job.onnx)), version)
+    keep = ()
+    if keep_fp32_route_of(job) == "layer_precisions":
+        keep = tuple(f"<{glob} in the surgered ONNX>" for glob in job.build.keep_fp32)
+    argv = render_argv(engine_intent(job, keep), version)
+    if fp16_io_flags_apply(job):  # one format per binding, read from the ONNX once it exists
+        argv[2:2] = ["--inputIOFormats=<fp16 per input of the surgered ONNX>", "--outputIOFormats=<fp16 per output>"]
+    return argv
 
 
 def preflight_verdicts(project, recipe: Recipe, variants: list[Variant]) -> dict[str, str]:

@@ -56,6 +56,7 @@ LABEL_TASKS = ("detect", "segment")
 # nms      the four outputs of the `nms` surgery pass (num_detections, detection_boxes/scores/classes)
 VERIFY_HEADS = ("yolo", "yolov5", "end2end", "rtdetr", "nms")
 PRECISION_MODES = ("auto", "implicit", "explicit")
+IO_TYPES = ("fp32", "fp16")
 MODEL_SOURCES = ("ultralytics", "yolov5", "torch", "onnx")  # yolov5: the anchor-based YOLOv5 package
 HARDWARE_COMPATIBILITY = ("none", "ampere+")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*$")
@@ -123,6 +124,7 @@ class BuildOptions:
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     precision_mode: str = "auto"
+    io: str = "fp32"  # the engine's input and output type (IO_TYPES); fp16 halves the bytes callers move
     extra_args: tuple[str, ...] = ()
     timeout_s: int = 2 * 3600
 
@@ -527,7 +529,7 @@ def _shape_range(doc: Document, path: FieldPath, value: Any, spec: InputSpec) ->
 
 _BUILD_KEYS = {"profiles", "workspace", "optimization_level", "timing_cache", "keep_fp32", "plugins",
                "dla_core", "hardware_compatibility", "version_compatible", "precision_mode",
-               "extra_args", "timeout"}
+               "io", "extra_args", "timeout"}
 
 
 def _build(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec: InputSpec,
@@ -545,6 +547,7 @@ def _build(doc: Document, path: FieldPath, value: Any, base: BuildOptions, spec:
         "hardware_compatibility": lambda p, v: _choice(doc, p, v, HARDWARE_COMPATIBILITY),
         "version_compatible": lambda p, v: _boolean(doc, p, v),
         "precision_mode": lambda p, v: _choice(doc, p, v, PRECISION_MODES),
+        "io": lambda p, v: _choice(doc, p, v, IO_TYPES),
         "extra_args": lambda p, v: _list(doc, p, v, lambda q, x: _extra_arg(doc, q, x)),
         "timeout": lambda p, v: _duration_s(doc, p, v),
     }

@@ -12,18 +12,28 @@ NVIDIA's trtexec source:
 - trtexec never creates a calibration cache: `--calib` only reads one (a missing file
   makes it calibrate on random data, silently), so the cache is always our own file;
 - a Q/DQ ONNX builds with `--int8 --fp16` on 8.x and `--stronglyTyped` on 10.x;
-- `--workspace=<MiB>` exists only up to 8.x; 8.6 reads `--memPoolSize=workspace:<MiB>`;
+- 8.4 and 8.5 (JetPack 5.0.2 and 5.1; sampleOptions.cpp at those releases) speak one
+  grammar, "8.5": `--memPoolSize` (MiB) and `--precisionConstraints`/`--layerPrecisions`
+  arrived in 8.4, but not `--builderOptimizationLevel`, `--versionCompatible`,
+  `--hardwareCompatibilityLevel` or `--staticPlugins` (8.6); 8.5 adds only `--heuristic`
+  and `--preview`, which trtforge does not emit;
+- `--workspace=<MiB>` exists only up to 8.x; 8.4+ reads `--memPoolSize=workspace:<MiB>`;
   10.x+ reads a one-letter suffix (B/K/M/G) off the last character, so `4GiB` would mean
   4 bytes: this module never emits anything but an integer with one of those letters;
 - 8.x takes one optimization profile; 10.x+ several, each after `--profile=<i>`;
 - builder optimization level and version/hardware compatibility start at 8.6;
 - `--stronglyTyped` starts at 10 (a no-op in 11, so it is not emitted there);
 - plugins load with `--plugins` on 8.2; 8.6 deprecated it for `--staticPlugins`;
-- `--precisionConstraints`/`--layerPrecisions` start at 8.6. On 8.2 an implicit INT8 layer
+- `--precisionConstraints`/`--layerPrecisions` start at 8.4. On 8.2 an implicit INT8 layer
   runs above INT8 when a tensor it consumes or produces has no scale in the calibration
   cache (the builder warns "Missing scale and zero-point for tensor X, expect fall back to
   non-int8 implementation"; NVIDIA/TensorRT issues 3131, 4058), so keep_fp32 reads a cache
   without the kept layers' output scales there; FP16 has no such lever on 8.2.
+- `--inputIOFormats`/`--outputIOFormats` take `type:format` entries, one per binding in order
+  or a single one for all (broadcastIOFormats); `chw` is the linear layout of any rank. A
+  strongly typed build takes its bindings' types from the ONNX, so `build.io: fp16` is
+  carried by the typed ONNX there (its inputs and outputs are float16) and by these flags on
+  builder-flag builds; an FP32 engine on 11.x, which has neither, is refused.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ class Grammar:
 
 GRAMMARS = {
     "8.2": Grammar(True, False, False, False, "workspace", False, "--plugins"),
+    "8.5": Grammar(True, False, True, False, "mempool_mib", False, "--plugins"),
     "8.6": Grammar(True, False, True, False, "mempool_mib", True, "--staticPlugins"),
     "10": Grammar(True, True, True, True, "mempool_suffix", True, "--staticPlugins"),
     "11": Grammar(False, False, False, True, "mempool_suffix", True, "--staticPlugins"),
@@ -75,6 +86,8 @@ class EngineIntent:
     timing_cache: str | None = "timing.cache"
     keep_fp32_layers: tuple[str, ...] = ()  # exact layer names (globs already expanded)
     plugin_files: tuple[str, ...] = ()
+    io_types: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # ONNX element types of the inputs and
+    # outputs, set when build.io: fp16 is rendered as --inputIOFormats/--outputIOFormats (io_route "flags")
     calibration_cache: str = "calib.cache"  # read by implicit INT8 only (KEEP_FP32_CACHE when it lacks kept scales)
 
 
@@ -94,6 +107,19 @@ def keep_fp32_route(precision: str, mode: str, generation: str) -> str:
     if GRAMMARS[generation].layer_precisions:
         return "layer_precisions"
     return "calibration_cache" if precision == "int8" else "unsupported"
+
+
+def io_route(precision: str, mode: str, generation: str) -> str:
+    """How `build.io: fp16` reaches TensorRT for one engine.
+
+    "onnx": the typed ONNX (AutoCast / Q-DQ) has float16 inputs and outputs, which a strongly
+    typed build must take as they are; "flags": --inputIOFormats/--outputIOFormats on a
+    builder-flag build (8.x, 10.x); "unsupported": an FP32 engine on 11.x, built from the
+    exported ONNX with no flag left to retype its bindings.
+    """
+    if mode == "explicit":
+        return "onnx"
+    return "flags" if GRAMMARS[generation].precision_flags else "unsupported"
 
 
 def resolve_mode(precision: str, requested: str, generation: str) -> str:
@@ -135,7 +161,9 @@ def check_intent(precision: str, build: BuildOptions, version: TrtVersion,
                           f"{len(build.profiles)} (keep one, or build with TensorRT 10+)")
     if build.keep_fp32 and keep_fp32_route(precision, mode, generation) == "unsupported":
         raise RenderError(f"{where} has no --layerPrecisions, so an FP16 engine cannot keep build.keep_fp32 "
-                          "layers in FP32 (INT8 can); remove keep_fp32 from this variant or build with TensorRT 8.6+")
+                          "layers in FP32 (INT8 can); remove keep_fp32 from this variant or build with TensorRT 8.4+")
+    if build.io == "fp16":
+        _check_fp16_io(precision, mode, build, where, generation)
     if not grammar.builder_options:
         for field, value, default in (("optimization_level", build.optimization_level, None),
                                       ("version_compatible", build.version_compatible, False),
@@ -143,6 +171,16 @@ def check_intent(precision: str, build: BuildOptions, version: TrtVersion,
             if value != default:
                 raise RenderError(f"{where} has no option for build.{field} (added in 8.6); remove it")
     return mode
+
+
+def _check_fp16_io(precision: str, mode: str, build: BuildOptions, where: str, generation: str) -> None:
+    owned = [arg for arg in build.extra_args if arg.startswith(("--inputIOFormats", "--outputIOFormats"))]
+    if owned:
+        raise RenderError(f"build.io: fp16 sets {owned[0].split('=')[0]}; remove it from build.extra_args")
+    if io_route(precision, mode, generation) == "unsupported":
+        raise RenderError(f"{where} takes an engine's input and output types from its ONNX, and an FP32 variant "
+                          "builds the exported ONNX as it is; set build.io: fp32 on this variant (FP16 and INT8 "
+                          "variants carry FP16 I/O in their typed ONNX)")
 
 
 def _check_passes(passes: tuple[PassSpec, ...], version: TrtVersion) -> None:
@@ -161,6 +199,7 @@ def render_argv(intent: EngineIntent, version: TrtVersion) -> list[str]:
     build = intent.build
     argv = [f"--onnx={intent.onnx}", f"--saveEngine={intent.engine}"]
     argv += _precision_flags(intent, grammar)
+    argv += _io_flags(intent.io_types)
     argv += _profile_flags(build.profiles, grammar)
     if build.workspace_bytes:
         argv.append(_workspace_flag(build.workspace_bytes, grammar))
@@ -192,6 +231,26 @@ def _precision_flags(intent: EngineIntent, grammar: Grammar) -> list[str]:
     if intent.keep_fp32_layers:
         flags += ["--precisionConstraints=obey",
                   "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in intent.keep_fp32_layers)]
+    return flags
+
+
+# ONNX element type -> the trtexec I/O format of an FP16-I/O engine's binding: float tensors in
+# half precision, integer ones (EfficientNMS's counts and classes) as they are, linear layout.
+FP16_IO_FORMATS = {"FLOAT": "fp16:chw", "FLOAT16": "fp16:chw", "INT32": "int32:chw"}
+
+
+def _io_flags(io_types: tuple[tuple[str, ...], tuple[str, ...]]) -> list[str]:
+    flags = []
+    for flag, side, types in (("--inputIOFormats", "input", io_types[0]), ("--outputIOFormats", "output", io_types[1])):
+        if not types:
+            continue
+        unknown = [t for t in types if t not in FP16_IO_FORMATS]
+        if unknown:
+            raise RenderError(f"build.io: fp16 cannot name a trtexec format for an {side} of type "
+                              f"{unknown[0].lower()} (it knows {', '.join(t.lower() for t in FP16_IO_FORMATS)}); "
+                              "set build.io: fp32")
+        formats = [FP16_IO_FORMATS[t] for t in types]
+        flags.append(f"{flag}={formats[0] if len(set(formats)) == 1 else ','.join(formats)}")  # one broadcasts
     return flags
 
 

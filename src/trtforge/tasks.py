@@ -457,10 +457,11 @@ def quantize_tasks(project: Project) -> Iterator[dict]:
                 "name": f"{r.name}-{v.name}",
                 "doc": f"FP16 ONNX of {r.name} through ModelOpt AutoCast (runs on CPU)",
                 "actions": [(run_stage, [autocast.autocast_fp16, surgered_onnx(project, r),
-                                         autocast_onnx(project, r, v), v.build.keep_fp32])],
-                "file_dep": [str(surgered_onnx(project, r)), *code("stages/autocast.py", "modelmeta.py")],
+                                         autocast_onnx(project, r, v), v.build.keep_fp32, v.build.io])],
+                "file_dep": [str(surgered_onnx(project, r)),
+                             *code("stages/autocast.py", "modelmeta.py", "float16_io.py")],
                 "targets": [str(autocast_onnx(project, r, v))],
-                "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32),
+                "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32), "io": v.build.io,
                                              "tools": tool_versions("nvidia-modelopt", "onnx", "onnxruntime")})],
                 "clean": True,
             }
@@ -564,13 +565,13 @@ def _qdq_task(project: Project, r: Recipe, v: Variant) -> dict:
         "doc": f"Q/DQ INT8 ONNX of {r.name} through ModelOpt, scales from calib:{r.name}-{v.name}"
                + (", held to the task gate (calibration.accuracy)" if accuracy else ""),
         "actions": [(run_stage, [qdq.quantize_int8, surgered_onnx(project, r), outs["cache"], outs["sample"],
-                                 qdq_onnx(project, r, v), v.build.keep_fp32, accuracy, report])],
+                                 qdq_onnx(project, r, v), v.build.keep_fp32, accuracy, report, v.build.io])],
         "file_dep": [str(surgered_onnx(project, r)), str(outs["cache"]), str(outs["sample"]),
-                     *code("stages/qdq.py", "modelmeta.py"),
+                     *code("stages/qdq.py", "modelmeta.py", "float16_io.py"),
                      *([str(refs["inputs"]), str(refs["outputs"]), *code("quant/accuracy.py", "quant/cpu_form.py"),
                         *package_code("gates")] if accuracy else [])],
         "targets": [str(qdq_onnx(project, r, v)), *([str(report)] if accuracy else [])],
-        "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32),
+        "uptodate": [config_changed({"keep_fp32": list(v.build.keep_fp32), "io": v.build.io,
                                      "accuracy": {"control": jsonable(v.calibration.accuracy), "gate": accuracy.gate}
                                      if accuracy else None,
                                      "tools": tool_versions("nvidia-modelopt", "onnx", "onnxruntime")})],
@@ -665,8 +666,9 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                 "targets": [str(out / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT,
                                                    *_keep_fp32_cache(job))],
                 # the engine's identity is what builds it: this TensorRT on this GPU (issue 13)
+                # keep_fp32 and io render against the ONNX (a file_dep), so the argv lacks their flags here
                 "uptodate": [gpu_config_changed({"trtexec": str(job.version), "argv": argv,
-                                                 "keep_fp32": list(job.build.keep_fp32)})],
+                                                 "keep_fp32": list(job.build.keep_fp32), "io": job.build.io})],
                 "clean": True,
             }
 

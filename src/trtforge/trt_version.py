@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .errors import ToolError
 
 BANNER = re.compile(r"^&&&& RUNNING TensorRT\.trtexec \[TensorRT v(\d+)\](?: \[b(\d+)\])?")
-GENERATIONS = ("8.2", "8.6", "10", "11")
+GENERATIONS = ("8.2", "8.5", "8.6", "10", "11")
 
 
 @dataclass(frozen=True, order=True)
@@ -33,6 +33,8 @@ class TrtVersion:
         """The grammar this version speaks: one of GENERATIONS (see render.py)."""
         if self.major == 8 and self.minor == 2:
             return "8.2"
+        if self.major == 8 and self.minor in (4, 5):  # JetPack 5.0.2 and 5.1.x: one trtexec grammar
+            return "8.5"
         if self.major == 8 and self.minor == 6:
             return "8.6"
         if self.major == 10:
@@ -40,7 +42,8 @@ class TrtVersion:
         if self.major == 11:
             return "11"
         raise ToolError(f"TensorRT {self} is not supported: trtforge renders trtexec commands for "
-                        "8.2 (Jetson TX2/Nano), 8.6, 10.x and 11.x; point TRTEXEC at a trtexec of one of those")
+                        "8.2 (Jetson TX2/Nano), 8.4/8.5 (JetPack 5), 8.6, 10.x and 11.x; point TRTEXEC at a "
+                        "trtexec of one of those")
 
 
 def parse_banner_number(number: int) -> TrtVersion:
@@ -61,7 +64,7 @@ def version_from_banner(text: str) -> TrtVersion | None:
 
 def version_for_generation(generation: str) -> TrtVersion:
     """A representative version, for rendering without a trtexec (plan --trt, build kits)."""
-    table = {"8.2": TrtVersion(8, 2, 1), "8.6": TrtVersion(8, 6, 1), "10": TrtVersion(10, 8, 0),
+    table = {"8.2": TrtVersion(8, 2, 1), "8.5": TrtVersion(8, 5, 2), "8.6": TrtVersion(8, 6, 1), "10": TrtVersion(10, 8, 0),
              "11": TrtVersion(11, 0, 0)}
     if generation not in table:
         raise ToolError(f"unknown TensorRT generation '{generation}'; use one of {', '.join(GENERATIONS)}")

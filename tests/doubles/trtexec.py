@@ -8,7 +8,8 @@ and a timing cache, and fails like trtexec would.  Run it through a wrapper made
 
 Environment
   TRTEXEC_DOUBLE_VERSION        "8.2" | "8.6" | "10.8" (default) | "11.0" | any MAJOR.MINOR[.PATCH]
-                                8.0-8.2 -> 8.2 grammar, 8.3-8.6 -> 8.6, 9.x/10.x -> 10, >=11 -> 11.
+                                8.0-8.2 -> 8.2 grammar, 8.3-8.4 -> 8.4, 8.5, 8.6, 9.x/10.x -> 10,
+                                >=11 -> 11 (8.4 is the 8.5 grammar without --heuristic/--preview).
   TRTEXEC_DOUBLE_FAULT          hang (sleep forever after the banner) | no_engine (PASSED, exit 0,
                                 no file) | empty_engine (0-byte file, exit 0) | tiny_engine (a
                                 16-byte file, an otherwise normal build) | crash (SIGSEGV after
@@ -29,7 +30,8 @@ Environment
   TRTEXEC_DOUBLE_ARGV0          argv[0] shown in the banner (the wrapper sets it to itself).
 
 Engine file (--saveEngine): ENGINE_MAGIC (b"trtforge-double-engine\\n") followed by one JSON
-object (sorted keys) with: format, trt_version, grammar, device, onnx_sha256, inputs,
+object (sorted keys) with: format, trt_version, grammar, device, onnx_sha256, inputs, io_types
+({"inputs": {name: type}, "outputs": {...}}: fp32/fp16/int32/..., after --*IOFormats),
 precision (sorted list of fp16/bf16/int8/fp8/int4), tf32, strongly_typed,
 precision_constraints, layer_precisions (layer -> type, as applied to node names),
 workspace_bytes (int or null = TensorRT default), mem_pools_bytes, profiles (list of
@@ -131,6 +133,14 @@ _OPTS_82 = {
                  " --dumpOutput --dumpProfile --dumpLayerInfo"),
     **_k("repeat", "--plugins"),
 }
+_OPTS_85 = {  # 8.5 sampleOptions.cpp (JetPack 5.1); 8.4 (JetPack 5.0.2) lacks --heuristic and --preview
+    **{k: v for k, v in _OPTS_82.items() if k not in ("--strictTypes", "--percentile")},
+    **_k("str", "--memPoolSize --precisionConstraints --layerPrecisions --layerOutputTypes --preview --percentile"),
+    **_k("int", "--idleTime"),
+    **_k("float", "--persistentCacheRatio"),
+    **_k("flag", "--directIO --heuristic"),
+}
+_OPTS_84 = {k: v for k, v in _OPTS_85.items() if k not in ("--heuristic", "--preview")}
 _OPTS_86 = {
     **{k: v for k, v in _OPTS_82.items() if k not in ("--strictTypes", "--percentile")},
     **_k("str", "--memPoolSize --precisionConstraints --layerPrecisions --layerOutputTypes"
@@ -189,16 +199,25 @@ class Grammar:
     deprecated: dict
     precisions: tuple  # builder precision flags this generation accepts
     dtypes: tuple      # accepted by --layerPrecisions
+    io_types: tuple = ("fp32", "fp16", "int8", "int32")  # accepted by --inputIOFormats/--outputIOFormats
+    io_layouts: tuple = ("chw", "chw2", "chw4", "hwc8", "chw16", "chw32", "dhwc8", "cdhw32", "hwc", "dla_linear",
+                         "dla_hwc4")
 
 
+_DEPRECATED_85 = {**_DEPRECATED_82, "--workspace": ["--workspace flag has been deprecated by --memPoolSize flag."]}
+_IO_10 = {"io_types": ("fp32", "fp16", "bf16", "int32", "int64", "int8", "uint8", "bool", "fp8", "int4"),
+          "io_layouts": ("chw", "chw2", "chw4", "hwc8", "chw16", "chw32", "dhwc8", "cdhw32", "hwc", "dla_linear",
+                         "dla_hwc4", "hwc16", "dhwc")}
 GRAMMARS = {
     "8.2": Grammar("8.2", _OPTS_82, _DEPRECATED_82, ("fp16", "int8"), ()),
+    "8.4": Grammar("8.5", _OPTS_84, _DEPRECATED_85, ("fp16", "int8"), ("fp32", "fp16", "int8", "int32")),
+    "8.5": Grammar("8.5", _OPTS_85, _DEPRECATED_85, ("fp16", "int8"), ("fp32", "fp16", "int8", "int32")),
     "8.6": Grammar("8.6", _OPTS_86, _DEPRECATED_86, ("fp16", "int8", "fp8"), ("fp32", "fp16", "int8", "int32")),
     "10": Grammar("10", _OPTS_10, {**_DEPRECATED_10, "--directIO": ["--directIO flag has been deprecated"]},
                   ("fp16", "bf16", "int8", "fp8", "int4"),
-                  ("fp32", "fp16", "bf16", "int8", "fp8", "int32", "int64", "bool", "uint8", "int4")),
+                  ("fp32", "fp16", "bf16", "int8", "fp8", "int32", "int64", "bool", "uint8", "int4"), **_IO_10),
     "11": Grammar("11", _OPTS_11, {**_DEPRECATED_10, "--directIO": ["--directIO flag has been deprecated"]},
-                  (), ()),
+                  (), (), **_IO_10),
 }
 
 
@@ -207,10 +226,11 @@ def resolve_version(text: str) -> tuple[tuple[int, int, int], Grammar]:
     if not m:
         raise ValueError(f"bad TRTEXEC_DOUBLE_VERSION {text!r}")
     major, minor = int(m[1]), int(m[2])
-    patch = int(m[3]) if m[3] else (1 if (major, minor) in ((8, 2), (8, 6)) else 0)
+    patch = int(m[3]) if m[3] else {(8, 2): 1, (8, 4): 1, (8, 5): 2, (8, 6): 1}.get((major, minor), 0)
     if major < 8:
         raise ValueError(f"TensorRT {text} is older than any emulated grammar")
-    key = "8.2" if (major == 8 and minor <= 2) else "8.6" if major == 8 else "10" if major < 11 else "11"
+    key = ("8.2" if minor <= 2 else "8.4" if minor <= 4 else "8.5" if minor == 5 else "8.6") if major == 8 \
+        else "10" if major < 11 else "11"
     return (major, minor, patch), GRAMMARS[key]
 
 
@@ -325,7 +345,7 @@ def parse_shape_list(text: str) -> dict[str, list[int]]:
 def _process_profile(sel: dict, g: Grammar, warn) -> dict:
     """sel: selector -> {name: dims}.  Returns {name: {min, opt, max}}."""
     have = {s: s in sel for s in ("min", "opt", "max")}
-    if g.name in ("8.2", "8.6"):  # opt only (expanded to min/max) or all three
+    if g.name in ("8.2", "8.5", "8.6"):  # opt only (expanded to min/max) or all three
         if not (have["opt"] and (have["min"] == have["max"])):
             raise ParseError("Must specify only --optShapes or all of --minShapes, --optShapes, --maxShapes")
         fallback = {"min": ("opt",), "opt": (), "max": ("opt",)}
@@ -344,7 +364,7 @@ def _process_profile(sel: dict, g: Grammar, warn) -> dict:
 
 
 def parse_profiles(o: Opts, g: Grammar, warn) -> list[dict]:
-    if g.name in ("8.2", "8.6"):
+    if g.name in ("8.2", "8.5", "8.6"):
         sel = {s[2:5]: parse_shape_list(o.get(s)) for s in _SHAPE_OPTS if o.has(s)}
         return [_process_profile(sel, g, warn)] if sel else [{}]
     entries = {s: list(o.raw.get(s, [])) for s in _SHAPE_OPTS}
@@ -381,7 +401,7 @@ def parse_mem_pool(spec: str, g: Grammar) -> dict[str, int]:
     pools = {}
     for item in filter(None, spec.split(",")):
         name, _, size = item.rpartition(":")
-        if g.name == "8.6":
+        if g.name in ("8.5", "8.6"):
             mib = _stod(size)
         else:
             suffix = "" if size[-1:].isdigit() else size[-1:].upper()
@@ -428,6 +448,22 @@ class Build:
     hw_compat: str = "none"
     version_compatible: bool = False
     sparsity: str = "disable"
+    input_formats: list = field(default_factory=list)  # [(type, [layouts])] from --inputIOFormats
+    output_formats: list = field(default_factory=list)
+
+
+def parse_io_formats(text: str, g: Grammar) -> list[tuple[str, list[str]]]:
+    """stringToValue<IOFormat> over a comma list: "type:layout[+layout]" each."""
+    formats = []
+    for item in filter(None, text.split(",")):
+        dtype, _, layouts = item.partition(":")
+        if dtype not in g.io_types:
+            raise ParseError(f"Invalid DataType {dtype}")
+        for layout in layouts.split("+"):
+            if layout.lower() not in g.io_layouts:
+                raise ParseError(f"Invalid TensorFormat {layout}")
+        formats.append((dtype, [layout.lower() for layout in layouts.split("+")]))
+    return formats
 
 
 def interpret(o: Opts, g: Grammar, log: Log) -> Build:
@@ -437,6 +473,8 @@ def interpret(o: Opts, g: Grammar, log: Log) -> Build:
         for line in g.deprecated.get(name, []):
             log.w(line)
     b.profiles = parse_profiles(o, g, log.w)
+    b.input_formats = parse_io_formats(o.get("--inputIOFormats", ""), g)
+    b.output_formats = parse_io_formats(o.get("--outputIOFormats", ""), g)
     b.inference_shapes = parse_shape_list(o.get("--shapes", ""))
     use = _stoi(o.get("--useProfile", "0"))
     for n, d in b.inference_shapes.items() if use < len(b.profiles) else ():  # --shapes fills the profile
@@ -529,9 +567,13 @@ def load_onnx(path: str, log: Log) -> dict | None:
         if vi.name not in inits:
             dims = vi.type.tensor_type.shape.dim
             inputs[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims]
+    type_name = onnx.TensorProto.DataType.Name
+    input_types = {vi.name: type_name(vi.type.tensor_type.elem_type) for vi in graph.input if vi.name not in inits}
+    output_types = {vi.name: type_name(vi.type.tensor_type.elem_type) for vi in graph.output}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     nodes = [n.name or f"node_of_{(list(n.output) or [''])[0]}" for n in graph.node]
     return {"sha256": hashlib.sha256(data).hexdigest(), "inputs": inputs, "n_outputs": len(graph.output),
+            "input_types": input_types, "output_types": output_types,
             "nodes": nodes, "ir": model.ir_version, "opset": opset,
             "producer": (model.producer_name, model.producer_version),
             "io": [(name, [t for t in n.input if t], [t for t in n.output if t]) for name, n in zip(nodes, graph.node)],
@@ -553,6 +595,43 @@ def float_activations(model) -> list[str]:
     names = [i.name for i in graph.input if i.name not in weights]
     names += [t for n in graph.node if n.op_type != "Constant" for t in n.output if t]
     return [t for t in names if typed.get(t) in floats]
+
+
+_FLOAT_IO = ("fp32", "fp16", "bf16")
+
+
+def _onnx_binding_type(onnx_type: str, g: Grammar) -> str:
+    """The binding type TensorRT's ONNX parser gives a graph input or output (8.x narrows INT64 to INT32)."""
+    if onnx_type == "INT64" and g.name not in ("10", "11"):
+        return "int32"
+    return {"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "INT32": "int32", "INT64": "int64",
+            "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}.get(onnx_type, onnx_type.lower())
+
+
+def binding_types(b: Build, g: Grammar, model: dict) -> tuple[dict, str | None]:
+    """sampleEngines.cpp setupNetworkAndConfig: each input and output takes the type of its
+    --inputIOFormats/--outputIOFormats entry (a single entry is broadcast to all), the rest keep
+    the ONNX's.  -> ({"inputs": {name: type}, "outputs": {...}}, error or None).  Double's choices,
+    not verified on TensorRT: a float format on an integer binding (or the reverse) is an error,
+    and so is a format whose type differs from the ONNX's in a strongly typed build (which takes
+    its bindings' types from the ONNX)."""
+    types: dict = {}
+    for side, formats, onnx_types in (("input", b.input_formats, model["input_types"]),
+                                      ("output", b.output_formats, model["output_types"])):
+        if formats and len(formats) not in (1, len(onnx_types)):
+            return {}, (f"The number of {side}IOFormats must match network's {side}s or be one for broadcasting.")
+        chosen = {}
+        for i, (name, onnx_type) in enumerate(onnx_types.items()):
+            own = _onnx_binding_type(onnx_type, g)
+            wanted = formats[0 if len(formats) == 1 else i][0] if formats else own
+            if (wanted in _FLOAT_IO) != (own in _FLOAT_IO):
+                return {}, f"Cannot set {side} tensor {name} of type {own} to {wanted} (trtexec double)"
+            if b.strongly_typed and wanted != own:
+                return {}, (f"{side.capitalize()} tensor {name} is {own} in a strongly typed network; its I/O "
+                            f"format cannot make it {wanted} (trtexec double)")
+            chosen[name] = wanted
+        types[f"{side}s"] = chosen
+    return types, None
 
 
 def _wild(pattern: str, name: str) -> bool:  # matchStringWithOneWildcard
@@ -759,7 +838,7 @@ def _precision_text(b: Build) -> str:
 
 def print_options(b: Build, g: Grammar, log: Log) -> None:
     """A subset of the real option dump (key lines only, real wording)."""
-    old = g.name in ("8.2", "8.6")
+    old = g.name in ("8.2", "8.5", "8.6")
     log.i("=== Model Options ===")
     log.i("Format: " + ("*" if b.load else "ONNX"))
     log.i(f"Model: {b.onnx or ''}")
@@ -781,7 +860,7 @@ def print_options(b: Build, g: Grammar, log: Log) -> None:
             log.i("LayerPrecisions: " + ",".join(f"{k}:{v}" for k, v in b.layer_precisions.items()))
         calib = "Dynamic" if "int8" in b.precision and not b.calib else (b.calib or "")
         log.i(f"Calibration: {calib}")
-        if g.name != "8.2":
+        if g.name not in ("8.2", "8.5"):
             log.i(f"Version Compatible: {'Enabled' if b.version_compatible else 'Disabled'}")
             log.i(f"Skip inference: {'Enabled' if b.skip_inference else 'Disabled'}")
         log.i(f"Save engine: {b.save or ''}")
@@ -789,10 +868,11 @@ def print_options(b: Build, g: Grammar, log: Log) -> None:
         mode = "disable" if b.no_builder_cache else "global" if b.timing_cache else "local"
         log.i(f"timingCacheMode: {mode}")
         log.i(f"timingCacheFile: {b.timing_cache or ''}")
-        if g.name != "8.2":
+        if g.name not in ("8.2", "8.5"):
             log.i(f"BuilderOptimizationLevel: {3 if b.opt_level is None else b.opt_level}")
-        log.i("Input(s)s format: fp32:CHW")
-        log.i("Output(s)s format: fp32:CHW")
+        for side, formats in (("Input", b.input_formats), ("Output", b.output_formats)):
+            shown = ", ".join(f"{t}:{'+'.join(f.upper() for f in fs)}" for t, fs in formats) or "fp32:CHW"
+            log.i(f"{side}(s)s format: {shown}")
         if not any(b.profiles):
             log.i("Input build shapes: model")
         for i, prof in enumerate(b.profiles):
@@ -833,12 +913,12 @@ def print_device(g: Grammar, log: Log, device: int) -> bool:
         log.i(f"Selected Device UUID: {GPU['uuid']}")
     log.i(f"Compute Capability: {GPU['cc']}")
     log.i(f"SMs: {GPU['sms']}")
-    if g.name in ("8.2", "8.6"):
+    if g.name in ("8.2", "8.5", "8.6"):
         log.i("Compute Clock Rate: 1.695 GHz")
     log.i(f"Device Global Memory: {GPU['mem_mib']} MiB")
     log.i("Shared Memory per SM: 100 KiB")
     log.i("Memory Bus Width: 384 bits (ECC disabled)")
-    if g.name in ("8.2", "8.6"):
+    if g.name in ("8.2", "8.5", "8.6"):
         log.i("Memory Clock Rate: 9.751 GHz")
     else:
         log.i("Application Compute Clock Rate: 1.695 GHz")
@@ -897,10 +977,10 @@ def apply_layer_precisions(b: Build, nodes: list, log: Log) -> dict:
 
 
 def engine_description(b: Build, g: Grammar, ver: str, model: dict, profiles: list, calib: dict | None,
-                       applied: dict) -> dict:
+                       applied: dict, io_types: dict) -> dict:
     return {"format": "trtforge-double-engine/1", "trt_version": ver, "grammar": g.name,
             "device": {"name": GPU["name"], "compute_capability": GPU["cc"]},
-            "onnx_sha256": model["sha256"], "inputs": model["inputs"],
+            "onnx_sha256": model["sha256"], "inputs": model["inputs"], "io_types": io_types,
             "precision": sorted(b.precision), "tf32": b.tf32, "strongly_typed": b.strongly_typed,
             "precision_constraints": b.constraints, "layer_precisions": applied,
             "workspace_bytes": b.pools.get("workspace"), "mem_pools_bytes": b.pools, "profiles": profiles,
@@ -1023,6 +1103,9 @@ class Session:
         profiles, errors = setup_profiles(b, model["inputs"], log)
         if errors:
             return self.fail(*errors)
+        io_types, problem = binding_types(b, self.g, model)
+        if problem:
+            return self.fail(problem, *_BUILD_FAIL)
         if b.dla is not None:  # the fake GPU has no DLA; --allowGPUFallback does not help (source)
             return self.fail(f"Cannot create DLA engine, {b.dla} not available", *_BUILD_FAIL)
         calib, problem = self.calibration(b)
@@ -1041,7 +1124,7 @@ class Session:
             calib["missing_scales"], calib["layers_above_int8"] = missing_scales(model, set(calib["tensors"]), log)
         log.i(f"Detected {len(model['inputs'])} inputs and {model['n_outputs']} output network tensors.", trt=True)
         log.v(f"Original: {len(model['nodes'])} layers", trt=True)
-        desc = engine_description(b, self.g, self.ver, model, profiles, calib, applied)
+        desc = engine_description(b, self.g, self.ver, model, profiles, calib, applied, io_types)
         blob = ENGINE_MAGIC + json.dumps(desc, sort_keys=True, indent=1).encode() + b"\n"
         t1 = time.monotonic()
         try:

@@ -4,7 +4,8 @@ TensorRT 11 removed `--fp16`; reduced precision must be in the ONNX itself. Auto
 decides per node whether FP16 is safe (ranges, reductions) and leaves the rest in FP32.
 Nodes the recipe keeps in FP32 (`build.keep_fp32`, globs over node names) are excluded.
 Inputs and outputs stay FP32, as they do on the `--fp16` builder-flag path, so the same
-pre- and post-processing serves every TensorRT generation.
+pre- and post-processing serves every TensorRT generation, unless the recipe asks for FP16
+I/O (`build.io: fp16`, float16_io.py).
 It runs on CPU through ONNX Runtime's CPU provider.
 """
 
@@ -15,10 +16,11 @@ from pathlib import Path
 
 from ..atomic import atomic_output
 from ..errors import StageError, require
+from ..float16_io import with_float16_io
 from ..modelmeta import read_props, stamp
 
 
-def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> None:
+def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...], io: str = "fp32") -> None:
     """Write an FP16 mixed-precision copy of `source` to `output` (atomically)."""
     onnx = require("onnx", "core")
     autocast = require("modelopt.onnx.autocast", "quant")
@@ -30,6 +32,8 @@ def autocast_fp16(source: Path, output: Path, keep_fp32: tuple[str, ...]) -> Non
                                                     providers=["cpu"])
     except Exception as exc:  # ModelOpt raises bare exceptions for graphs it cannot type
         raise StageError(f"AutoCast could not convert {source.name} to FP16: {str(exc).splitlines()[0]}") from exc
+    if io == "fp16":
+        with_float16_io(model)
     stamp(model, read_props(source))  # AutoCast writes a new model without the source's metadata
     with atomic_output(output) as temp:
         onnx.save(model, str(temp))

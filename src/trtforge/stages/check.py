@@ -43,7 +43,7 @@ from ..gates.labels import LabelSet
 from ..images import ImageRef, list_image_set, select_images, sha256_hex, view_of
 from ..quant.cpu_form import cpu_session_model
 from ..recipe import CheckSpec, VerifySpec
-from .reference import input_hw, load_reference, run_onnxruntime
+from .reference import as_float32, input_hw, load_reference, run_onnxruntime
 
 
 @dataclass(frozen=True)
@@ -245,14 +245,22 @@ def _engine_comparison(job: CheckJob, feeds: list[dict], reference: list[dict]) 
         return {"status": "skipped: no engine built on this host"}
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.datatype import DataType
 
     with TrtRunner(EngineFromBytes(BytesFromPath(str(job.engine)))) as runner:
-        outputs = [{k: v.copy() for k, v in runner.infer(feed).items()} for feed in feeds]
+        declared = {name: DataType.to_dtype(meta.dtype, "numpy") for name, meta in runner.get_input_metadata().items()}
+        outputs = [{k: as_float32(v.copy()) for k, v in runner.infer(_cast(feed, declared)).items()} for feed in feeds]
     compared = _raw_comparison(reference, outputs, job)
     if "outputs" not in compared:
         return compared
     passed = all(o["passed"] for o in compared["outputs"].values())
     return {"status": "passed" if passed else "failed", **compared}
+
+
+def _cast(feed: dict, declared: dict) -> dict:
+    """`feed` in the dtypes the engine's inputs declare (float16 for build.io: fp16; Polygraphy
+    refuses a float32 array for a half-precision binding)."""
+    return {name: array.astype(declared[name]) if name in declared else array for name, array in feed.items()}
 
 
 def _gate_setting(job: CheckJob, feeds: list[dict]) -> GateSetting:

@@ -85,8 +85,11 @@ def measure_ort_latency(onnx_path: Path, feed: dict, seconds: float, min_runs: i
     Runs until `seconds` have passed (at least `min_runs`, at most `max_runs`), so a fast
     model is timed many times and a slow one is not held to a fixed count.
     """
+    from .reference import typed_feed
+
     ort = require("onnxruntime", "core")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = typed_feed(session, feed)
     for _ in range(2):  # first runs allocate and pick kernels
         session.run(None, feed)
     times: list[float] = []

@@ -35,7 +35,7 @@ from ..calib_cache import without_tensors
 from ..console import info, warn
 from ..errors import StageError, ToolError, require
 from ..recipe import BuildOptions
-from ..render import KEEP_FP32_CACHE, EngineIntent, keep_fp32_route, render_argv
+from ..render import KEEP_FP32_CACHE, EngineIntent, io_route, keep_fp32_route, render_argv
 from ..trt_version import TrtVersion
 from ..trtexec import BuildLog
 
@@ -83,12 +83,13 @@ def build_engine(job: EngineJob, not_found: str) -> None:
         remove_path(work)
 
 
-def engine_intent(job: EngineJob, keep_fp32_layers: tuple[str, ...] = ()) -> EngineIntent:
+def engine_intent(job: EngineJob, keep_fp32_layers: tuple[str, ...] = (),
+                  io_types: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> EngineIntent:
     """The job as render.py sees it: work-folder names only."""
     cache = KEEP_FP32_CACHE if keep_fp32_route_of(job) == "calibration_cache" else "calib.cache"
     return EngineIntent(precision=job.precision, mode=job.mode, build=job.build,
                         timing_cache="timing.cache" if job.build.timing_cache else None,
-                        keep_fp32_layers=keep_fp32_layers,
+                        keep_fp32_layers=keep_fp32_layers, io_types=io_types,
                         plugin_files=tuple(p.name for p in job.plugin_files), calibration_cache=cache)
 
 
@@ -107,12 +108,33 @@ def keep_fp32_layers(job: EngineJob, onnx_path: Path) -> tuple[str, ...]:
     return expand_layer_globs(onnx_path, job.build.keep_fp32)
 
 
+def fp16_io_flags_apply(job: EngineJob) -> bool:
+    """Whether the job's `build.io: fp16` is rendered as trtexec I/O format flags (render.io_route)."""
+    return job.build.io == "fp16" and io_route(job.precision, job.mode, job.version.generation) == "flags"
+
+
+def binding_types(job: EngineJob, onnx_path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ONNX element types of `onnx_path`'s inputs and outputs, in order, where the job's
+    FP16 I/O is rendered as format flags (one entry per binding), else empty."""
+    if not fp16_io_flags_apply(job):
+        return (), ()
+    onnx = require("onnx", "core")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}  # old exporters list weights as inputs too
+
+    def types(values) -> tuple[str, ...]:  # values: ValueInfoProto list
+        return tuple(onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in values
+                     if v.name not in initializers)
+
+    return types(graph.input), types(graph.output)
+
+
 def _prepare_inputs(job: EngineJob, work: Path) -> tuple[EngineIntent, tuple[str, ...]]:
     """Put the inputs into `work`; returns the intent and the tensors its calibration cache lacks."""
     _link(job.onnx, work / "model.onnx")
     for plugin in job.plugin_files:
         _link(plugin, work / plugin.name)
-    intent = engine_intent(job, keep_fp32_layers(job, job.onnx))
+    intent = engine_intent(job, keep_fp32_layers(job, job.onnx), binding_types(job, job.onnx))
     if job.calibration_cache is None:
         return intent, ()
     if intent.calibration_cache != KEEP_FP32_CACHE:

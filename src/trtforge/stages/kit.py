@@ -24,7 +24,8 @@ from ..console import wrote
 from ..recipe import PassSpec
 from ..render import KEEP_FP32_CACHE, RenderError, check_intent, render_argv
 from ..trt_version import GENERATIONS, version_for_generation
-from .engine import EngineJob, engine_intent, keep_fp32_layers, keep_fp32_route_of, kept_tensors
+from .engine import (EngineJob, binding_types, engine_intent, keep_fp32_layers, keep_fp32_route_of,
+                     kept_tensors)
 from .package import reproducible_tar_gz
 
 
@@ -84,8 +85,11 @@ def generation_command(kit: KitJob, generation: str, present: set[str]) -> list[
                                                                                          "model.onnx")
     if onnx not in present:
         return f"this kit has no {onnx} (rebuild the kit with trtforge's quantize stage available)"
-    intent = engine_intent(job, keep_fp32_layers(job, _model_onnx(kit)))
-    return render_argv(replace(intent, onnx=onnx), job.version)
+    intent = engine_intent(job, keep_fp32_layers(job, _model_onnx(kit)), binding_types(job, _model_onnx(kit)))
+    try:
+        return render_argv(replace(intent, onnx=onnx), job.version)
+    except RenderError as exc:
+        return str(exc)
 
 
 def build_script(kit: KitJob, present: set[str]) -> str:
@@ -122,6 +126,7 @@ else
 fi
 case "$major.$minor" in
   8.2) generation=8.2 ;;
+  8.4|8.5) generation=8.5 ;;
   8.6) generation=8.6 ;;
   10.*) generation=10 ;;
   *) if [ "$major" -ge 11 ]; then generation=11; else generation=unsupported; fi ;;
@@ -130,6 +135,6 @@ echo "build.sh: TensorRT $major.$minor, grammar $generation" >&2
 case "$generation" in
 {branches}
   *)
-    echo "build.sh: TensorRT $major.$minor is not supported (8.2, 8.6, 10.x, 11.x are)" >&2; exit 1 ;;
+    echo "build.sh: TensorRT $major.$minor is not supported (8.2, 8.4, 8.5, 8.6, 10.x, 11.x are)" >&2; exit 1 ;;
 esac
 """

@@ -27,16 +27,18 @@ from pathlib import Path
 
 from ..atomic import atomic_output, disk_fault, write_text_atomic
 from ..errors import StageError, require
+from ..float16_io import with_float16_io
 from ..modelmeta import read_props, stamp
 from ..quant.accuracy import AccuracyJob, controlled
 
 
 def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: Path,
                   keep_fp32: tuple[str, ...], accuracy: AccuracyJob | None = None,
-                  accuracy_report: Path | None = None) -> None:
+                  accuracy_report: Path | None = None, io: str = "fp32") -> None:
     """Write a Q/DQ INT8 copy of `source` to `output` (atomically); with `accuracy`, the copy
     in which the fewest quantized nodes are reverted for the task gate to hold, and the
-    search's report to `accuracy_report`."""
+    search's report to `accuracy_report`. `io: fp16` retypes its inputs and outputs last,
+    after the search, which scores the model its callers' float32 references were made for."""
     onnx = require("onnx", "core")
     with atomic_output(output) as temp:
         _modelopt_qdq(source, calib_cache, sample_batch, temp, keep_fp32)
@@ -44,6 +46,8 @@ def quantize_int8(source: Path, calib_cache: Path, sample_batch: Path, output: P
         if accuracy is not None:
             identity = _inputs_identity(source, calib_cache, sample_batch, keep_fp32)
             model, report = controlled(model, accuracy, identity)
+        if io == "fp16":
+            with_float16_io(model)
         stamp(model, read_props(source))  # ModelOpt writes a new model without the source's metadata
         onnx.save(model, str(temp))
     if accuracy is not None:

@@ -48,7 +48,22 @@ def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
     session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
                                    providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
+    return [dict(zip(names, map(as_float32, session.run(names, typed_feed(session, feed))))) for feed in feeds]
+
+
+# numpy dtypes of the float bindings an engine or ONNX may declare (build.io: fp16 declares float16)
+_FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def typed_feed(session, feed: dict) -> dict:  # session: an onnxruntime.InferenceSession
+    """`feed` (float32 images, as references are made) cast to the float type each input declares."""
+    declared = {i.name: _FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
+    return {name: array.astype(declared[name]) if declared.get(name) else array for name, array in feed.items()}
+
+
+def as_float32(array):  # array: numpy.ndarray
+    """A float16 output widened to float32 (exact), as comparisons and gates read every variant."""
+    return array.astype("float32") if array.dtype == "float16" else array
 
 
 def load_reference(inputs: Path, outputs: Path) -> tuple[list[dict], list[dict]]:

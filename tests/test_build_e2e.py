@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,38 @@ def test_build_fp16_then_nothing_to_do(project, tmp_path, version, fp16_flags):
 
     second = run_doit(project, "build:yolov8n-fp16", env={"TRTEXEC": str(trtexec)})
     assert second.returncode == 0 and executed(second) == [], second.stdout
+
+
+def test_fp16_io_is_rendered_as_format_flags_or_carried_by_the_typed_onnx_per_generation(project, tmp_path):
+    """build.io: fp16 on the FP16 variant: 8.x and 10.x builder-flag builds get one format per
+    binding, an 11.x build gets the AutoCast ONNX with float16 inputs and outputs; the kit does
+    the same on the device. The double reads the bindings' types off what it was given."""
+    import onnx
+
+    recipe = project / "recipes" / "yolov8n.yaml"
+    recipe.write_text(recipe.read_text().replace('keep_fp32: ["/model.22/dfl/*"]}',
+                                                 'keep_fp32: ["/model.22/dfl/*"], io: fp16}'))
+    out = project / "artifacts" / "yolov8n" / "fp16"
+    fp16_bindings = {"inputs": {"images": "fp16"}, "outputs": {"output0": "fp16"}}
+    for version, flags in (("10.8", ["--inputIOFormats=fp16:chw", "--outputIOFormats=fp16:chw"]), ("11.0", [])):
+        result = run_doit(project, "build:yolov8n-fp16", env={"TRTEXEC": str(make_wrapper(tmp_path / version, version))})
+        assert result.returncode == 0, result.stdout + result.stderr
+        argv = json.loads((out / "summary.json").read_text())["argv"]
+        assert [a for a in argv if "IOFormats" in a] == flags
+        assert read_engine(out / "engine.plan")["io_types"] == fp16_bindings
+    graph = onnx.load(str(out / "autocast.onnx")).graph
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [onnx.TensorProto.FLOAT16] * 2
+
+    assert run_doit(project, "kit:yolov8n-fp16").returncode == 0
+    kit = tmp_path / "device"
+    with tarfile.open(project / "artifacts" / "kit" / "yolov8n-fp16-kit.tar.gz", "r:gz") as tar:
+        tar.extractall(kit, filter="data")
+    for version in ("8.5.2", "11.0"):  # JetPack 5.1's grammar, and the typed ONNX
+        trtexec = make_wrapper(tmp_path / f"kit-{version}", version)
+        built = subprocess.run(["sh", str(kit / "yolov8n-fp16-kit" / "build.sh")], capture_output=True, text=True,
+                               env={"TRTEXEC": str(trtexec), "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert built.returncode == 0, built.stderr
+        assert read_engine(kit / "yolov8n-fp16-kit" / "engine.plan")["io_types"] == fp16_bindings
 
 
 def test_editing_one_field_reruns_only_its_readers(project, tmp_path):
@@ -384,7 +418,7 @@ def test_triton_and_ultralytics_layouts(int8_project, tmp_path):
     assert members["yolov8n-int8.engine"][offset:] == members["engine.plan"]
 
 
-@pytest.mark.parametrize("version", ["8.2", "8.6", "10.8", "11.0"])
+@pytest.mark.parametrize("version", ["8.2", "8.4", "8.5", "8.6", "10.8", "11.0"])
 def test_kit_builds_on_the_device_with_each_generation(int8_project, tmp_path, version):
     import subprocess
     import tarfile
@@ -403,7 +437,7 @@ def test_kit_builds_on_the_device_with_each_generation(int8_project, tmp_path, v
                            capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr
     engine = read_engine(folder / "engine.plan")
-    expected = "model.onnx" if version in ("8.2", "8.6") else "qdq.onnx"
+    expected = "model.onnx" if version.startswith("8.") else "qdq.onnx"
     assert engine["onnx_sha256"] == sha256(folder / expected)
     assert engine["trt_version"].startswith(version)
 

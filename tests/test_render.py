@@ -11,11 +11,12 @@ from dataclasses import replace
 import pytest
 
 from trtforge.recipe import BuildOptions, PassSpec, ShapeRange
-from trtforge.render import (EngineIntent, RenderError, check_intent, default_profiles, keep_fp32_route,
+from trtforge.render import (EngineIntent, RenderError, check_intent, default_profiles, io_route, keep_fp32_route,
                              render_argv)
 from trtforge.trt_version import TrtVersion, parse_banner_number, version_from_banner
 
 V82, V86, V10, V11 = TrtVersion(8, 2, 1), TrtVersion(8, 6, 1), TrtVersion(10, 8, 0), TrtVersion(11, 0, 0)
+V84, V85 = TrtVersion(8, 4, 1), TrtVersion(8, 5, 2)  # JetPack 5.0.2, 5.1
 PROFILE = (("images", ShapeRange((1, 3, 640, 640), (4, 3, 640, 640), (8, 3, 640, 640))),)
 BUILD = BuildOptions(profiles=(PROFILE,), workspace_bytes=4 << 30)
 SHAPES = ["--minShapes=images:1x3x640x640", "--optShapes=images:4x3x640x640", "--maxShapes=images:8x3x640x640"]
@@ -154,6 +155,8 @@ def test_default_profile_spans_batch_one_to_the_export_shape():
 
 @pytest.mark.parametrize("line, version", [
     ("&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # trtexec --onnx=a.onnx", V82),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8401] # trtexec", V84),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec", V85),
     ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec", V86),
     ("&&&& RUNNING TensorRT.trtexec [TensorRT v100800] [b43] # trtexec", V10),
     ("&&&& RUNNING TensorRT.trtexec [TensorRT v110000] # trtexec", V11),
@@ -163,8 +166,66 @@ def test_banner_versions(line, version):
 
 
 def test_unknown_generation_is_refused_with_the_supported_list():
-    with pytest.raises(Exception, match="8.2 .* 8.6, 10.x and 11.x"):
-        parse_banner_number(7103).generation
+    for number in (7103, 8300, 8001 + 900):  # 7.1, 8.3, 8.9: no grammar
+        with pytest.raises(Exception, match=r"8.2 .*, 8.4/8.5 \(JetPack 5\), 8.6, 10.x and 11.x"):
+            parse_banner_number(number).generation
+
+
+# ---------------------------------------------------------------- JetPack 5: TensorRT 8.4 and 8.5
+@pytest.mark.parametrize("version", [V84, V85])
+def test_jetpack5_speaks_one_grammar_between_82_and_86(version):
+    """sampleOptions.cpp at 8.4/8.5: --memPoolSize in MiB and --layerPrecisions exist, --plugins
+    is still the plugin flag, builder levels and several profiles do not exist yet."""
+    build = replace(BUILD, keep_fp32=("/m/*",))
+    intent = EngineIntent("int8", check_intent("int8", build, version), build, keep_fp32_layers=("/m/a",),
+                          plugin_files=("a.so",))
+    assert render_argv(intent, version) == [*BASE, "--int8", "--calib=calib.cache", "--precisionConstraints=obey",
+                                            "--layerPrecisions=/m/a:fp32", *SHAPES, "--memPoolSize=workspace:4096",
+                                            "--timingCacheFile=timing.cache",
+                                            "--plugins=a.so"]
+    assert argv_for("fp16", build, version, ("/m/a",))[2:5] == ["--fp16", "--precisionConstraints=obey",
+                                                                 "--layerPrecisions=/m/a:fp32"]
+    assert keep_fp32_route("int8", "implicit", version.generation) == "layer_precisions"
+    with pytest.raises(RenderError, match="added in 8.6"):
+        check_intent("fp32", replace(BUILD, optimization_level=3), version)
+    with pytest.raises(RenderError, match="one optimization profile"):
+        check_intent("fp32", replace(BUILD, profiles=(PROFILE, PROFILE)), version)
+
+
+# ------------------------------------------------------------------------------ build.io: fp16
+IO_FLAGS = ["--inputIOFormats=fp16:chw", "--outputIOFormats=fp16:chw"]
+
+
+def io_argv(precision: str, version: TrtVersion, types=(("FLOAT",), ("FLOAT",)), **build) -> list[str]:
+    options = replace(BUILD, io="fp16", **build)
+    mode = check_intent(precision, options, version)
+    return render_argv(EngineIntent(precision, mode, options, io_types=types if io_route(
+        precision, mode, version.generation) == "flags" else ((), ())), version)
+
+
+@pytest.mark.parametrize("precision, version, route", [
+    ("fp32", V82, "flags"), ("fp16", V85, "flags"), ("int8", V86, "flags"), ("fp16", V10, "flags"),
+    ("int8", V10, "onnx"), ("fp16", V11, "onnx"), ("int8", V11, "onnx")])
+def test_fp16_io_is_format_flags_on_builder_flag_builds_and_the_typed_onnx_otherwise(precision, version, route):
+    flags = [a for a in io_argv(precision, version) if "IOFormats" in a]
+    assert flags == (IO_FLAGS if route == "flags" else [])
+
+
+def test_fp16_io_names_integer_bindings_per_binding_and_refuses_types_it_cannot_name():
+    # EfficientNMS: float boxes and scores, int32 counts and classes; one entry per output then
+    types = (("FLOAT",), ("INT32", "FLOAT", "FLOAT", "INT32"))
+    assert io_argv("fp16", V10, types)[3:5] == [
+        "--inputIOFormats=fp16:chw", "--outputIOFormats=int32:chw,fp16:chw,fp16:chw,int32:chw"]
+    with pytest.raises(RenderError, match="an output of type int64"):
+        io_argv("fp16", V86, (("FLOAT",), ("INT64",)))
+
+
+def test_fp16_io_is_refused_where_nothing_can_carry_it_or_a_flag_would_contradict_it():
+    with pytest.raises(RenderError, match="TensorRT 11.0.0 takes an engine's input and output types from its ONNX"):
+        check_intent("fp32", replace(BUILD, io="fp16"), V11)
+    with pytest.raises(RenderError, match="sets --inputIOFormats; remove it from build.extra_args"):
+        check_intent("fp16", replace(BUILD, io="fp16", extra_args=("--inputIOFormats=int8:chw",)), V10)
+    assert check_intent("fp16", replace(BUILD, extra_args=("--inputIOFormats=int8:chw",)), V10)  # io: fp32
 
 
 @pytest.mark.parametrize("version, mode, flags", [
@@ -270,8 +331,8 @@ def test_keep_fp32_on_82_int8_builds_from_a_cache_without_the_kept_outputs(tmp_p
     assert "calib.keep-fp32.cache <- " in (out / "trtexec.sh").read_text()
 
 
-@pytest.mark.parametrize("generation", ["8.6", "10"])
-def test_keep_fp32_on_86_and_10_implicit_int8_obeys_layer_precisions(tmp_path, head_model, generation):
+@pytest.mark.parametrize("generation", ["8.5", "8.6", "10"])
+def test_keep_fp32_on_85_86_and_10_implicit_int8_obeys_layer_precisions(tmp_path, head_model, generation):
     summary, engine, out = built_with_double(tmp_path, head_model, generation, "implicit")
     assert summary["argv"][2:6] == ["--int8", "--calib=calib.cache", "--precisionConstraints=obey",
                                     "--layerPrecisions=/head/sigmoid:fp32,/head/mul:fp32"]

@@ -461,3 +461,64 @@ def test_wrapper_sets_environment(tmp_path, static):
 def test_bad_double_configuration_exits_2(static):
     assert trtexec(f"--onnx={static}", version="7.2").returncode == 2
     assert trtexec(f"--onnx={static}", fault="explode").returncode == 2
+
+
+# ------------------------------------------------------------------ JetPack 5 (8.4, 8.5) grammar
+@pytest.mark.parametrize("version, tag", [("8.4", "v8401"), ("8.5", "v8502")])
+def test_jetpack5_grammar_sits_between_82_and_86(tmp_path, static, version, tag):
+    ok = trtexec(f"--onnx={static}", f"--saveEngine={tmp_path / 'e.plan'}", "--memPoolSize=workspace:512",
+                 "--int8", "--precisionConstraints=obey", "--layerPrecisions=relu0:fp32", "--plugins=", version=version)
+    assert ok.returncode == 1 and "Unable to open library" in ok.stderr  # --plugins parsed, its file missing
+    ok = trtexec(f"--onnx={static}", f"--saveEngine={tmp_path / 'e.plan'}", "--memPoolSize=workspace:512",
+                 "--fp16", "--precisionConstraints=obey", "--layerPrecisions=relu0:fp32", version=version)
+    assert ok.returncode == 0, ok.stderr
+    assert f"[TensorRT {tag}]" in ok.stdout.splitlines()[0]
+    engine = dbl.read_engine(tmp_path / "e.plan")
+    assert engine["grammar"] == "8.5" and engine["workspace_bytes"] == 512 << 20  # MiB, as 8.6
+    assert engine["layer_precisions"] == {"relu0": "fp32"}
+    for later in ("--builderOptimizationLevel=3", "--staticPlugins=a.so", "--versionCompatible",
+                  "--hardwareCompatibilityLevel=ampere+", "--stronglyTyped", "--profile=0"):
+        refused = trtexec(f"--onnx={static}", later, version=version)
+        assert refused.returncode == 1 and f"Unknown option: {later.split('=')[0]}" in refused.stderr, later
+    heuristic = trtexec(f"--onnx={static}", "--heuristic", "--buildOnly", version=version)
+    assert heuristic.returncode == (1 if version == "8.4" else 0)  # 8.5 added it
+    assert ("Unknown option: --heuristic" in heuristic.stderr) == (version == "8.4")
+
+
+# ---------------------------------------------------------------------------- I/O formats
+def make_mixed_model(path: Path) -> Path:
+    """x (float) -> y (float) and n (int32): an EfficientNMS-like mix of output types."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, STATIC)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, STATIC)
+    n = helper.make_tensor_value_info("n", TensorProto.INT32, [4])
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu0"),
+             helper.make_node("Shape", ["x"], ["s"], name="shape0"),
+             helper.make_node("Cast", ["s"], ["n"], name="cast0", to=TensorProto.INT32)]
+    model = helper.make_model(helper.make_graph(nodes, "mixed", [x], [y, n]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("version", ["8.2", "8.5", "8.6", "10.8"])
+def test_io_formats_set_each_binding_type(tmp_path, version):
+    model = make_mixed_model(tmp_path / "mixed.onnx")
+    ok = trtexec(f"--onnx={model}", f"--saveEngine={tmp_path / 'e.plan'}", "--inputIOFormats=fp16:chw",
+                 "--outputIOFormats=fp16:chw,int32:chw", version=version)
+    assert ok.returncode == 0, ok.stderr
+    assert dbl.read_engine(tmp_path / "e.plan")["io_types"] == {"inputs": {"x": "fp16"},
+                                                                "outputs": {"y": "fp16", "n": "int32"}}
+    broadcast = trtexec(f"--onnx={model}", "--outputIOFormats=fp16:chw", version=version)
+    assert broadcast.returncode == 1 and "Cannot set output tensor n of type int32 to fp16" in broadcast.stderr
+    counted = trtexec(f"--onnx={model}", "--inputIOFormats=fp16:chw,fp16:chw", version=version)
+    assert "The number of inputIOFormats must match network's inputs or be one for broadcasting." in counted.stderr
+    for bad, error in (("half:chw", "Invalid DataType half"), ("fp16:nchw", "Invalid TensorFormat nchw")):
+        refused = trtexec(f"--onnx={model}", f"--inputIOFormats={bad}", version=version)
+        assert refused.returncode == 1 and error in refused.stderr
+
+
+def test_io_formats_cannot_retype_a_strongly_typed_network(tmp_path, static):
+    refused = trtexec(f"--onnx={static}", "--stronglyTyped", "--inputIOFormats=fp16:chw", version="10.8")
+    assert refused.returncode == 1 and "strongly typed" in refused.stderr
+    assert trtexec(f"--onnx={static}", "--stronglyTyped", "--inputIOFormats=fp32:chw", "--skipInference",
+                   version="10.8").returncode == 0  # the ONNX's own type is no change

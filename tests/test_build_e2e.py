@@ -392,7 +392,9 @@ def test_triton_and_ultralytics_layouts(int8_project, tmp_path):
     from ultralytics.nn.backends.base import BaseBackend
 
     recipe = int8_project / "recipes" / "yolov8n.yaml"
-    recipe.write_text(recipe.read_text() + "package: {triton: {dynamic_batching: true, max_queue_delay_us: 500, "
+    variant = "    calibration: {images: calib/imgs, batch: 4, method: entropy}\n"
+    recipe.write_text(recipe.read_text().replace(variant, variant + "    build: {io: fp16}\n")
+                      + "package: {triton: {dynamic_batching: true, max_queue_delay_us: 500, "
                       "instances: 2}, ultralytics_engine: true, onnx: false}\n")
     env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "8.6"))}
     assert run_doit(int8_project, "package:yolov8n-int8", env=env).returncode == 0
@@ -409,6 +411,13 @@ def test_triton_and_ultralytics_layouts(int8_project, tmp_path):
     assert [(i.name, list(i.dims)) for i in config.input] == [("images", [3, 160, 160])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("output0", [84, 525])]
     assert members["triton/yolov8n_int8/1/model.plan"] == members["engine.plan"]
+    # build.io: fp16 -> the engine's bindings, and so Triton's, are half precision
+    assert read_engine(int8_project / "artifacts/yolov8n/int8/engine.plan")["io_types"] == {
+        "inputs": {"images": "fp16"}, "outputs": {"output0": "fp16"}}
+    assert [t.data_type for t in (*config.input, *config.output)] == [model_config_pb2.TYPE_FP16] * 2
+    labels = members["triton/yolov8n_int8/labels.txt"].decode().splitlines()
+    assert len(labels) == 80 and labels[:2] == ["person", "bicycle"]
+    assert not config.output[0].label_filename  # a detector's output is not a class list
 
     engine_file = tmp_path / "yolov8n-int8.engine"
     engine_file.write_bytes(members["yolov8n-int8.engine"])

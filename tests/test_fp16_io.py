@@ -120,3 +120,20 @@ def test_retyping_keeps_other_readers_of_an_input_and_of_an_output_exact(tmp_pat
     (got,) = run_onnxruntime(tmp_path / "fp16.onnx", [feed])
     for name in ("y", "z"):
         np.testing.assert_array_equal(got[name], want[name].astype(np.float16).astype(np.float32))
+
+
+def test_the_triton_config_of_a_classifier_has_half_bindings_and_its_label_file(head):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from trtforge.stages.package import triton_repository
+
+    source = head[0]
+    files = triton_repository("cls", source.read_bytes(), b"plan", 2, io="fp16",
+                              metadata={"task": "classify", "names": {str(i): f"c{i}" for i in range(11)}})
+    config = text_format.Parse(files["triton/cls/config.pbtxt"].decode(), model_config_pb2.ModelConfig())
+    assert [t.data_type for t in (*config.input, *config.output)] == [model_config_pb2.TYPE_FP16] * 2
+    assert config.output[0].label_filename == "labels.txt"
+    assert files["triton/cls/labels.txt"].decode().split() == [f"c{i}" for i in range(11)]  # c10 last, not third
+    plain = triton_repository("cls", source.read_bytes(), b"plan", 2)  # io fp32, no names known
+    assert "TYPE_FP32" in plain["triton/cls/config.pbtxt"].decode() and "triton/cls/labels.txt" not in plain

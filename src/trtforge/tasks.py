@@ -826,7 +826,8 @@ def package_tasks(project: Project) -> Iterator[dict]:
                 export_metadata=recipe_dir(project, r) / "export.json",
                 resolved_recipe=_portable_recipe(r), max_batch=_max_batch(job) if batch_axis else 0,
                 triton=r.package.triton, ultralytics_engine=r.package.ultralytics_engine,
-                ship_onnx=r.package.onnx, release_dir=project.artifacts / "release", record=record)
+                ship_onnx=r.package.onnx, release_dir=project.artifacts / "release", record=record,
+                io=v.build.io)
             yield {
                 "name": name,
                 "doc": doc,

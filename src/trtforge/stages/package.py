@@ -65,6 +65,7 @@ class PackageJob:
     ship_onnx: bool  # package.onnx
     release_dir: Path
     record: Path  # the doit target: names the archive and its sha256
+    io: str = "fp32"  # build.io: the engine's float bindings are float16 with fp16
 
 
 def archive_stem(recipe: str, variant: str, summary: dict) -> str:
@@ -82,7 +83,7 @@ def make_package(job: PackageJob) -> None:
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
         members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_"), members["model.onnx"],
-                                         members[ENGINE], job.max_batch, job.triton))
+                                         members[ENGINE], job.max_batch, job.triton, job.io, metadata))
     if job.ultralytics_engine:
         members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members[ENGINE], metadata,
                                                                            job.max_batch or 1)
@@ -243,39 +244,58 @@ _TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT6
 
 
 def triton_repository(name: str, onnx_bytes: bytes, plan: bytes, max_batch: int,
-                      scheduling: TritonSpec | None = None) -> dict[str, bytes]:
-    """`triton/<name>/config.pbtxt` and `triton/<name>/1/model.plan`, I/O from the ONNX,
-    with the recipe's dynamic batching and instance count (Triton's defaults without)."""
+                      scheduling: TritonSpec | None = None, io: str = "fp32",
+                      metadata: dict | None = None) -> dict[str, bytes]:
+    """`triton/<name>/config.pbtxt` and `triton/<name>/1/model.plan`, I/O from the ONNX (float
+    tensors are TYPE_FP16 when build.io is fp16, as the engine's bindings are), with the recipe's
+    dynamic batching and instance count (Triton's defaults without). Class names, when the
+    export knows them, go to `labels.txt`; a classifier's output names it as its label file,
+    which Triton's classification extension reads."""
     scheduling = scheduling or TritonSpec()
     onnx = require("onnx", "core")
     graph = onnx.load_from_string(onnx_bytes).graph
     initializers = {i.name for i in graph.initializer}
+    names = (metadata or {}).get("names") or {}
+    labelled = bool(names) and (metadata or {}).get("task") == "classify"
 
-    def tensors(values) -> str:
+    def tensors(values, labels: bool = False) -> str:
         entries = []
         for value in values:
             tensor_type = value.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
             if max_batch:
                 dims = dims[1:]  # Triton adds the batch dimension itself
-            dtype = _TRITON_TYPES.get(tensor_type.elem_type)
+            elem_type = tensor_type.elem_type
+            if io == "fp16" and elem_type == onnx.TensorProto.FLOAT:
+                elem_type = onnx.TensorProto.FLOAT16
+            dtype = _TRITON_TYPES.get(elem_type)
             if dtype is None:
                 raise StageError(f"Triton layout: tensor '{value.name}' has an ONNX type Triton's "
                                  f"TensorRT backend is not mapped for ({tensor_type.elem_type})")
+            label = '\n    label_filename: "labels.txt"' if labels and not entries else ""
             entries.append(f'  {{\n    name: "{value.name}"\n    data_type: {dtype}\n'
-                           f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
+                           f'    dims: [ {", ".join(str(d) for d in dims)} ]{label}\n  }}')
         return ",\n".join(entries)
 
     inputs = [i for i in graph.input if i.name not in initializers]
     config = (f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
-              f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(graph.output)}\n]\n"
+              f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(graph.output, labelled)}\n]\n"
               f"instance_group [\n  {{\n    count: {scheduling.instances}\n    kind: KIND_GPU\n  }}\n]\n")
     if scheduling.dynamic_batching:
         if not max_batch:
             raise StageError("package.triton.dynamic_batching: the input's batch axis is fixed, so Triton cannot "
                              "batch requests; add 0 to input.dynamic_axes or turn dynamic_batching off")
         config += f"dynamic_batching {{\n  max_queue_delay_microseconds: {scheduling.max_queue_delay_us}\n}}\n"
-    return {f"triton/{name}/config.pbtxt": config.encode(), f"triton/{name}/1/model.plan": plan}
+    files = {f"triton/{name}/config.pbtxt": config.encode(), f"triton/{name}/1/model.plan": plan}
+    if names:
+        files[f"triton/{name}/labels.txt"] = _labels_text(names).encode()
+    return files
+
+
+def _labels_text(names: dict | list) -> str:
+    """One class name per line, in class-index order (export.json keys are the indices as text)."""
+    ordered = sorted((int(i), n) for i, n in names.items()) if isinstance(names, dict) else enumerate(names)
+    return "".join(f"{label}\n" for _, label in ordered)
 
 
 def ultralytics_engine(plan: bytes, metadata: dict, batch: int) -> bytes:

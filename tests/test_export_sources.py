@@ -121,3 +121,40 @@ def test_model_metadata_is_read_as_literals_only_and_written_as_ultralytics_does
         k: v for k, v in props.items() if k != "author"}  # export.json's string keys become ints again
     hostile = {"names": "__import__('os').system('echo owned')", "stride": "[" * 10000, "imgsz": "640"}
     assert metadata_from_props(hostile) == {}  # never evaluated, never a crash: left out
+
+
+def test_an_onnx_source_is_fed_as_its_metadata_says_and_one_that_says_nothing_is_warned_about(tmp_path, capfd):
+    """trtforge writes how a model is fed into every ONNX it makes (trtforge.preprocess); an ONNX
+    source that carries it must be fed so, and one with no such word and no Ultralytics
+    metadata gets one warning when the recipe feeds it Ultralytics' letterbox by default."""
+    import json
+
+    from trtforge.images import IMAGENET
+    from trtforge.modelmeta import PREPROCESS_KEY, props_from_metadata, props_of, stamp
+
+    spec = InputSpec("x", (1, 3, 16, 16), "float32", ())
+    source = ModelSource("onnx", path=Path("plain.onnx"))
+    static_onnx(tmp_path / "plain.onnx")
+    export_onnx(source, spec, 17, tmp_path, tmp_path / "out.onnx", tmp_path / "export.json")
+    warned = [line for line in capfd.readouterr().err.splitlines() if "does not say how it is fed" in line]
+    assert len(warned) == 1 and "set input.preprocess" in warned[0]
+    assert json.loads((tmp_path / "export.json").read_text())["preprocess"]["resize"] == "letterbox"
+
+    fed = {"preprocess": {**json.loads((tmp_path / "export.json").read_text())["preprocess"]}}
+    model = onnx.load(str(tmp_path / "plain.onnx"))
+    stamp(model, props_from_metadata(fed))  # as surgery stamps every ONNX trtforge writes
+    onnx.save(model, str(tmp_path / "made.onnx"))
+    assert PREPROCESS_KEY in props_of(onnx.load(str(tmp_path / "made.onnx")))
+    made = ModelSource("onnx", path=Path("made.onnx"))
+    export_onnx(made, spec, 17, tmp_path, tmp_path / "out.onnx")  # fed as it says: no warning
+    assert "does not say how it is fed" not in capfd.readouterr().err
+    with pytest.raises(StageError, match=r"input.preprocess: made.onnx was made to be fed with resize 'letterbox', "
+                                         r"not 'shortest_edge', .*mean \[0.0, 0.0, 0.0\], not \[0.485"):
+        export_onnx(made, InputSpec("x", (1, 3, 16, 16), "float32", (), IMAGENET), 17, tmp_path, tmp_path / "o2.onnx")
+    assert not (tmp_path / "o2.onnx").exists()  # refused before anything is written
+
+    del model.metadata_props[:]
+    model.metadata_props.add(key="stride", value="32")  # an Ultralytics export: letterbox is right
+    onnx.save(model, str(tmp_path / "yolo.onnx"))
+    export_onnx(ModelSource("onnx", path=Path("yolo.onnx")), spec, 17, tmp_path, tmp_path / "out.onnx")
+    assert "does not say how it is fed" not in capfd.readouterr().err

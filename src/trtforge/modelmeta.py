@@ -5,13 +5,18 @@ literal in a string (`names` is `"{0: 'person', 1: 'car'}"`), and reads it back 
 ONNX or an `.engine` header to name its detections. onnxslim, graph-surgeon passes and
 ModelOpt write new models without it, so an engine built from an Ultralytics ONNX came
 out with `names: {}` (issue 14). Every ONNX trtforge writes therefore carries the
-metadata of the model it came from, in Ultralytics' format.
+metadata of the model it came from, in Ultralytics' format, and how its input is fed
+(`trtforge.preprocess`, JSON of the recipe's `input.preprocess`), so a released ONNX says
+how to feed it and a project that builds from it can tell when its recipe feeds it otherwise.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
+
+PREPROCESS_KEY = "trtforge.preprocess"
 
 # the keys trtforge reads back, with how a value is read (anything else is carried verbatim)
 _READERS = {
@@ -40,6 +45,12 @@ def metadata_from_props(props: dict[str, str]) -> dict:
     """The keys trtforge uses, read from Ultralytics-style props; a value that is not the
     literal it should be is left out (a foreign tool's metadata must not fail the build)."""
     metadata = {}
+    try:
+        preprocess = json.loads(props.get(PREPROCESS_KEY, "null"))
+        if isinstance(preprocess, dict):
+            metadata["preprocess"] = preprocess
+    except ValueError:
+        pass
     for key, read in _READERS.items():
         if key in props:
             try:
@@ -55,7 +66,10 @@ def props_from_metadata(metadata: dict) -> dict[str, str]:
     known = {key: metadata[key] for key in _READERS if key in metadata}
     if isinstance(known.get("names"), dict):
         known["names"] = {int(k): str(v) for k, v in known["names"].items()}
-    return {key: str(value) for key, value in known.items()}
+    props = {key: str(value) for key, value in known.items()}
+    if isinstance(metadata.get("preprocess"), dict):
+        props[PREPROCESS_KEY] = json.dumps(metadata["preprocess"], sort_keys=True)
+    return props
 
 
 def stamp(model, props: dict[str, str]) -> None:

@@ -18,8 +18,9 @@ from .. import checkpoints
 from ..atomic import atomic_output, write_text_atomic
 from ..console import StatusLine, info, warn
 from ..errors import MissingDependencyError, StageError, require
-from ..modelmeta import metadata_from_props, props_of
-from ..recipe import OPSETS, InputSpec, ModelSource
+from ..images import ULTRALYTICS
+from ..modelmeta import PREPROCESS_KEY, metadata_from_props, props_of
+from ..recipe import OPSETS, InputSpec, ModelSource, jsonable
 
 # Ultralytics tasks trtforge builds end to end, as Ultralytics names them (RT-DETR and the
 # NMS-free YOLO26/YOLOv10 heads are 'detect' models).
@@ -33,7 +34,7 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
     """Write the recipe's model as ONNX to `output` (atomically), and what is known about
     it (task, class names, stride, keypoint shape, the sha256 of the weights file exported)
     as JSON to `metadata_out`, for release packaging and the accuracy gates."""
-    metadata = {"source": model.source, "imgsz": list(spec.shape[2:])}
+    metadata = {"source": model.source, "imgsz": list(spec.shape[2:]), "preprocess": jsonable(spec.preprocess)}
     started = time.monotonic()
     with StatusLine(f"export of {model.weights or model.arch or model.factory or model.path}") as status:
         if model.source == "onnx":
@@ -337,6 +338,24 @@ def _factory_module(model: ModelSource, root: Path):
     return net.float().eval(), weights
 
 
+def _check_preprocess(props: dict[str, str], spec: InputSpec, shown: Path) -> None:
+    """An ONNX source that says how it is fed must be fed so; one that says nothing and is no
+    Ultralytics export gets a warning when the recipe feeds it Ultralytics' letterbox by
+    default, since calibration on wrongly normalised inputs is silent (FP32 sees them too)."""
+    stated = metadata_from_props(props).get("preprocess")
+    ours = jsonable(spec.preprocess)
+    if stated is not None and stated != ours:
+        differ = ", ".join(f"{key} {stated.get(key)!r}, not {ours[key]!r}" for key in ours
+                           if stated.get(key) != ours[key])
+        raise StageError(f"input.preprocess: {shown} was made to be fed with {differ} (its {PREPROCESS_KEY} "
+                         "metadata); set input.preprocess to match, or calibration and checks feed it wrongly")
+    ultralytics = "stride" in props or props.get("author", "").startswith("Ultralytics")
+    if stated is None and not ultralytics and spec.preprocess == ULTRALYTICS:
+        warn(f"input.preprocess: {shown} does not say how it is fed and is no Ultralytics export; calibration and "
+             "checks feed it Ultralytics' letterbox, RGB, /255: if it was trained otherwise (ImageNet mean and "
+             "std, BGR, a centre crop), set input.preprocess")
+
+
 def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> dict[str, str]:
     """Copy an ONNX source to `output` once it is a model the later stages can use; return its
     metadata_props (an Ultralytics export names its classes there).
@@ -347,6 +366,7 @@ def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) ->
     onnx = require("onnx", "core")
     model = _read_onnx(root / path, path)
     _check_onnx_matches_recipe(model, spec, path)
+    _check_preprocess(props_of(model), spec, path)
     with atomic_output(output) as temp:
         if _external_data_files(model):
             onnx.save(onnx.load(str(root / path)), str(temp))

@@ -150,8 +150,55 @@ def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
         _print_plan(loaded, recipe, steps, commands, verdicts)
     refused = [v for v, command in commands.items() if isinstance(command, str) and command.startswith("refused:")]
     if refused:
-        raise TrtforgeError(f"{recipe.name}-{refused[0]} cannot be built with TensorRT {loaded.trtexec.version}: "
+        with_what = "on its target" if recipe.targets else f"with TensorRT {loaded.trtexec.version}"
+        raise TrtforgeError(f"{recipe.name}-{refused[0]} cannot be built {with_what}: "
                             f"{commands[refused[0]].removeprefix('refused: ')}")
+
+
+@main.group(short_help="Build machines on Ray: up, status, down (recipes' targets:).")
+def fleet() -> None:
+    """A Ray cluster whose machines advertise GPU classes that recipes' `targets:` name."""
+
+
+@fleet.command(short_help="Start a head here, or join one, advertising build classes.")
+@click.option("--join", "address", default=None, metavar="HOST:PORT", help="Join this head instead of starting one.")
+@click.option("--class", "classes", multiple=True, metavar="RESOURCE[=GPUS]",
+              help="A build class this machine advertises, e.g. trt:sm_86-trt10 (one unit per GPU; default 1).")
+@click.option("--port", default=6379, show_default=True, help="The head's port.")
+@click.option("--node-ip", default="127.0.0.1", show_default=True,
+              help="The address other machines reach this one at (127.0.0.1 keeps the cluster on this machine).")
+def up(address: str | None, classes: tuple[str, ...], port: int, node_ip: str) -> None:
+    from .fleet import start_node
+
+    advertised = {}
+    for item in classes:
+        name, _, units = item.partition("=")
+        if not units.strip().isdigit() and units:
+            raise TrtforgeError(f"--class {item}: the units after '=' are a whole number of GPUs")
+        advertised[name] = int(units or 1)
+    start_node(advertised, address, port, node_ip)
+    head = address or f"{node_ip}:{port}"
+    click.echo(f"fleet: {'joined' if address else 'started a head at'} {head}"
+               + (f", advertising {', '.join(f'{k}={v}' for k, v in advertised.items())}" if advertised else ""))
+    click.echo(f"  builds: TRTFORGE_RAY_ADDRESS={head} doit -n 4 -P thread build:<recipe>-<variant>")
+    click.echo(f"  another machine: TRTEXEC=/path/to/trtexec trtforge fleet up --join {head} --class <resource>")
+
+
+@fleet.command(short_help="List the fleet's machines, their classes and builds running.")
+def status() -> None:
+    from .fleet import connect, status_rows
+
+    for row in status_rows(connect()):
+        classes = ", ".join(f"{name} ({row['busy'][name]} of {units} building)" for name, units in row["classes"].items())
+        click.echo(f"{row['address']:<16} {classes or 'no build class (head or CPU-only machine)'}")
+
+
+@fleet.command(short_help="Stop every Ray process of yours on this machine.")
+def down() -> None:
+    from .fleet import stop_nodes
+
+    stop_nodes()
+    click.echo("fleet: stopped the Ray processes on this machine")
 
 
 def _print_plan(loaded, recipe, steps, commands, verdicts) -> None:
@@ -164,9 +211,11 @@ def _print_plan(loaded, recipe, steps, commands, verdicts) -> None:
         if isinstance(command, str):
             click.echo(f"\ntrtexec for {recipe.name}-{variant} ({where}): {command}")
             continue
-        click.echo(f"\ntrtexec for {recipe.name}-{variant} ({where}; model.onnx is artifacts/{command['model.onnx']}):")
+        click.echo(f"\ntrtexec for {recipe.name}-{variant} ({command.get('where', where)}; model.onnx is "
+                   f"artifacts/{command['model.onnx']}):")
         click.echo("  " + " ".join(command["argv"]))
-        click.echo(f"  parser preflight: {verdicts[variant]}")
+        if variant in verdicts:  # the host's generation; a fleet class's lint runs on its own
+            click.echo(f"  parser preflight: {verdicts[variant]}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,6 +140,8 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
     from .render import RenderError, check_intent
     from .tasks import engine_job
 
+    if recipe.targets:
+        return _fleet_commands(project, recipe, variants)
     if project.trtexec is None:
         return {v.name: project.trtexec_problem for v in variants}
     commands: dict[str, dict | str] = {}
@@ -156,6 +158,26 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
             commands[variant.name] = f"refused: {exc}"
             continue
         commands[variant.name] = {"argv": ["trtexec", *argv], "model.onnx": _short(job.onnx)}
+    return commands
+
+
+def _fleet_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
+    """{variant@target: {argv, model.onnx, where}}: each target class's command, in the grammar of
+    the generation it declares (its machine renders again for the TensorRT it finds)."""
+    from .tasks import target_plan
+
+    commands: dict[str, dict | str] = {}
+    for variant in variants:
+        for target in recipe.targets:
+            key = f"{variant.name}@{target.name}"
+            job, problem = target_plan(project, recipe, variant, target)
+            try:
+                argv = _planned_argv(job, job.version) if job else None
+            except TrtforgeError as exc:
+                argv, problem = None, str(exc)
+            commands[key] = f"refused: {problem}" if argv is None else {
+                "argv": ["trtexec", *argv], "model.onnx": _short(job.onnx),
+                "where": f"on a {target.resource} machine of the fleet, TensorRT {target.tensorrt} grammar"}
     return commands
 
 

@@ -215,6 +215,21 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """targets.<name>: a class of build machines (fleet.py). `resource` is the Ray custom
+    resource its machines advertise, one unit per GPU; `tensorrt` the grammar generation
+    their trtexec speaks; `overrides` BuildOptions fields it sets on every variant."""
+
+    name: str
+    resource: str
+    tensorrt: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def build_of(self, build: BuildOptions) -> BuildOptions:
+        return replace(build, **dict(self.overrides))
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     file: Path
@@ -227,6 +242,7 @@ class Recipe:
     build: BuildOptions = field(default_factory=BuildOptions)
     verify: VerifySpec | None = None
     package: PackageSpec = field(default_factory=PackageSpec)
+    targets: tuple[TargetSpec, ...] = ()  # empty: engines are built on this host
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -736,7 +752,36 @@ def _variants(doc: Document, path: FieldPath, value: Any, base: BuildOptions, sp
 # ----------------------------------------------------------------------------- entry points
 
 _TOP_KEYS = {"name", "description", "model", "input", "export", "surgery", "build", "verify", "package",
-             "variants"}
+             "variants", "targets"}
+_TARGET_OVERRIDES = {"workspace", "dla_core", "profiles", "timeout"}
+# a Ray custom resource name as build machines advertise it, e.g. trt:sm_86-trt10
+RESOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:.+-]*$")
+
+
+def _targets(doc: Document, path: FieldPath, value: Any, spec: InputSpec, root: Path) -> tuple[TargetSpec, ...]:
+    """targets: {name: {resource, tensorrt, build: {workspace, dla_core, profiles, timeout}}}."""
+    from .trt_version import GENERATIONS
+
+    if not isinstance(value, dict) or not value:
+        raise doc.error(path, "expected a mapping of target names, e.g. t4: {resource: 'trt:sm_75-trt10', "
+                              "tensorrt: '10'}")
+    targets = []
+    for name, body in value.items():
+        p = path + (name,)
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise doc.error(p, f"target name '{name}' must be lowercase letters, digits, '_', '.' or '-'")
+        body = _check_keys(doc, p, body, {"resource", "tensorrt", "build"}, required=("resource", "tensorrt"))
+        resource = _text(doc, p + ("resource",), body["resource"])
+        if not RESOURCE_PATTERN.match(resource):
+            raise doc.error(p + ("resource",), f"'{resource}' is not a Ray resource name: use letters, digits "
+                                               "and _ : . + -, as in trt:sm_86-trt10")
+        tensorrt = _choice(doc, p + ("tensorrt",), str(body["tensorrt"]), GENERATIONS)
+        overrides = _check_keys(doc, p + ("build",), body.get("build", {}), _TARGET_OVERRIDES)
+        built = _build(doc, p + ("build",), overrides, BuildOptions(), spec, root)
+        renamed = {"workspace": "workspace_bytes", "timeout": "timeout_s"}
+        targets.append(TargetSpec(name, resource, tensorrt,
+                                  tuple((renamed.get(k, k), getattr(built, renamed.get(k, k))) for k in overrides)))
+    return tuple(targets)
 
 
 def load_recipe(file: Path, root: Path, known_passes: Mapping[str, Any]) -> Recipe:
@@ -783,6 +828,7 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
         variants=_variants(doc, ("variants",), top["variants"], base, spec, root, verify),
         verify=verify,
         package=_package(doc, ("package",), top.get("package", {})),
+        targets=_targets(doc, ("targets",), top["targets"], spec, root) if "targets" in top else (),
     )
 
 

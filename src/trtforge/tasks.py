@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,12 +20,13 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
+from . import fleet
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .gates.labels import LabelSet, label_set
 from .gpu import gpu_config_changed
 from .images import ImageSetError, list_image_set, select_images
 from .quant.accuracy import AccuracyJob, Control
-from .recipe import BrokenRecipe, Recipe, Variant, jsonable, load_recipes
+from .recipe import BrokenRecipe, BuildOptions, Recipe, TargetSpec, Variant, jsonable, load_recipes
 from .render import GRAMMARS, KEEP_FP32_CACHE, RenderError, check_intent, default_profiles, render_argv
 from .stages import (autocast, calibrate, check, compare, engine, export, kit, lint, package, qdq, reference,
                      surgery as surgery_stage)
@@ -606,8 +607,6 @@ def _engine_onnx(project: Project, r: Recipe, v: Variant, mode: str) -> Path:
 def engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.EngineJob:
     build = v.build
     if not build.profiles:
-        from dataclasses import replace
-
         build = replace(build, profiles=default_profiles(r.input.name, r.input.shape, r.input.dynamic_axes))
     return engine.EngineJob(
         task=f"engine:{r.name}-{v.name}",
@@ -625,27 +624,57 @@ def engine_job(project: Project, r: Recipe, v: Variant, mode: str) -> engine.Eng
 
 def engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.EngineJob | None, str | None]:
     """(job, None) when the engine can be built here, else (None, the one-line reason)."""
+    if r.targets:
+        return None, f"{r.name} builds its engines on the fleet (targets: {', '.join(t.name for t in r.targets)})"
     if project.trtexec is None:
         return None, project.trtexec_problem
+    mode, problem = _resolved_mode(project, r, v, v.build, project.trtexec.version, f"variants.{v.name}")
+    return (engine_job(project, r, v, mode), None) if mode else (None, problem)
+
+
+def _resolved_mode(project: Project, r: Recipe, v: Variant, build: BuildOptions, version: TrtVersion,
+                   where: str) -> tuple[str | None, str | None]:
+    """(implicit or explicit, None) when `version` can build the variant with `build`, else (None, why)."""
     try:
-        mode = check_intent(v.precision, v.build, project.trtexec.version, r.surgery)
+        mode = check_intent(v.precision, build, version, r.surgery)
     except RenderError as exc:
-        return None, f"{r.file.name}: variants.{v.name}: {exc}"
+        return None, f"{r.file.name}: {where}: {exc}"
     if mode == "implicit" and v.calibration and v.calibration.accuracy:
         # the search reverts nodes in the Q/DQ ONNX, which an implicit (calibration cache) build does not read
-        return None, (f"{r.file.name}: variants.{v.name}.calibration.accuracy: TensorRT {project.trtexec.version} "
-                      "builds this INT8 variant from a calibration cache, not the Q/DQ ONNX the search edits; "
+        return None, (f"{r.file.name}: {where}.calibration.accuracy: TensorRT {version} builds this INT8 variant "
+                      "from a calibration cache, not the Q/DQ ONNX the search edits; "
                       "set build.precision_mode: explicit")
     if v.precision == "int8":
         _, problem = calibration_images(project, v)
         if problem:
             return None, f"{r.file.name}: {problem}"
-    return engine_job(project, r, v, mode), None
+    return mode, None
+
+
+def target_dir(project: Project, r: Recipe, v: Variant, t: TargetSpec) -> Path:
+    return variant_dir(project, r, v) / "targets" / t.name
+
+
+def target_plan(project: Project, r: Recipe, v: Variant, t: TargetSpec) -> tuple[engine.EngineJob | None, str | None]:
+    """The engine job of variant `v` on target class `t`, rendered for the generation the class
+    declares (its machine renders again for the TensorRT it finds), or the one-line refusal."""
+    version = version_for_generation(t.tensorrt)
+    build = t.build_of(v.build)
+    mode, problem = _resolved_mode(project, r, v, build, version, f"variants.{v.name} on targets.{t.name}")
+    if mode is None:
+        return None, problem
+    job = engine_job(project, replace(r, build=build), replace(v, build=build), mode)
+    return replace(job, task=f"engine:{r.name}-{v.name}@{t.name}", trtexec=None, version=version,
+                   out_dir=target_dir(project, r, v, t),
+                   timing_cache_dir=project.artifacts / "cache" / "timing" / "fleet"), None
 
 
 @tracked
 def engine_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
+        if r.targets:
+            yield from _fleet_engine_tasks(project, r)
+            continue
         for v in r.variants:
             job, problem = engine_plan(project, r, v)
             name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
@@ -669,6 +698,36 @@ def engine_tasks(project: Project) -> Iterator[dict]:
                 # keep_fp32 and io render against the ONNX (a file_dep), so the argv lacks their flags here
                 "uptodate": [gpu_config_changed({"trtexec": str(job.version), "argv": argv,
                                                  "keep_fp32": list(job.build.keep_fp32), "io": job.build.io})],
+                "clean": True,
+            }
+
+
+def _fleet_engine_tasks(project: Project, r: Recipe) -> Iterator[dict]:
+    """engine:R-V@T: one Ray task per engine, on a machine of class T (fleet.py)."""
+    for v in r.variants:
+        for t in r.targets:
+            job, problem = target_plan(project, r, v, t)
+            name = f"{r.name}-{v.name}@{t.name}"
+            doc = f"TensorRT {v.precision.upper()} engine of {r.name} built on a {t.resource} machine (Ray)"
+            if job is None:
+                yield refusal(name, doc, problem, file_dep=[str(surgered_onnx(project, r))])
+                continue
+            fjob = fleet.FleetJob(engine=job, target=t.name, resource=t.resource, generation=t.tensorrt,
+                                  root=project.root, passes=r.surgery)
+            yield {
+                "name": name,
+                "doc": doc,
+                "actions": [(run_stage, [fleet.build_on_target, fjob])],
+                "task_dep": [f"lint:{r.name}-{v.name}"],
+                "file_dep": [str(job.onnx), *map(str, job.plugin_files),
+                             *code("stages/engine.py", "render.py", "calib_cache.py", "fleet.py"),
+                             *([str(job.calibration_cache)] if job.calibration_cache else [])],
+                "targets": [str(job.out_dir / f) for f in (engine.ENGINE, engine.LOG, engine.SUMMARY, engine.SCRIPT,
+                                                           *_keep_fp32_cache(job))],
+                # the engine's identity is its class: the machines advertising the resource, their TensorRT
+                "uptodate": [config_changed({"resource": t.resource, "tensorrt": t.tensorrt,
+                                             "argv": render_argv(engine.engine_intent(job), job.version),
+                                             "keep_fp32": list(job.build.keep_fp32), "io": job.build.io})],
                 "clean": True,
             }
 
@@ -721,7 +780,11 @@ def build_tasks(project: Project) -> Iterator[dict]:
             name = f"{r.name}-{v.name}"
             doc = f"everything for the {v.name} variant of {r.name} (engine included; needs trtexec)"
             checks = [f"check:{name}"] if r.verify else []
-            if job is None and project.trtexec is not None:  # refused by the renderer: before any work
+            if r.targets:
+                yield {"name": name, "doc": f"everything for the {v.name} variant of {r.name}, an engine per target "
+                                            f"({', '.join(t.name for t in r.targets)}) built on the fleet",
+                       "actions": None, "task_dep": [*(f"engine:{name}@{t.name}" for t in r.targets), *checks]}
+            elif job is None and project.trtexec is not None:  # refused by the renderer: before any work
                 yield refusal(name, doc, problem)
             else:
                 yield {"name": name, "doc": doc, "actions": None, "task_dep": [f"engine:{name}", *checks]}
@@ -773,10 +836,6 @@ def _compare_inputs(project: Project, r: Recipe, v: Variant) -> compare.VariantI
         engine_missing_reason="" if job else problem.split(";")[0])
 
 
-def _release_record(project: Project, r: Recipe, v: Variant) -> Path:
-    return project.artifacts / "release" / f"{r.name}-{v.name}.release.json"
-
-
 def _archive_intact(record: str):
     """uptodate check: the archive the record names still exists with its recorded hash.
 
@@ -798,16 +857,24 @@ def _archive_intact(record: str):
     return check
 
 
+def engine_places(project: Project, r: Recipe, v: Variant) -> list[tuple[str, engine.EngineJob | None, str | None]]:
+    """(task-name suffix, job, refusal) of each engine of a variant: this host's ("", ...), or
+    one per target class ("@t4", ...) for a recipe with targets."""
+    if r.targets:
+        return [(f"@{t.name}", *target_plan(project, r, v, t)) for t in r.targets]
+    return [("", *engine_plan(project, r, v))]
+
+
 @tracked
 def package_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
-        for v in r.variants:
-            job, problem = engine_plan(project, r, v)
-            name, out = f"{r.name}-{v.name}", variant_dir(project, r, v)
+        for v, (suffix, job, problem) in ((v, place) for v in r.variants for place in engine_places(project, r, v)):
+            name = f"{r.name}-{v.name}{suffix}"
             doc = f"release archive of {name} (engine, ONNX, manifest, reproduce.sh)"
             if job is None:
                 yield refusal(name, doc, problem)
                 continue
+            out = job.out_dir
             files = [("engine.plan", out / engine.ENGINE), ("model.onnx", job.onnx),
                      ("summary.json", out / engine.SUMMARY), ("trtexec.log", out / engine.LOG)]
             if job.onnx != surgered_onnx(project, r):
@@ -817,11 +884,11 @@ def package_tasks(project: Project) -> Iterator[dict]:
                           ("calib.json", calib_outputs(project, r, v)["report"]),
                           *((name, out / name) for name in _keep_fp32_cache(job))]
             if r.verify:
-                files.append(("check.json", out / "check.json"))
-            record = _release_record(project, r, v)
+                files.append(("check.json", variant_dir(project, r, v) / "check.json"))
+            record = project.artifacts / "release" / f"{name}.release.json"
             batch_axis = 0 in r.input.dynamic_axes
             pjob = package.PackageJob(
-                task=f"package:{name}", recipe=r.name, variant=v.name, files=tuple(files),
+                task=f"package:{name}", recipe=r.name, variant=f"{v.name}{suffix}", files=tuple(files),
                 summary=out / engine.SUMMARY, script=out / engine.SCRIPT,
                 export_metadata=recipe_dir(project, r) / "export.json",
                 resolved_recipe=_portable_recipe(r), max_batch=_max_batch(job) if batch_axis else 0,

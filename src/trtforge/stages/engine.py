@@ -244,10 +244,11 @@ class SharedTimingCache:
     and is never seen half-written.
     """
 
-    def __init__(self, job: EngineJob) -> None:
+    def __init__(self, job: EngineJob, path: Path | None = None) -> None:
+        """`path`: the cache of another (GPU, TensorRT) than this host's (a fleet class's, fleet.py)."""
         from ..gpu import gpu_name, gpu_slug
 
-        self.path = job.timing_cache_dir / f"{gpu_slug(gpu_name())}-trt{job.version}.cache"
+        self.path = path or job.timing_cache_dir / f"{gpu_slug(gpu_name())}-trt{job.version}.cache"
         self.record = self.path.with_name(self.path.name + ".sha256")
         self.task = job.task
         self.lock = None  # held while usable; None when the cache folder cannot be used

@@ -82,7 +82,8 @@ def make_package(job: PackageJob) -> None:
     members["reproduce.sh"] = _reproduce_script(job.script.read_text())
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
-        members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_"), members["model.onnx"],
+        members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_").replace("@", "_"),
+                                         members["model.onnx"],
                                          members[ENGINE], job.max_batch, job.triton, job.io, metadata))
     if job.ultralytics_engine:
         members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members[ENGINE], metadata,

@@ -1,0 +1,357 @@
+"""fleet: engines built on machines of their GPU class, through Ray (issue 16).
+
+An engine runs only on the GPU model and TensorRT it was built with, so a recipe's
+`targets:` names classes of build machines. Each class is a Ray custom resource that its
+machines advertise, one unit per GPU (`ray start --resources '{"trt:sm_86-trt10": 1}'`), so
+a machine runs one build per GPU at a time and Ray, not trtforge, places the work.
+
+`engine:R-V@T` is one doit task; its action submits one Ray task pinned by T's resource
+and waits for it (several at once with `doit -n N -P thread`). The Ray task runs the very
+engine stage a local build runs (stages/engine.py `build_engine`), in a scratch folder laid
+out like the project, with that machine's own trtexec, whose version must be of the class's
+generation. The inputs travel by content: each file is put into Ray's object store once per
+sha256 per driver process. What comes back is every output with its sha256, checked again
+here and published as a local build publishes (atomically, engine last); the engine's
+identity is what the remote build's own log says, recorded in summary.json.
+
+The class's timing cache lives here (artifacts/cache/timing/fleet/), verified as a local
+one is (SharedTimingCache) and held under its lock while a build of that class runs: builds
+of one class take turns, each returning the cache trtexec updated, so none loses another's
+entries; other classes build meanwhile. Without `build.timing_cache` they all run at once.
+
+Failure is one line naming the task: a class no live node advertises (checked before
+submitting: Ray would wait forever), a machine whose trtexec is of another generation, a
+build over `build.timeout` (cancelled), a machine lost twice (Ray retries once on another
+machine of the class), Ctrl-C or SIGTERM (the remote build is cancelled, trtexec stopped).
+
+Ray is imported only here, only inside an engine task of a recipe with targets: never when
+dodo.py loads, and never in a process that doit then forks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import atomic_output, remove_path
+from .errors import StageError, ToolError, require
+from .recipe import PassSpec
+from .stages.engine import ENGINE, LOG, SCRIPT, SUMMARY, EngineJob, SharedTimingCache, build_engine
+
+ADDRESS_ENV = "TRTFORGE_RAY_ADDRESS"  # where the cluster's head is; default: the one `ray start` left here
+OUTPUTS = (ENGINE, LOG, SUMMARY, SCRIPT, "calib.keep-fp32.cache")
+TRANSFER_GRACE_S = 300  # beyond build.timeout: shipping inputs and outputs, starting a worker
+CANCEL_GRACE_S = 10  # a cancelled build gets this long to stop its trtexec before its worker is killed
+
+
+@dataclass(frozen=True)
+class FleetJob:
+    """One engine of a target class. `engine` is the job as planned here: paths under `root`,
+    rendered for the class's declared generation (the machine renders again for its own)."""
+
+    engine: EngineJob
+    target: str
+    resource: str
+    generation: str
+    root: Path
+    passes: tuple[PassSpec, ...] = ()
+
+
+class FleetError(StageError):
+    """A fleet build that cannot start or did not finish: one line."""
+
+
+def build_on_target(job: FleetJob) -> None:
+    """Build the engine on a machine of the job's class and publish what it returns."""
+    ray = connect()
+    task = job.engine.task
+    _require_class(ray, job, task)
+    inputs = {_relative(job, path): _shipped(ray, path) for path in _input_files(job.engine)}
+    if not job.engine.build.timing_cache:
+        result = _run_remote(ray, job, inputs, None)
+    else:
+        cache_path = job.engine.timing_cache_dir / f"{_slug(job.resource)}.cache"
+        with SharedTimingCache(job.engine, path=cache_path) as cache:  # the class's builds take turns
+            result = _run_remote(ray, job, inputs, _verified_bytes(cache))
+            if result.get("timing_cache"):
+                with tempfile.TemporaryDirectory() as scratch:
+                    updated = Path(scratch) / "timing.cache"
+                    updated.write_bytes(result["timing_cache"])
+                    cache.update_from(updated)
+    _publish(job, result["files"], result["sha256"], result["node"])
+
+
+def _run_remote(ray, job: FleetJob, inputs: dict, timing: bytes | None) -> dict:
+    """Submit the build to a machine of the job's class (Ray retries once elsewhere if the
+    machine is lost) and wait for what it returns."""
+    remote = ray.remote(_build_here).options(resources={job.resource: 1}, num_cpus=0, max_retries=1,
+                                             retry_exceptions=False, name=job.engine.task)
+    return _wait(ray, remote.remote(_payload(job, timing), inputs), job)
+
+
+# ----------------------------------------------------------------------------- the driver side
+
+_CONNECT_LOCK = threading.Lock()
+
+
+def connect():  # -> the ray module, connected
+    """Ray, connected to the cluster at $TRTFORGE_RAY_ADDRESS (else the one started on this
+    machine), once per process; never a cluster started implicitly."""
+    ray = require("ray", "fleet")
+    with _CONNECT_LOCK:
+        if ray.is_initialized():
+            return ray
+        address = os.environ.get(ADDRESS_ENV, "auto")
+        handlers = _signal_handlers()
+        logging.getLogger("ray").setLevel(logging.ERROR)  # its warnings are about its own setup; failures are ours to say
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ToolError(f"no Ray cluster at {address}: {str(exc).splitlines()[0]}; start one with "
+                            f"`trtforge fleet up`, or set {ADDRESS_ENV} to its head (host:port)") from None
+        finally:
+            _restore_signal_handlers(handlers)  # trtforge's own: Ctrl-C and SIGTERM stop doit cleanly
+    return ray
+
+
+def _signal_handlers() -> dict:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def live_classes(ray) -> dict[str, float]:
+    """{resource: total units} over the cluster's live nodes."""
+    totals: dict[str, float] = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for name, amount in node.get("Resources", {}).items():
+                totals[name] = totals.get(name, 0) + amount
+    return totals
+
+
+def _require_class(ray, job: FleetJob, task: str) -> None:
+    if live_classes(ray).get(job.resource, 0) < 1:
+        known = sorted(name for name in live_classes(ray) if ":" in name)
+        raise FleetError(f"{task}: no live machine of the fleet advertises {job.resource} (targets.{job.target}); "
+                         f"it has {', '.join(known) or 'no trt: classes'}: start one with "
+                         f"`ray start --address=<head> --resources '{{\"{job.resource}\": 1}}'`")
+
+
+_SHIPPED: dict[str, object] = {}  # sha256 -> ObjectRef: each content goes into the object store once
+
+
+def _shipped(ray, path: Path):
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _SHIPPED:
+        _SHIPPED[digest] = ray.put(data)
+    return _SHIPPED[digest]
+
+
+def _input_files(job: EngineJob) -> list[Path]:
+    return [job.onnx, *job.plugin_files, *([job.calibration_cache] if job.calibration_cache else [])]
+
+
+def _relative(job: FleetJob, path: Path) -> str:
+    """The input's place in the scratch project on the build machine: where it is here, for a
+    file in the project; under inputs/ for one from elsewhere (an absolute plugin path)."""
+    try:
+        return path.resolve().relative_to(job.root.resolve()).as_posix()
+    except ValueError:
+        return f"inputs/{hashlib.sha256(str(path).encode()).hexdigest()[:12]}/{path.name}"
+
+
+def _payload(job: FleetJob, timing: bytes | None) -> dict:
+    engine = job.engine
+    return {"task": engine.task, "generation": job.generation, "resource": job.resource, "precision": engine.precision,
+            "build": engine.build, "passes": job.passes, "onnx": _relative(job, engine.onnx),
+            "plugins": [_relative(job, p) for p in engine.plugin_files],
+            "calibration_cache": _relative(job, engine.calibration_cache) if engine.calibration_cache else None,
+            "out_dir": _relative(job, engine.out_dir), "timing_cache": timing}
+
+
+def _verified_bytes(cache: SharedTimingCache) -> bytes | None:
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "timing.cache"
+        cache.copy_to(copy)
+        return copy.read_bytes() if copy.is_file() else None
+
+
+def _wait(ray, ref, job: FleetJob) -> dict:
+    """The remote build's result; cancelled on timeout, Ctrl-C or SIGTERM, one line on failure."""
+    task, timeout = job.engine.task, job.engine.build.timeout_s
+    deadline = time.monotonic() + timeout + TRANSFER_GRACE_S
+    try:
+        while not ray.wait([ref], timeout=0.5)[0]:
+            if time.monotonic() > deadline:
+                _cancel(ray, ref)
+                raise FleetError(f"{task}: no result from the {job.resource} machine within build.timeout "
+                                 f"({timeout} s) and {TRANSFER_GRACE_S} s for transfers; the build was cancelled")
+        return ray.get(ref)
+    except (KeyboardInterrupt, SystemExit):
+        _cancel(ray, ref)
+        raise
+    except Exception as exc:  # noqa: BLE001 - every Ray failure becomes the task's one line
+        raise FleetError(_failure_line(ray, exc, job)) from None
+
+
+def _cancel(ray, ref) -> None:
+    """Ask the build to stop (its trtexec is ended as on a local Ctrl-C), then end its worker."""
+    with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
+        ray.cancel(ref)
+        if not ray.wait([ref], timeout=CANCEL_GRACE_S)[0]:
+            ray.cancel(ref, force=True)
+
+
+def _failure_line(ray, exc: Exception, job: FleetJob) -> str:
+    task = job.engine.task
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception) and isinstance(cause, (StageError, ToolError)):
+        return f"{task} on {job.resource}: {cause}"
+    lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
+    if isinstance(exc, lost):
+        return (f"{task}: the {job.resource} machine building it was lost, and so was the retry on another "
+                f"machine of the class ({type(exc).__name__}); nothing was published: rerun")
+    if isinstance(exc, ray.exceptions.TaskCancelledError):
+        return f"{task}: the build on {job.resource} was cancelled; nothing was published"
+    first = str(cause or exc).strip().splitlines()
+    return f"{task} on {job.resource}: {type(cause or exc).__name__}: {first[-1] if first else ''}"
+
+
+def _publish(job: FleetJob, files: dict[str, bytes], sha256: dict[str, str], node: str) -> None:
+    """Check what came back against the sha256 the machine sent, then publish like a local
+    build: everything but the engine first, the engine last, each atomically."""
+    out = job.engine.out_dir
+    for name, data in files.items():
+        if hashlib.sha256(data).hexdigest() != sha256.get(name):
+            raise FleetError(f"{job.engine.task}: {name} from {node} does not match the sha256 it was sent with; "
+                             "nothing was published: rerun")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        if name != ENGINE and name not in files:
+            remove_path(out / name)  # a file an earlier build of another kind left
+    for name in sorted(files, key=lambda n: n == ENGINE):
+        with atomic_output(out / name) as temp:
+            temp.write_bytes(files[name])
+    from .console import info
+
+    info(f"{job.engine.task}: built on {node} ({job.resource})")
+
+
+def _slug(resource: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in resource)
+
+
+# ----------------------------------------------------------------------------- fleet up / status / down
+
+def start_node(classes: dict[str, int], address: str | None, port: int, node_ip: str) -> list[str]:
+    """`ray start` for this machine: a head (address None) or a build machine joining `address`,
+    advertising `classes` ({resource: GPUs}). Returns the command run; raises ToolError on failure."""
+    import subprocess
+
+    command = [_ray_command(), "start", f"--node-ip-address={node_ip}", "--disable-usage-stats"]
+    command += ["--head", f"--port={port}", "--include-dashboard=false"] if address is None else [f"--address={address}"]
+    if classes:
+        command.append("--resources=" + json.dumps(classes, sort_keys=True))
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        raise ToolError(f"`ray start` failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
+    return command
+
+
+def status_rows(ray) -> list[dict]:
+    """One row per live node: its address and the build classes it advertises, with units in use."""
+    available = ray.available_resources()
+    totals = live_classes(ray)
+    rows = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        classes = {name: int(amount) for name, amount in node.get("Resources", {}).items() if name.startswith("trt:")}
+        rows.append({"address": node.get("NodeManagerAddress"), "classes": classes})
+    for row in rows:
+        row["busy"] = {name: int(totals[name] - available.get(name, 0)) for name in row["classes"]}
+    return rows
+
+
+def stop_nodes() -> None:
+    """`ray stop`: ends every Ray process of this user on this machine (Ray has no narrower stop)."""
+    import subprocess
+
+    subprocess.run([_ray_command(), "stop"], capture_output=True, text=True, check=False)
+
+
+def _ray_command() -> str:
+    """The `ray` command installed beside this Python (the fleet extra), else the one on PATH."""
+    import shutil
+    import sys
+
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        require("ray", "fleet")  # says which extra to install
+        raise ToolError("the `ray` command is not on PATH beside this Python; reinstall trtforge[fleet]")
+    return ray_cli
+
+
+# ----------------------------------------------------------------------------- the machine side
+
+def _build_here(payload: dict, inputs: dict) -> dict:
+    """Runs on a build machine: the engine stage in a scratch project laid out like the
+    driver's, with this machine's trtexec; returns every output with its sha256."""
+    import ray
+
+    from .render import check_intent
+    from .trtexec import locate_trtexec, not_found_message, probe_version
+
+    with tempfile.TemporaryDirectory(prefix="trtforge-fleet-") as scratch:
+        root = Path(scratch)
+        for relative, ref in inputs.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(ray.get(ref))
+        node = ray.util.get_node_ip_address()
+        trtexec = locate_trtexec()
+        if trtexec is None:
+            raise ToolError(f"machine {node}: {not_found_message()}")
+        version = probe_version(trtexec, root / "probe.json")
+        if version.generation != payload["generation"]:
+            raise ToolError(f"machine {node} advertises {payload['resource']} but its trtexec is TensorRT {version} "
+                            f"(grammar {version.generation}, not {payload['generation']}): fix its resources or "
+                            "its TRTEXEC")
+        mode = check_intent(payload["precision"], payload["build"], version, payload["passes"])
+        job = EngineJob(task=payload["task"], trtexec=trtexec, version=version, onnx=root / payload["onnx"],
+                        precision=payload["precision"], mode=mode, build=payload["build"],
+                        plugin_files=tuple(root / p for p in payload["plugins"]),
+                        calibration_cache=root / payload["calibration_cache"] if payload["calibration_cache"] else None,
+                        out_dir=root / payload["out_dir"], timing_cache_dir=root / "timing")
+        cache = SharedTimingCache(job).path
+        if payload["timing_cache"] and job.build.timing_cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(payload["timing_cache"])
+            cache.with_name(cache.name + ".sha256").write_text(
+                f"{hashlib.sha256(payload['timing_cache']).hexdigest()}  {cache.name}\n")
+        build_engine(job, not_found_message())
+        files = {name: (job.out_dir / name).read_bytes() for name in OUTPUTS if (job.out_dir / name).is_file()}
+        return {"files": files, "sha256": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
+                "timing_cache": cache.read_bytes() if cache.is_file() else None, "node": node}
+

@@ -1,0 +1,290 @@
+"""Fleet builds on Ray (fleet.py), CPU only: a real local Ray cluster of a head and two build
+machines, each advertising one fake GPU class and running the trtexec double of a different
+TensorRT generation with a different fake GPU, so an engine built on the wrong class cannot
+pass. Every node is bound to 127.0.0.1, usage statistics and token authentication are off,
+and the cluster has its own Ray temp folder. The models are tiny ONNX files (1x3x32x32): the
+dispatch is under test, not the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import executed, make_project, run_doit
+from doubles.trtexec import decode_timing_cache, make_wrapper, read_engine, running_through
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("ray")
+
+TEN, EIGHT = "trt:fake_t4-trt10", "trt:fake_a10-trt8.6"
+GPUS = {TEN: ("NVIDIA T4", "7.5"), EIGHT: ("NVIDIA A10", "8.6")}
+QUIET = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_process_group_cleanup_enabled": "1",
+         "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+
+
+def _loopback_namespace() -> subprocess.Popen:
+    """A process holding a network namespace of our own with only loopback, up. Ray resolves
+    127.0.0.1 to the machine's routable address when it can; in here it cannot, so every node
+    and driver is on loopback and nothing of the cluster is reachable from outside."""
+    command = ["unshare", "--net", *([] if os.geteuid() == 0 else ["--map-root-user"]), "sleep", "infinity"]
+    holder = subprocess.Popen(command)
+    time.sleep(0.3)
+    subprocess.run([*_inside(holder), "ip", "link", "set", "lo", "up"], check=True)
+    return holder
+
+
+def _inside(holder: subprocess.Popen) -> list[str]:
+    return ["nsenter", f"--target={holder.pid}", "--net", *([] if os.geteuid() == 0 else ["--user",
+                                                                                        "--preserve-credentials"])]
+
+
+def _controlled_wrapper(folder: Path, version: str) -> Path:
+    """The double's wrapper, whose builds take as many seconds as `folder/slow` says (if it exists)."""
+    wrapper = make_wrapper(folder, version)
+    slow = folder / "slow"
+    wrapper.write_text(wrapper.read_text().replace(
+        "unset TRTEXEC_DOUBLE_BUILD_SECONDS",
+        f'if [ -f {slow} ]; then export TRTEXEC_DOUBLE_BUILD_SECONDS="$(cat {slow})"; '
+        "else unset TRTEXEC_DOUBLE_BUILD_SECONDS; fi"))
+    return wrapper
+
+
+def _live_nodes(cluster: dict) -> list[dict]:
+    probe = (f"import json, ray; ray.init(address={cluster['address']!r}, log_to_driver=False); "
+             "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))")
+    result = subprocess.run([*cluster["inside"], sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **QUIET}, check=False)
+    return json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else []
+
+
+def _wait_for(cluster: dict, nodes: list, resource: str | None, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not any(resource is None or resource in n["Resources"] for n in _live_nodes(cluster)):
+        assert time.monotonic() < deadline and nodes[-1].poll() is None, log.read_text()[-3000:]
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """{address, inside, wrappers: {resource: trtexec wrapper}}: a head (no build class) and two
+    build machines, in a network namespace of their own."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env, logs = {**os.environ, **QUIET}, tmp_path_factory.mktemp("ray-logs")
+    holder = _loopback_namespace()
+    cluster = {"address": "127.0.0.1:6379", "inside": _inside(holder), "wrappers": {}}
+    common = ["--num-cpus=1", "--object-store-memory=100000000", "--block"]
+    nodes = []
+    try:
+        nodes.append(subprocess.Popen([*cluster["inside"], ray_cli, "start", "--head", "--port=6379",
+                                       "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+                                       *common], env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT))
+        _wait_for(cluster, nodes, None, logs / "head.log")
+        for resource, version in ((TEN, "10.8"), (EIGHT, "8.6")):
+            wrapper = cluster["wrappers"][resource] = _controlled_wrapper(tmp_path_factory.mktemp("bin"), version)
+            name, cc = GPUS[resource]
+            nodes.append(subprocess.Popen(
+                [*cluster["inside"], ray_cli, "start", f"--address={cluster['address']}",
+                 f"--resources={json.dumps({resource: 1})}", "--include-log-monitor=false", "--min-worker-port=0",
+                 "--max-worker-port=0", "--dashboard-agent-listen-port=0", *common],
+                env={**env, "TRTEXEC": str(wrapper), "DOUBLE_GPU": f"{name}, {cc}"},
+                stdout=open(logs / f"{version}.log", "w"), stderr=subprocess.STDOUT))
+            _wait_for(cluster, nodes, resource, logs / f"{version}.log")
+        assert {n["NodeManagerAddress"] for n in _live_nodes(cluster)} == {"127.0.0.1"}  # loopback only
+        yield cluster
+    finally:
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        holder.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def tiny_onnx(path: Path, seed: int) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(seed).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="/conv", pads=[1] * 4),
+                               helper.make_node("Relu", ["c"], ["y"], name="/relu")], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 32, 32])], [weight])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def recipe(model: str, targets: dict) -> str:
+    lines = "\n".join(f"  {name}: {{resource: '{resource}', tensorrt: '{trt}'}}"
+                      for name, (resource, trt) in targets.items())
+    return f"""\
+model: {{source: onnx, path: models/{model}.onnx}}
+input: {{name: x, shape: [1, 3, 32, 32], dynamic_axes: [0]}}
+surgery: []
+build:
+  profiles:
+    - x: {{min: [1, 3, 32, 32], opt: [1, 3, 32, 32], max: [2, 3, 32, 32]}}
+  workspace: 256MiB
+variants:
+  fp32: {{precision: fp32}}
+  fp16: {{precision: fp16}}
+targets:
+{lines}
+"""
+
+
+CLASSES = {"t4": (TEN, "10"), "a10": (EIGHT, "8.6")}
+
+
+@pytest.fixture(scope="module")
+def fleet_project(tmp_path_factory) -> Path:
+    """Two recipes (two models) whose engines go to both classes."""
+    root = tmp_path_factory.mktemp("fleet") / "proj"
+    project = make_project(root, {"alpha": recipe("alpha", CLASSES), "beta": recipe("beta", CLASSES)})
+    tiny_onnx(project / "models" / "alpha.onnx", 1)
+    tiny_onnx(project / "models" / "beta.onnx", 2)
+    return project
+
+
+def fleet_env(cluster) -> dict:
+    return {**QUIET, "TRTFORGE_RAY_ADDRESS": cluster["address"], "TRTEXEC": "/nonexistent/trtexec"}
+
+
+def doit_inside(cluster: dict, project: Path, *args: str) -> subprocess.CompletedProcess:
+    """doit as the fleet's driver: in the cluster's network namespace, where its head is."""
+    from conftest import doit_env
+
+    return subprocess.run([*cluster["inside"], sys.executable, "-m", "doit", *args], cwd=project,
+                          env=doit_env(fleet_env(cluster)), capture_output=True, text=True, timeout=600)
+
+
+def test_every_engine_is_built_by_its_class_and_a_rerun_does_nothing(cluster, fleet_project):
+    builds = [f"build:{r}-{v}" for r in ("alpha", "beta") for v in ("fp32", "fp16")]
+    result = doit_inside(cluster, fleet_project, "-n", "4", "-P", "thread", *builds)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for r in ("alpha", "beta"):
+        for v in ("fp32", "fp16"):
+            for target, (resource, generation) in CLASSES.items():
+                out = fleet_project / "artifacts" / r / v / "targets" / target
+                engine = read_engine(out / "engine.plan")
+                assert engine["trt_version"].startswith("10.8" if generation == "10" else "8.6"), (r, v, target)
+                assert engine["device"]["name"] == GPUS[resource][0]  # the class's machine built it
+                summary = json.loads((out / "summary.json").read_text())
+                assert summary["tensorrt"] == engine["trt_version"]
+                workspace = "--memPoolSize=workspace:256M" if generation == "10" else "--memPoolSize=workspace:256"
+                assert workspace in summary["argv"] and ("--fp16" in summary["argv"]) == (v == "fp16")
+                assert "/tmp/" not in (out / "trtexec.sh").read_text()  # nothing of the machine's scratch folder
+    for resource, version in ((TEN, "10.8"), (EIGHT, "8.6")):
+        slug = resource.replace(":", "_")
+        cache = decode_timing_cache((fleet_project / "artifacts/cache/timing/fleet" / f"{slug}.cache").read_bytes())
+        assert len(cache) == 4 and {e["trt_version"][:len(version)] for e in cache.values()} == {version}
+        assert {e["device"] for e in cache.values()} == {GPUS[resource][0]}  # only its class's entries
+
+    again = doit_inside(cluster, fleet_project, "-n", "4", "-P", "thread", *builds)
+    assert again.returncode == 0 and executed(again) == [], again.stdout
+
+    package = doit_inside(cluster, fleet_project, "package:alpha-fp16@t4")
+    assert package.returncode == 0, package.stdout + package.stderr
+    (archive,) = (fleet_project / "artifacts" / "release").glob("alpha-fp16@t4-trt10.8.0-sm75-*.tar.gz")
+    assert json.loads((fleet_project / "artifacts/release/alpha-fp16@t4.release.json").read_text())["archive"] == \
+        archive.name
+
+
+def test_loading_dodo_of_a_fleet_recipe_imports_no_ray(fleet_project, tmp_path):
+    trap = tmp_path / "trap" / "ray"
+    trap.mkdir(parents=True)
+    (trap / "__init__.py").write_text("raise ImportError('ray was imported while loading dodo.py')\n")
+    result = run_doit(fleet_project, "list", "--all", env={"PYTHONPATH": str(tmp_path / "trap")})
+    assert result.returncode == 0, result.stderr
+    assert "engine:alpha-fp16@t4" in result.stdout and "engine:alpha-fp16@a10" in result.stdout
+
+
+def test_a_class_nobody_advertises_fails_in_seconds_and_a_wrong_machine_in_one_line(cluster, tmp_path):
+    project = make_project(tmp_path / "proj", {"gamma": recipe("gamma", {
+        "t4": (TEN, "10"), "ghost": ("trt:nowhere", "10"), "mislabelled": (EIGHT, "10")})})
+    tiny_onnx(project / "models" / "gamma.onnx", 3)
+    started = time.monotonic()
+    ghost = doit_inside(cluster, project, "engine:gamma-fp32@ghost")
+    assert time.monotonic() - started < 30  # doit, export and lint included; Ray itself answers at once
+    assert ghost.returncode == 1
+    assert ("engine:gamma-fp32@ghost: no live machine of the fleet advertises trt:nowhere (targets.ghost)"
+            in ghost.stdout + ghost.stderr)
+
+    result = doit_inside(cluster, project, "-c", "build:gamma-fp32")  # --continue: the other class still builds
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (f"engine:gamma-fp32@mislabelled on {EIGHT}: machine 127.0.0.1 advertises {EIGHT} but its trtexec is "
+            "TensorRT 8.6.1 (grammar 8.6, not 10)") in text
+    assert "Traceback" not in text
+    assert read_engine(project / "artifacts/gamma/fp32/targets/t4/engine.plan")["trt_version"].startswith("10.8")
+    assert not (project / "artifacts/gamma/fp32/targets/mislabelled/engine.plan").exists()
+
+
+def _doit_in_background(cluster: dict, project: Path, *args: str) -> subprocess.Popen:
+    from conftest import doit_env
+
+    return subprocess.Popen([*cluster["inside"], sys.executable, "-m", "doit", *args], cwd=project,
+                            env=doit_env(fleet_env(cluster)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_build(wrapper: Path, doit: subprocess.Popen, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while not running_through(wrapper):
+        assert doit.poll() is None and time.monotonic() < deadline, doit.communicate()
+        time.sleep(0.2)
+    return running_through(wrapper)[0]
+
+
+def test_a_machine_worker_killed_mid_build_is_retried(cluster, tmp_path):
+    project = make_project(tmp_path / "proj", {"delta": recipe("delta", {"t4": (TEN, "10")})})
+    tiny_onnx(project / "models" / "delta.onnx", 4)
+    wrapper = cluster["wrappers"][TEN]
+    slow = wrapper.parent / "slow"
+    slow.write_text("30")
+    try:
+        doit = _doit_in_background(cluster, project, "build:delta-fp32")
+        double = _wait_for_build(wrapper, doit)
+        slow.unlink()  # the retry builds at once
+        worker = int(Path(f"/proc/{double}/stat").read_text().split(")")[1].split()[1])  # its parent: Ray's worker
+        os.kill(worker, signal.SIGKILL)
+        out, err = doit.communicate(timeout=120)
+    finally:
+        slow.unlink(missing_ok=True)
+    assert doit.returncode == 0, out[-2000:] + err[-2000:]
+    assert read_engine(project / "artifacts/delta/fp32/targets/t4/engine.plan")["device"]["name"] == "NVIDIA T4"
+    assert not running_through(wrapper)
+
+
+def test_ctrl_c_during_a_remote_build_cancels_it_and_publishes_nothing(cluster, tmp_path):
+    project = make_project(tmp_path / "proj", {"eps": recipe("eps", {"a10": (EIGHT, "8.6")})})
+    tiny_onnx(project / "models" / "eps.onnx", 5)
+    wrapper = cluster["wrappers"][EIGHT]
+    (wrapper.parent / "slow").write_text("60")
+    try:
+        doit = _doit_in_background(cluster, project, "build:eps-fp16")
+        _wait_for_build(wrapper, doit)
+        doit.send_signal(signal.SIGINT)
+        doit.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while running_through(wrapper) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        (wrapper.parent / "slow").unlink(missing_ok=True)
+    assert doit.returncode != 0
+    assert not running_through(wrapper), "the remote trtexec is still running"
+    out = project / "artifacts/eps/fp16/targets/a10"
+    assert not (out / "engine.plan").exists() and not (out / "summary.json").exists()

@@ -288,3 +288,53 @@ def test_ctrl_c_during_a_remote_build_cancels_it_and_publishes_nothing(cluster, 
     assert not running_through(wrapper), "the remote trtexec is still running"
     out = project / "artifacts/eps/fp16/targets/a10"
     assert not (out / "engine.plan").exists() and not (out / "summary.json").exists()
+
+
+def test_a_build_over_its_timeout_is_stopped_and_its_log_comes_back(cluster, tmp_path):
+    text = recipe("zeta", {"t4": (TEN, "10")}).replace("tensorrt: '10'}", "tensorrt: '10', build: {timeout: 2s}}")
+    project = make_project(tmp_path / "proj", {"zeta": text})
+    tiny_onnx(project / "models" / "zeta.onnx", 6)
+    wrapper = cluster["wrappers"][TEN]
+    (wrapper.parent / "slow").write_text("30")
+    try:
+        result = doit_inside(cluster, project, "build:zeta-fp32")
+    finally:
+        (wrapper.parent / "slow").unlink(missing_ok=True)
+    out = project / "artifacts/zeta/fp32/targets/t4"
+    assert result.returncode == 1
+    assert (f"engine:zeta-fp32@t4: trtexec was stopped after 2 s (build.timeout); raise build.timeout or see "
+            f"artifacts/zeta/fp32/targets/t4/trtexec.failed.log (on 127.0.0.1, {TEN})") in result.stdout + result.stderr
+    assert "&&&& RUNNING TensorRT.trtexec" in (out / "trtexec.failed.log").read_text()
+    assert not (out / "engine.plan").exists() and not running_through(wrapper)
+
+
+def test_fleet_commands_and_doctor_see_the_classes_and_stop_only_their_own_node(cluster, fleet_project, tmp_path):
+    cli = [*cluster["inside"], str(Path(sys.executable).parent / "trtforge")]
+    env = {**os.environ, **fleet_env(cluster), "TRTFORGE_FLEET_STATE": str(tmp_path / "state")}
+
+    def trtforge(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+    up = trtforge("fleet", "up", "--join", cluster["address"], "--class", "trt:extra=2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert up.stdout.startswith(f"fleet: joined {cluster['address']} (pid ") and "trt:extra=2" in up.stdout
+        status = trtforge("fleet", "status")
+        assert status.returncode == 0, status.stderr
+        assert "trt:extra (0 of 2 building)" in status.stdout and f"{TEN} (0 of 1 building)" in status.stdout
+
+        doctor = trtforge("doctor", "--project", str(fleet_project))
+        assert "every target class has a live machine" in doctor.stdout, doctor.stdout
+        ghost = make_project(tmp_path / "ghost", {"ghost": recipe("ghost", {"g": ("trt:nowhere", "10")})})
+        tiny_onnx(ghost / "models" / "ghost.onnx", 7)
+        refused = trtforge("doctor", "--project", str(ghost))
+        assert refused.returncode == 1
+        assert "no live machine advertises trt:nowhere (ghost: targets.g)" in refused.stdout, refused.stdout
+    finally:
+        down = trtforge("fleet", "down")
+    assert down.returncode == 0 and down.stdout.startswith("fleet: stopped 1 node(s) started here"), down.stdout
+    deadline = time.monotonic() + 60
+    while any("trt:extra" in n["Resources"] for n in _live_nodes(cluster)):
+        assert time.monotonic() < deadline, "the node fleet up started is still alive"
+        time.sleep(2)
+    assert {TEN, EIGHT} <= {r for n in _live_nodes(cluster) for r in n["Resources"]}  # the others run on

@@ -165,23 +165,25 @@ def fleet() -> None:
 @click.option("--class", "classes", multiple=True, metavar="RESOURCE[=GPUS]",
               help="A build class this machine advertises, e.g. trt:sm_86-trt10 (one unit per GPU; default 1).")
 @click.option("--port", default=6379, show_default=True, help="The head's port.")
-@click.option("--node-ip", default="127.0.0.1", show_default=True,
-              help="The address other machines reach this one at (127.0.0.1 keeps the cluster on this machine).")
-def up(address: str | None, classes: tuple[str, ...], port: int, node_ip: str) -> None:
+@click.option("--node-ip", default=None, help="The address other machines reach this one at (default: Ray's pick).")
+def up(address: str | None, classes: tuple[str, ...], port: int, node_ip: str | None) -> None:
+    """Start a Ray node in the background; `trtforge fleet down` stops it. The machine's TRTEXEC
+    (else PATH, else /usr/src/tensorrt/bin/trtexec) is the trtexec its builds use."""
     from .fleet import start_node
 
     advertised = {}
     for item in classes:
         name, _, units = item.partition("=")
-        if not units.strip().isdigit() and units:
-            raise TrtforgeError(f"--class {item}: the units after '=' are a whole number of GPUs")
+        if units and not units.strip().isdigit():
+            raise TrtforgeError(f"--class {item}: the number after '=' is a whole number of GPUs")
         advertised[name] = int(units or 1)
-    start_node(advertised, address, port, node_ip)
-    head = address or f"{node_ip}:{port}"
-    click.echo(f"fleet: {'joined' if address else 'started a head at'} {head}"
-               + (f", advertising {', '.join(f'{k}={v}' for k, v in advertised.items())}" if advertised else ""))
-    click.echo(f"  builds: TRTFORGE_RAY_ADDRESS={head} doit -n 4 -P thread build:<recipe>-<variant>")
-    click.echo(f"  another machine: TRTEXEC=/path/to/trtexec trtforge fleet up --join {head} --class <resource>")
+    record = start_node(advertised, address, port, node_ip)
+    head = record["head"]
+    click.echo(f"fleet: {'joined ' + head if address else 'started a head at ' + head} (pid {record['pid']}, "
+               f"log {record['log']})" + (f", advertising {', '.join(f'{k}={v}' for k, v in advertised.items())}"
+                                          if advertised else ""))
+    click.echo("  builds: TRTFORGE_RAY_ADDRESS=<head> doit -n 4 -P thread build:<recipe>-<variant>")
+    click.echo("  another machine: TRTEXEC=/path/to/trtexec trtforge fleet up --join <head> --class <resource>")
 
 
 @fleet.command(short_help="List the fleet's machines, their classes and builds running.")
@@ -193,12 +195,14 @@ def status() -> None:
         click.echo(f"{row['address']:<16} {classes or 'no build class (head or CPU-only machine)'}")
 
 
-@fleet.command(short_help="Stop every Ray process of yours on this machine.")
+@fleet.command(short_help="Stop the Ray nodes `fleet up` started on this machine.")
 def down() -> None:
     from .fleet import stop_nodes
 
-    stop_nodes()
-    click.echo("fleet: stopped the Ray processes on this machine")
+    stopped = stop_nodes()
+    click.echo(f"fleet: stopped {len(stopped)} node(s) started here" if stopped else
+               "fleet: no node started by `trtforge fleet up` is running here (`ray stop` ends every Ray process "
+               "of yours)")
 
 
 def _print_plan(loaded, recipe, steps, commands, verdicts) -> None:

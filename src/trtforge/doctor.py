@@ -160,7 +160,10 @@ def check_variants(project) -> Finding | None:
 
     if project is None or project.trtexec is None:
         return None
-    verdicts = {f"{r.name}-{v.name}": engine_plan(project, r, v)[1] for r in project.recipes for v in r.variants}
+    verdicts = {f"{r.name}-{v.name}": engine_plan(project, r, v)[1]
+                for r in project.recipes if not r.targets for v in r.variants}  # targets: check_fleet's
+    if not verdicts:
+        return None
     refused = {name: why for name, why in verdicts.items() if why}
     version = project.trtexec.version
     if not refused:
@@ -171,6 +174,32 @@ def check_variants(project) -> Finding | None:
                    + " | ".join(f"{name}: {why}" for name, why in refused.items()),
                    "change those variants' settings, or build them where a newer TensorRT is "
                    "(doit kit:<recipe>-<variant>)")
+
+
+def check_fleet(project) -> Finding | None:
+    """Whether the Ray fleet has a live machine of every class the recipes' targets name; None
+    when no recipe has targets (Ray is then never imported)."""
+    from .errors import MissingDependencyError, ToolError
+
+    targets = {t.resource: f"{r.name}: targets.{t.name}" for r in (project.recipes if project else ())
+               for t in r.targets}
+    if not targets:
+        return None
+    try:
+        from .fleet import connect, live_classes
+
+        classes = live_classes(connect())
+    except (MissingDependencyError, ToolError) as exc:
+        return Finding("fleet", "problem", str(exc), "start the fleet (docs/fleet.md), or build those recipes' "
+                                                     "kits instead")
+    missing = {resource: where for resource, where in targets.items() if classes.get(resource, 0) < 1}
+    present = ", ".join(f"{resource} ({int(classes[resource])} GPU(s))" for resource in targets
+                        if resource not in missing)
+    if not missing:
+        return Finding("fleet", "ok", f"every target class has a live machine: {present}")
+    return Finding("fleet", "problem", f"no live machine advertises {', '.join(f'{r} ({w})' for r, w in missing.items())}"
+                   + (f"; present: {present}" if present else ""),
+                   "start a machine of each class (trtforge fleet up --join <head> --class <resource>)")
 
 
 def diagnose(root: Path) -> list[Finding]:
@@ -188,6 +217,7 @@ def diagnose(root: Path) -> list[Finding]:
         check_recipes(project, problem),
         trtexec,
         check_variants(project if trtexec.status == "ok" else None),  # never judged by an older answer
+        check_fleet(project),
         check_tensorrt_python(),
         check_gpu(),
         check_onnxruntime(),

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_output, remove_path
-from .errors import StageError, ToolError, require
+from .errors import StageError, ToolError, TrtforgeError, require
 from .recipe import PassSpec
 from .stages.engine import ENGINE, LOG, SCRIPT, SUMMARY, EngineJob, SharedTimingCache, build_engine
 
@@ -86,6 +86,12 @@ def build_on_target(job: FleetJob) -> None:
                     updated = Path(scratch) / "timing.cache"
                     updated.write_bytes(result["timing_cache"])
                     cache.update_from(updated)
+    if "failed" in result:
+        if result["failed_log"] is not None:
+            job.engine.out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output(job.engine.out_dir / "trtexec.failed.log") as temp:
+                temp.write_bytes(result["failed_log"])
+        raise FleetError(f"{result['failed']} (on {result['node']}, {job.resource})")
     _publish(job, result["files"], result["sha256"], result["node"])
 
 
@@ -263,21 +269,40 @@ def _slug(resource: str) -> str:
 
 # ----------------------------------------------------------------------------- fleet up / status / down
 
-def start_node(classes: dict[str, int], address: str | None, port: int, node_ip: str) -> list[str]:
-    """`ray start` for this machine: a head (address None) or a build machine joining `address`,
-    advertising `classes` ({resource: GPUs}). Returns the command run; raises ToolError on failure."""
+def state_dir() -> Path:
+    """Where `fleet up` records the nodes it started, so `fleet down` stops those and nothing else."""
+    return Path(os.environ.get("TRTFORGE_FLEET_STATE", Path.home() / ".cache" / "trtforge" / "fleet"))
+
+
+def start_node(classes: dict[str, int], address: str | None, port: int, node_ip: str | None) -> dict:
+    """Start a Ray node here, in the background: a head (address None) or a build machine joining
+    `address`, advertising `classes` ({resource: GPUs}). It is `ray start --block`, so stopping
+    that one process stops exactly this node (`stop_nodes`); its record and log go to state_dir().
+    Returns the record; raises ToolError, with Ray's last line, when the node does not come up."""
     import subprocess
 
-    command = [_ray_command(), "start", f"--node-ip-address={node_ip}", "--disable-usage-stats"]
+    command = [_ray_command(), "start", "--disable-usage-stats", "--block",
+               *([f"--node-ip-address={node_ip}"] if node_ip else [])]
     command += ["--head", f"--port={port}", "--include-dashboard=false"] if address is None else [f"--address={address}"]
     if classes:
         command.append("--resources=" + json.dumps(classes, sort_keys=True))
-    result = subprocess.run(command, capture_output=True, text=True, check=False,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        raise ToolError(f"`ray start` failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
-    return command
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"node-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    with open(log, "w") as out:
+        node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    deadline = time.monotonic() + 120
+    while "will now block forever" not in log.read_text(errors="replace"):
+        if node.poll() is not None or time.monotonic() > deadline:
+            node.kill()
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise ToolError(f"`ray start` did not bring the node up: {lines[-1] if lines else 'no output'} "
+                            f"(log: {log})")
+        time.sleep(0.5)
+    record = {"pid": node.pid, "command": command, "log": str(log), "head": address or f"{node_ip or 'this host'}:{port}"}
+    (folder / f"node-{node.pid}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def status_rows(ray) -> list[dict]:
@@ -295,11 +320,34 @@ def status_rows(ray) -> list[dict]:
     return rows
 
 
-def stop_nodes() -> None:
-    """`ray stop`: ends every Ray process of this user on this machine (Ray has no narrower stop)."""
-    import subprocess
+def stop_nodes(grace_s: float = 60) -> list[int]:
+    """Stop the nodes `fleet up` started here (SIGTERM to each `ray start --block`, which ends its
+    own node's processes); returns their pids. Other Ray processes are left alone."""
+    import signal
 
-    subprocess.run([_ray_command(), "stop"], capture_output=True, text=True, check=False)
+    stopped = []
+    for record_file in sorted(state_dir().glob("node-*.json")):
+        pid = json.loads(record_file.read_text())["pid"]
+        if _is_ray_start(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while _is_ray_start(pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if _is_ray_start(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(pid)
+        record_file.unlink()
+    return stopped
+
+
+def _is_ray_start(pid: int) -> bool:
+    """Whether `pid` is still a `ray start` (not a reused pid, not a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return status != "Z" and b"start" in cmdline and any(part.endswith(b"ray") for part in cmdline)
 
 
 def _ray_command() -> str:
@@ -350,7 +398,12 @@ def _build_here(payload: dict, inputs: dict) -> dict:
             cache.write_bytes(payload["timing_cache"])
             cache.with_name(cache.name + ".sha256").write_text(
                 f"{hashlib.sha256(payload['timing_cache']).hexdigest()}  {cache.name}\n")
-        build_engine(job, not_found_message())
+        try:
+            build_engine(job, not_found_message())
+        except TrtforgeError as exc:  # trtexec failed here: its log goes back beside the engine's place
+            failed = job.out_dir / "trtexec.failed.log"
+            return {"failed": str(exc).replace(f"{root}/", ""), "node": node,
+                    "failed_log": failed.read_bytes() if failed.is_file() else None}
         files = {name: (job.out_dir / name).read_bytes() for name in OUTPUTS if (job.out_dir / name).is_file()}
         return {"files": files, "sha256": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
                 "timing_cache": cache.read_bytes() if cache.is_file() else None, "node": node}

@@ -749,14 +749,15 @@ def lint_target(project: Project, r: Recipe, v: Variant, version: TrtVersion) ->
 
 @tracked
 def lint_tasks(project: Project) -> Iterator[dict]:
-    """lint:R-V per variant and lint:R for all of them; strict for the host's trtexec, else every generation."""
-    versions = ([project.trtexec.version] if project.trtexec
-                else [version_for_generation(g) for g in GRAMMARS])
+    """lint:R-V per variant and lint:R for all of them; strict for the host's trtexec, or for the
+    generations a recipe's targets declare, else every generation (a finding is then a warning)."""
+    host = [project.trtexec.version] if project.trtexec else [version_for_generation(g) for g in GRAMMARS]
     for r in project.recipes:
+        versions = sorted({version_for_generation(t.tensorrt) for t in r.targets}) if r.targets else host
         for v in r.variants:
             targets = tuple(lint_target(project, r, v, version) for version in versions)
-            job = lint.LintJob(task=f"lint:{r.name}-{v.name}", targets=targets,
-                               plugin_libraries=bool(v.build.plugins), strict=project.trtexec is not None)
+            job = lint.LintJob(task=f"lint:{r.name}-{v.name}", targets=targets, plugin_libraries=bool(v.build.plugins),
+                               strict=bool(r.targets) or project.trtexec is not None)
             onnx_files = sorted({str(t.onnx) for t in targets if t.onnx})
             yield {
                 "name": f"{r.name}-{v.name}",
@@ -868,7 +869,8 @@ def engine_places(project: Project, r: Recipe, v: Variant) -> list[tuple[str, en
 @tracked
 def package_tasks(project: Project) -> Iterator[dict]:
     for r in project.recipes:
-        for v, (suffix, job, problem) in ((v, place) for v in r.variants for place in engine_places(project, r, v)):
+        for v, (suffix, job, problem) in ((variant, place) for variant in r.variants
+                                          for place in engine_places(project, r, variant)):
             name = f"{r.name}-{v.name}{suffix}"
             doc = f"release archive of {name} (engine, ONNX, manifest, reproduce.sh)"
             if job is None:

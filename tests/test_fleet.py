@@ -204,13 +204,23 @@ def test_every_engine_is_built_by_its_class_and_a_rerun_does_nothing(cluster, fl
         archive.name
 
 
-def test_loading_dodo_of_a_fleet_recipe_imports_no_ray(fleet_project, tmp_path):
+def test_loading_dodo_or_planning_a_fleet_recipe_imports_no_ray(fleet_project, tmp_path):
     trap = tmp_path / "trap" / "ray"
     trap.mkdir(parents=True)
     (trap / "__init__.py").write_text("raise ImportError('ray was imported while loading dodo.py')\n")
     result = run_doit(fleet_project, "list", "--all", env={"PYTHONPATH": str(tmp_path / "trap")})
     assert result.returncode == 0, result.stderr
     assert "engine:alpha-fp16@t4" in result.stdout and "engine:alpha-fp16@a10" in result.stdout
+
+    from conftest import doit_env
+
+    plan = subprocess.run([str(Path(sys.executable).parent / "trtforge"), "plan", "alpha-fp16", "--project",
+                           str(fleet_project)], env=doit_env({"PYTHONPATH": str(tmp_path / "trap")}),
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stdout + plan.stderr  # where each engine would build, with no Ray at all
+    assert f"trtexec for alpha-fp16@t4 (on a {TEN} machine of the fleet, TensorRT 10 grammar;" in plan.stdout
+    assert f"trtexec for alpha-fp16@a10 (on a {EIGHT} machine of the fleet, TensorRT 8.6 grammar;" in plan.stdout
+    assert "--memPoolSize=workspace:256M" in plan.stdout and "--memPoolSize=workspace:256 " in plan.stdout
 
 
 def test_a_class_nobody_advertises_fails_in_seconds_and_a_wrong_machine_in_one_line(cluster, tmp_path):
@@ -338,3 +348,27 @@ def test_fleet_commands_and_doctor_see_the_classes_and_stop_only_their_own_node(
         assert time.monotonic() < deadline, "the node fleet up started is still alive"
         time.sleep(2)
     assert {TEN, EIGHT} <= {r for n in _live_nodes(cluster) for r in n["Resources"]}  # the others run on
+
+
+def test_fleet_up_starts_a_head_that_requires_the_token_it_generated(cluster, tmp_path):
+    """Authentication stays on outside tests: a head `fleet up` starts is in token mode, with a
+    token generated where Ray looks (here a private HOME), and a driver without it is refused."""
+    cli = [*cluster["inside"], str(Path(sys.executable).parent / "trtforge")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # this head's own Ray temp folder, short
+    env |= {"HOME": str(tmp_path / "home"), "TRTFORGE_FLEET_STATE": str(tmp_path / "state"),
+            "TRTFORGE_RAY_ADDRESS": "127.0.0.1:6390", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp)}
+
+    def trtforge(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env={**env, **extra}, capture_output=True, text=True, timeout=180)
+
+    up = trtforge("fleet", "up", "--port", "6390", "--class", "trt:head=1")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (tmp_path / "home" / ".ray" / "auth_token").is_file()
+        assert "trt:head (0 of 1 building)" in trtforge("fleet", "status").stdout
+        refused = trtforge("fleet", "status", RAY_AUTH_MODE="disabled")
+        assert refused.returncode != 0 and "trt:head" not in refused.stdout
+    finally:
+        trtforge("fleet", "down")
+        shutil.rmtree(temp, ignore_errors=True)

@@ -111,6 +111,7 @@ _CONNECT_LOCK = threading.Lock()
 def connect():  # -> the ray module, connected
     """Ray, connected to the cluster at $TRTFORGE_RAY_ADDRESS (else the one started on this
     machine), once per process; never a cluster started implicitly."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # as `fleet up` starts nodes (auth_env); read at import
     ray = require("ray", "fleet")
     with _CONNECT_LOCK:
         if ray.is_initialized():
@@ -121,8 +122,9 @@ def connect():  # -> the ray module, connected
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ToolError(f"no Ray cluster at {address}: {str(exc).splitlines()[0]}; start one with "
-                            f"`trtforge fleet up`, or set {ADDRESS_ENV} to its head (host:port)") from None
+            raise ToolError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0]}): start one with "
+                            f"`trtforge fleet up`, set {ADDRESS_ENV} to its head (host:port), and give this "
+                            "machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN; docs/fleet.md)") from None
         finally:
             _restore_signal_handlers(handlers)  # trtforge's own: Ctrl-C and SIGTERM stop doit cleanly
     return ray
@@ -269,6 +271,26 @@ def _slug(resource: str) -> str:
 
 # ----------------------------------------------------------------------------- fleet up / status / down
 
+def auth_env() -> dict[str, str]:
+    """Ray's token authentication, on unless RAY_AUTH_MODE says otherwise: every node `fleet up`
+    starts and every driver requires the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), so a cluster reachable on the network does not run whoever's code."""
+    return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+
+
+def _ensure_token() -> None:
+    """A token where Ray looks for one, generated into ~/.ray/auth_token if there is none."""
+    import subprocess
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").is_file():
+        return
+    result = subprocess.run([_ray_command(), "get-auth-token", "--generate"], capture_output=True, text=True,
+                            check=False, env={**os.environ, **auth_env()})
+    if result.returncode != 0:
+        raise ToolError(f"could not generate a Ray token: {(result.stderr or result.stdout).strip()[-200:]}")
+
+
 def state_dir() -> Path:
     """Where `fleet up` records the nodes it started, so `fleet down` stops those and nothing else."""
     return Path(os.environ.get("TRTFORGE_FLEET_STATE", Path.home() / ".cache" / "trtforge" / "fleet"))
@@ -286,12 +308,15 @@ def start_node(classes: dict[str, int], address: str | None, port: int, node_ip:
     command += ["--head", f"--port={port}", "--include-dashboard=false"] if address is None else [f"--address={address}"]
     if classes:
         command.append("--resources=" + json.dumps(classes, sort_keys=True))
+    if auth_env()["RAY_AUTH_MODE"] == "token" and address is None:
+        _ensure_token()  # a machine joining must be given the head's token (docs/fleet.md)
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"node-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     with open(log, "w") as out:
         node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                                start_new_session=True,
+                                env={**os.environ, **auth_env(), "RAY_USAGE_STATS_ENABLED": "0"})
     deadline = time.monotonic() + 120
     while "will now block forever" not in log.read_text(errors="replace"):
         if node.poll() is not None or time.monotonic() > deadline:

@@ -227,21 +227,18 @@ def test_a_class_nobody_advertises_fails_in_seconds_and_a_wrong_machine_in_one_l
     project = make_project(tmp_path / "proj", {"gamma": recipe("gamma", {
         "t4": (TEN, "10"), "ghost": ("trt:nowhere", "10"), "mislabelled": (EIGHT, "10")})})
     tiny_onnx(project / "models" / "gamma.onnx", 3)
-    started = time.monotonic()
-    ghost = doit_inside(cluster, project, "engine:gamma-fp32@ghost")
-    assert time.monotonic() - started < 30  # doit, export and lint included; Ray itself answers at once
-    assert ghost.returncode == 1
-    assert ("engine:gamma-fp32@ghost: no live machine of the fleet advertises trt:nowhere (targets.ghost)"
-            in ghost.stdout + ghost.stderr)
-
-    result = doit_inside(cluster, project, "-c", "build:gamma-fp32")  # --continue: the other class still builds
+    result = doit_inside(cluster, project, "-c", "build:gamma-fp32")  # --continue: the good class still builds
     text = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode != 0 and "Traceback" not in text
+    assert "engine:gamma-fp32@ghost: no live machine of the fleet advertises trt:nowhere (targets.ghost)" in text
     assert (f"engine:gamma-fp32@mislabelled on {EIGHT}: machine 127.0.0.1 advertises {EIGHT} but its trtexec is "
             "TensorRT 8.6.1 (grammar 8.6, not 10)") in text
-    assert "Traceback" not in text
     assert read_engine(project / "artifacts/gamma/fp32/targets/t4/engine.plan")["trt_version"].startswith("10.8")
     assert not (project / "artifacts/gamma/fp32/targets/mislabelled/engine.plan").exists()
+
+    started = time.monotonic()  # export and lint are done: what is left is doit, Ray's connection and the check
+    ghost = doit_inside(cluster, project, "engine:gamma-fp32@ghost")
+    assert ghost.returncode == 1 and time.monotonic() - started < 10, ghost.stdout + ghost.stderr
 
 
 def _doit_in_background(cluster: dict, project: Path, *args: str) -> subprocess.Popen:

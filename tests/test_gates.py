@@ -466,3 +466,31 @@ def test_real_untrained_classifier_on_real_photos(tmp_path, monkeypatch):
     with pytest.raises(StageError, match=r"top-1 agreement with FP32: 0\.000 is below min_agreement_vs_fp32 0\.9"):
         run_check(check_job(tmp_path, noisy_copy(exported, 0.2, tmp_path / "noise20.onnx"), "classify"))
     assert json.loads((tmp_path / "check.json").read_text())["gate"]["details"]["agreeing"] == 0
+
+
+# --- the distance accuracy control ranks reverts by -------------------------------------------
+
+def test_the_detect_ranking_distance_weighs_a_class_flip_above_background_noise():
+    """The raw outputs' relative error ranks noise on thousands of background boxes (pixels)
+    above one object changing class; the detect gate's distance reads what the gate reads."""
+    from trtforge.gates import output_distance, ranking_distance
+
+    reference, _, _ = detect_scene()
+    head = reference["output0"]
+    background = head.copy()
+    background[:, :4, len(SCORES):] += 8.0  # every background box moves 8 px; no score changes
+    flipped = head.copy()
+    flipped[0, 4:4 + NC, 0] = np.roll(flipped[0, 4:4 + NC, 0], 1)  # one object trades its class
+    noisy, flip = {"output0": background}, {"output0": flipped}
+    assert output_distance([reference], [noisy]) > output_distance([reference], [flip])
+    detect = setting("detect")
+    assert ranking_distance([reference], [flip], detect) > ranking_distance([reference], [noisy], detect) == 0.0
+    assert ranking_distance([reference], [reference], detect) == 0.0
+
+
+def test_heads_without_a_distance_of_their_own_are_ranked_by_the_raw_outputs():
+    from trtforge.gates import output_distance, ranking_distance
+
+    reference, perturbed, _ = detect_scene()
+    yolov5 = setting("detect", "yolov5")
+    assert ranking_distance([reference], [perturbed], yolov5) == output_distance([reference], [perturbed]) > 0

@@ -95,6 +95,25 @@ def run_gate(reference: Outputs, candidate: Outputs, setting: GateSetting) -> Ga
     return judge(reference, candidate, setting)
 
 
+def ranking_distance(reference: Outputs, candidate: Outputs, setting: GateSetting) -> float:
+    """How far `candidate` is from `reference` in what verify.task's gate reads; accuracy
+    control ranks reverts by it (trtforge.quant.accuracy), since a gate's figure on a few
+    images cannot tell most single reverts apart. A gate module may define `distance` for the
+    heads it can read (None otherwise); the rest are measured by `output_distance`."""
+    measured = getattr(importlib.import_module(GATES[setting.task]), "distance", None) if setting.task in GATES else None
+    value = measured(reference, candidate, setting) if measured is not None else None
+    return output_distance(reference, candidate) if value is None else value
+
+
+def output_distance(reference: Outputs, candidate: Outputs) -> float:
+    """Every output both sides have: its mean absolute difference over the reference's mean
+    magnitude, summed over outputs and inferences."""
+    import numpy as np
+
+    return float(sum(np.mean(np.abs(np.asarray(out[name], np.float64) - ref[name])) / (np.mean(np.abs(ref[name])) + 1e-12)
+                     for ref, out in zip(reference, candidate) for name in ref if name in out))
+
+
 def verdict(setting: GateSetting, figure: str, value: float, details: dict, skipped: str | None = None,
             floors: dict[str, float | None] | None = None) -> GateResult:
     """A GateResult holding `value` to the floor and each figure of `details` named in `floors`

@@ -9,8 +9,9 @@ on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
 2. rank the quantized nodes by how much reverting them (bypassing the Q/DQ pairs on their
    activation inputs) brings the outputs back towards FP32 on a few ranking images: runs
    of neighbouring nodes first, then each node of the best runs alone (`rank_nodes`). A
-   continuous output distance ranks, because a gate figure on a few images cannot tell
-   most single reverts apart;
+   continuous distance in what the gate reads ranks (`gates.ranking_distance`: class scores
+   and boxes of the anchors that hold objects, for a detector), because a gate figure on a
+   few images cannot tell most single reverts apart;
 3. revert nodes in rank order, the fewest that make the gate hold: counts 1, 2, 4, ... are
    tried until one holds, then bisected, so a search costs a handful of gate runs.
 
@@ -33,9 +34,10 @@ from typing import Callable
 from ..atomic import STORE_FORMAT, reusable_stored_json, write_stored_json
 from ..console import info, warn
 from ..errors import StageError, require
+from ..gates import output_distance
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
 
-ALGORITHM_VERSION = 3  # bump when the search changes, so stored exclusion lists are not reused
+ALGORITHM_VERSION = 4  # bump when the search changes, so stored exclusion lists are not reused
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,14 @@ def conv_int8_share(model) -> float:
     return sum(name in quantized for name in convs) / len(convs) if convs else 1.0
 
 
+Distance = Callable[[list[dict], list[dict]], float]  # (reference outputs, candidate outputs) -> how far
+
+
 def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[list[dict]], dict],
-            spec: Control) -> tuple[object, dict]:
+            spec: Control, distance: Distance = output_distance) -> tuple[object, dict]:
     """(the model with the fewest nodes reverted for `judge` to hold, the report). `judge`
-    takes a candidate's outputs on `feeds` and returns the gate's JSON (value, status)."""
+    takes a candidate's outputs on `feeds` and returns the gate's JSON (value, status);
+    `distance` ranks the reverts."""
     started = time.monotonic()
     floor = 1.0 - spec.max_drop
     run = _runner(model)
@@ -136,7 +142,8 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
     if holds(first):
         info(f"{spec.task}: INT8 holds the accuracy floor with nothing reverted ({first['value']:.3f} >= {floor:g})")
         return model, _finish(report, model, started)
-    ranked = rank_nodes(model, feeds[:spec.ranking_images], reference[:spec.ranking_images], spec.task, run)
+    ranked = rank_nodes(model, feeds[:spec.ranking_images], reference[:spec.ranking_images], spec.task, run,
+                        distance)
     count, result = _fewest(model, ranked, gate, holds, report["steps"], spec.task)
     if count is None:
         raise StageError(f"{spec.task}: calibration.accuracy: even with all {len(ranked)} quantized nodes reverted "
@@ -174,7 +181,8 @@ def _fewest(model, ranked: list[str], gate, holds, steps: list, task: str) -> tu
     return high, tried[high]
 
 
-def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, expand: int = 3) -> list[str]:
+def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, distance: Distance = output_distance,
+               expand: int = 3) -> list[str]:
     """Quantized nodes, the ones whose revert brings the outputs closest to FP32 first.
 
     Each try costs a model, a session and an inference per ranking image (about 0.5 s for a
@@ -182,21 +190,18 @@ def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, 
     the nodes, in graph order, are tried in about sqrt(n) runs of about sqrt(n) neighbours;
     only the nodes of the `expand` best runs are then tried alone and lead the ranking, the
     other runs follow in their order. About 4 sqrt(n) tries (37 for YOLOv8's 88 nodes)."""
-    np = require("numpy", "core")
     names = activation_quantized_nodes(model)
 
-    def distance(nodes: list[str]) -> float:
-        outputs = run(reverted(model, nodes), feeds)
-        return float(sum(np.mean(np.abs(out[k].astype(np.float64) - ref[k])) / (np.mean(np.abs(ref[k])) + 1e-12)
-                         for out, ref in zip(outputs, reference) for k in ref if k in out))
+    def distance_with(nodes: list[str]) -> float:
+        return distance(reference, run(reverted(model, nodes), feeds))
 
     size = max(1, math.isqrt(len(names)))
     runs = [names[i:i + size] for i in range(0, len(names), size)]
     info(f"{task}: ranking {len(names)} quantized nodes in {len(runs)} runs of {size} on {len(feeds)} images")
-    run_scores = [distance(nodes) for nodes in runs]
+    run_scores = [distance_with(nodes) for nodes in runs]
     order = sorted(range(len(runs)), key=lambda i: (run_scores[i], i))
     leading = [name for i in order[:expand] for name in runs[i]]
-    scores = {name: distance([name]) for name in leading}
+    scores = {name: distance_with([name]) for name in leading}
     return sorted(leading, key=lambda name: (scores[name], names.index(name))) + [
         name for i in order[expand:] for name in runs[i]]
 
@@ -261,14 +266,14 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
         return reverted(model, report["reverted"]), {**report, "reused": True}
-    from ..gates import GateSetting, run_gate
+    from ..gates import GateSetting, ranking_distance, run_gate
     from ..stages.reference import input_hw, load_reference
 
     feeds, reference = load_reference(job.reference_inputs, job.reference_outputs)
     setting = GateSetting(**job.gate, floor=1.0 - job.control.max_drop, image_hw=input_hw(feeds))
 
     result, report = control(model, feeds, reference, lambda outs: run_gate(reference, outs, setting).as_json(),
-                             job.control)
+                             job.control, lambda refs, outs: ranking_distance(refs, outs, setting))
     report = {**report, "key": key}
     write_stored_json(stored, report)
     return result, {**report, "reused": False}

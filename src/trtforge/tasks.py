@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import fleet
 from .errors import ToolError, TrtforgeError, disk_error_message
 from .gates.labels import LabelSet, label_set
 from .gpu import gpu_config_changed
@@ -730,7 +729,10 @@ def engine_tasks(project: Project) -> Iterator[dict]:
 
 
 def _fleet_engine_tasks(project: Project, r: Recipe) -> Iterator[dict]:
-    """engine:R-V@T: one Ray task per engine, on a machine of class T (fleet.py)."""
+    """engine:R-V@T: one Ray task per engine, on a machine of class T (fleet.py, imported
+    here: a project without targets never loads it)."""
+    from . import fleet
+
     for v in r.variants:
         for t in r.targets:
             job, problem = target_plan(project, r, v, t)

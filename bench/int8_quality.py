@@ -193,15 +193,12 @@ def accuracy_controlled_int8(model: Path, folder: Path, images: list[ImageRef], 
     the same ones this bench scores on, so its row is tuned on what it is scored on."""
     import onnx
 
-    from trtforge.gates import ranking_distance
-    from trtforge.quant.accuracy import Control, control
+    from trtforge.quant.accuracy import Control, gated_control
 
     qdq = trtforge_int8(model, folder, images, size, "minmax")
     setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.99, image_hw=(size, size),
                           min_recall=0.9, min_precision=0.9)
-    result, report = control(onnx.load(str(qdq)), feeds, reference,
-                             lambda outputs: run_gate(reference, outputs, setting).as_json(),
-                             Control("accuracy", 0.01, 4, 7200), lambda refs, outs: ranking_distance(refs, outs, setting))
+    result, report = gated_control(onnx.load(str(qdq)), feeds, reference, setting, Control("accuracy", 0.01, 4, 7200))
     print(f"accuracy control: {len(report['reverted'])} nodes reverted, {report['conv_int8_share']:.0%} of Conv "
           f"layers INT8, {report['seconds']:.0f} s of search")
     onnx.save(result, str(folder / "accuracy.onnx"))

@@ -137,7 +137,7 @@ def _compose(text: str) -> tuple[Any, yaml.Node | None]:
     if CParser is not None and text.isascii() and not _LIBYAML_DIVERGES.intersection(text):
         try:
             return _root(_LibyamlLoader, text)
-        except (yaml.YAMLError, _Refused, UnicodeError, ValueError):
+        except (yaml.YAMLError, _Refused):  # the text is ASCII: nothing to encode
             pass  # parsed again below, for PyYAML's own words
     return _root(_PythonLoader, text)  # its reader refuses control characters
 

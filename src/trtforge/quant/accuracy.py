@@ -266,17 +266,24 @@ def controlled(model, job: AccuracyJob, quantized_from: bytes) -> tuple[object, 
         info(f"{job.control.task}: reusing the exclusion list found earlier for the same Q/DQ model, reference "
              f"and settings ({stored.name}): {len(report['reverted'])} nodes reverted")
         return reverted(model, report["reverted"]), {**report, "reused": True}
-    from ..gates import GateSetting, ranking_distance, run_gate
+    from ..gates import GateSetting
     from ..stages.reference import input_hw, load_reference
 
     feeds, reference = load_reference(job.reference_inputs, job.reference_outputs)
     setting = GateSetting(**job.gate, floor=1.0 - job.control.max_drop, image_hw=input_hw(feeds))
-
-    result, report = control(model, feeds, reference, lambda outs: run_gate(reference, outs, setting).as_json(),
-                             job.control, lambda refs, outs: ranking_distance(refs, outs, setting))
+    result, report = gated_control(model, feeds, reference, setting, job.control)
     report = {**report, "key": key}
     write_stored_json(stored, report)
     return result, {**report, "reused": False}
+
+
+def gated_control(model, feeds: list[dict], reference: list[dict], setting, spec: Control) -> tuple[object, dict]:
+    """`control` judged by the task gate `setting` (a gates.GateSetting) describes, its reverts
+    ranked by that gate's distance: the quantize stage's search, also run by the INT8 bench."""
+    from ..gates import ranking_distance, run_gate
+
+    return control(model, feeds, reference, lambda outputs: run_gate(reference, outputs, setting).as_json(), spec,
+                   lambda refs, outputs: ranking_distance(refs, outputs, setting))
 
 
 def _stored_problem(report: dict, key: str) -> str | None:

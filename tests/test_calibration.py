@@ -21,8 +21,10 @@ from trtforge.calib_cache import read_cache, write_cache_text
 from trtforge.errors import StageError
 from trtforge.images import ImageRef, decode_image, letterbox, list_image_set, preprocess, select_images
 from trtforge.recipe import InputSpec, ModelSource
-from trtforge.stages.calibrate import (AbsHistogram, CalibrationJob, calibrate, calibration_key, entropy_bin,
-                                      entropy_threshold, float_tensors, percentile_threshold)
+from trtforge.quant.derived_ranges import Derivation, derive_bounds, derive_samples
+from trtforge.stages.calibrate import (AbsHistogram, CalibrationJob, Statistics, calibrate, calibration_key,
+                                      entropy_bin, entropy_threshold, float_tensors, observation_plan,
+                                      percentile_threshold)
 from trtforge.stages.export import export_onnx
 from trtforge.stages.qdq import quantize_int8
 from trtforge.stages.surgery import run_surgery
@@ -167,6 +169,58 @@ def test_minmax_ranges_are_the_exact_activation_maxima(model_160, tmp_path):
     for name, values in activations(model_160, wanted, images).items():
         if name in wanted:
             assert ranges[name] == pytest.approx(float(np.abs(values).max()), rel=1e-6)
+
+
+def test_every_range_is_the_observed_maximum_though_most_are_derived(model_160, tmp_path):
+    """Sigmoid, SiLU and Concat outputs are not observed but computed from their inputs'
+    statistics (trtforge.quant.derived_ranges); every one must equal what observing it gives,
+    up to ONNX Runtime's Sigmoid, which approximates: 2e-4 relative error in the far tails,
+    where this untrained model's class-score sigmoid lives (its maximum is 1.6e-4)."""
+    images = demo_images()[:4]
+    model = onnx.load(str(model_160))
+    plan = observation_plan(model, "minmax")
+    assert {d.rule for d in plan.derived} == {"sigmoid", "silu", "concat"} and len(plan.derived) > len(plan.tensors) / 3
+    ranges = calibrated_ranges(model_160, images, tmp_path, method="minmax")
+    assert list(ranges) == list(plan.tensors)
+    observed = activations(model_160, [d.tensor for d in plan.derived], images)
+    for d in plan.derived:
+        assert ranges[d.tensor] == pytest.approx(float(np.abs(observed[d.tensor]).max()), rel=1e-3), d
+
+
+def test_derived_samples_are_the_observed_samples(model_160):
+    """For the histogram methods a Sigmoid or SiLU output's samples are computed from its
+    input's samples at the same positions, which must equal sampling the output itself (up to
+    ONNX Runtime's approximate Sigmoid, as above)."""
+    plan = observation_plan(onnx.load(str(model_160)), "percentile")
+    assert all(d.rule in ("sigmoid", "silu") for d in plan.derived) and len(plan.derived) > 100
+    picked = plan.derived[:4] + plan.derived[-4:]
+    wanted = [name for d in picked for name in (d.tensor, d.sources[0])]
+    values = activations(model_160, wanted, demo_images()[:2])
+    for d in picked:
+        computed = derive_samples(d, values[d.sources[0]][:, ::7])
+        np.testing.assert_allclose(computed, values[d.tensor][:, ::7], rtol=1e-3, atol=1e-6, err_msg=d.tensor)
+
+
+def test_silu_range_across_its_turning_point_is_never_clipped():
+    silu = Derivation("y", "silu", ("x",))
+    x = np.float32([-3.0, -2.0, -0.5, 0.1])  # spans x* = -1.2785, where SiLU is lowest
+    bounds = {"x": (float(x.min()), float(x.max()))}
+    derive_bounds([silu], bounds)
+    low, high = bounds["y"]
+    y = x / (1 + np.exp(-x))
+    assert high == pytest.approx(float(y.max())) and low <= float(y.min()) and low == pytest.approx(-0.27846, abs=1e-5)
+    bounds = {"x": (-3.0, 4.0)}  # the largest output (3.93) dominates: the symmetric range is exact
+    derive_bounds([silu], bounds)
+    assert max(map(abs, bounds["y"])) == pytest.approx(4.0 / (1 + math.exp(-4.0)))
+
+
+def test_ranges_do_not_depend_on_the_batch(model_160, tmp_path):
+    """On CPU the images of a batch run one at a time (memory of one image's activations)."""
+    images = demo_images()[:6]
+    one = calibrated_ranges(model_160, images, tmp_path / "b1", method="minmax", batch=1)
+    four = calibrated_ranges(model_160, images, tmp_path / "b4", method="minmax", batch=4)
+    assert one == four
+    assert Statistics(model_160, "minmax", "images").one_at_a_time
 
 
 def modelopt_histogram():

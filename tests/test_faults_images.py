@@ -375,6 +375,42 @@ def test_verification_image_replaced_during_the_reference_is_refused(model_160, 
     assert outputs_of(out) == ["images.json", "inputs.json", "outputs.json"]
 
 
+OUT_OF_MEMORY_RUN = """
+import os, pickle, resource, sys
+import cv2, numpy, onnx, onnxruntime  # noqa: F401 (loaded before the limit, as a running build has them)
+from trtforge.errors import StageError
+from trtforge.stages.calibrate import calibrate
+
+model, job = pickle.load(open(sys.argv[1], "rb"))
+fixed = onnx.load(model)
+fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = job.batch  # a static batch: run whole
+onnx.save(fixed, job.onnx)
+size = int(open(f"/proc/{os.getpid()}/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (400 << 20), resource.RLIM_INFINITY))
+try:
+    calibrate(job)
+except StageError as exc:
+    print(exc)
+"""
+
+
+def test_calibration_that_runs_out_of_memory_names_the_batch_to_lower(model_160, six_photos, tmp_path):
+    """A batch ONNX Runtime cannot allocate (here: 48 images of a static-batch model under a
+    400 MB address-space limit) ends in one line naming the field, not a traceback."""
+    import pickle
+    import subprocess
+    import sys
+
+    job = job_for(model_160, six_photos * 8, tmp_path / "out", batch=48, method="minmax",
+                  onnx=tmp_path / "static.onnx")
+    (tmp_path / "job.pickle").write_bytes(pickle.dumps((str(model_160), job)))
+    run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_RUN, str(tmp_path / "job.pickle")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.stdout.strip().startswith("calib:test: ran out of memory calibrating a batch of 48 images; "
+                                         "lower calibration.batch (now 48)"), (run.stdout, run.stderr[-2000:])
+    assert outputs_of(tmp_path / "out") == []
+
+
 # ----------------------------------------------------------------------------- bad images, calibration level
 
 def test_a_bad_image_is_refused_before_calibrating_on_the_others(model_160, six_photos, tmp_path, monkeypatch, bomb):

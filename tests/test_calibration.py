@@ -223,6 +223,33 @@ def test_ranges_do_not_depend_on_the_batch(model_160, tmp_path):
     assert Statistics(model_160, "minmax", "images").one_at_a_time
 
 
+def masked_model(path: Path) -> Path:
+    """images -> Add(a constant holding inf) -> Sigmoid, and images -> Relu: the shape of
+    RT-DETR's anchors, which mask invalid positions with inf."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    mask = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    mask[0, 0, 0, 0] = np.inf
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["images", "mask"], ["masked"]), helper.make_node("Sigmoid", ["masked"], ["gate"]),
+         helper.make_node("Relu", ["images"], ["kept"])], "masked",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3, SIZE, SIZE]) for name in ("gate", "kept")],
+        [numpy_helper.from_array(mask, "mask")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_a_tensor_holding_inf_is_left_out_of_the_cache_not_a_failure(tmp_path, method):
+    """Such a tensor has no INT8 scale that keeps its meaning: left out, TensorRT keeps the
+    layers around it above INT8 (and what is derived from it is left out too)."""
+    model = masked_model(tmp_path / "masked.onnx")
+    ranges = calibrated_ranges(model, demo_images()[:2], tmp_path, method=method)
+    assert set(ranges) == {"images", "kept"} and ranges["kept"] == pytest.approx(ranges["images"])
+    assert json.loads((tmp_path / "calib.json").read_text())["left_out"] == ["masked", "gate"]
+
+
 def modelopt_histogram():
     pytest.importorskip("huggingface_hub", reason="modelopt.torch imports it (the dev extra installs it)")
     return pytest.importorskip("modelopt.torch.quantization.calib.histogram")

@@ -89,7 +89,9 @@ def derive_bounds(derived: list[Derivation], bounds: dict[str, tuple[float, floa
     for d in derived:
         lows, highs = zip(*(bounds[source] for source in d.sources))
         low, high = min(lows), max(highs)
-        if d.rule == "concat":
+        if not math.isfinite(low) or not math.isfinite(high):
+            bounds[d.tensor] = (-math.inf, math.inf)  # from a tensor that holds inf or NaN: left out too
+        elif d.rule == "concat":
             bounds[d.tensor] = (low, high)
         elif d.rule == "silu":
             ends = (_silu(low), _silu(high))

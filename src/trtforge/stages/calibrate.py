@@ -166,12 +166,15 @@ def _compute(job: CalibrationJob, usable: tuple[ImageRef, ...], digests: dict[st
     if used == 0:
         raise _nothing_usable(job, skipped)
     seconds = time.monotonic() - started
-    ranges = statistics.ranges(job.percentile)
+    ranges, left_out = statistics.ranges(job.percentile)
+    if left_out:
+        info(f"{job.task}: {len(left_out)} tensor(s) hold inf or NaN (the first: {left_out[0]}); they have no "
+             "scale in the cache, so TensorRT keeps the layers around them above INT8")
     report = {
         "task": job.task, "key": key, "method": job.method, "images": used, "skipped": sorted(skipped),
         "skipped_why": dict(sorted(skipped.items())),
         "batch": job.batch, "input": [job.height, job.width], "tensors": len(ranges),
-        "observed": len(statistics.plan.observed),
+        "observed": len(statistics.plan.observed), "left_out": left_out,
         "seconds": round(seconds, 3), "images_per_second": round(used / seconds, 2), "reused": False,
         "header": "EntropyCalibration2 (trtexec's calibrator type; the ranges come from 'method')",
     }
@@ -378,8 +381,14 @@ class Statistics:
             feed = {self.input_name: batch[start:start + step]}
             self.collector.add(self.session.run(self.collector.outputs, feed))
 
-    def ranges(self, percentile: float) -> dict[str, float]:
-        return self.collector.ranges(percentile)
+    def ranges(self, percentile: float) -> tuple[dict[str, float], list[str]]:
+        """({tensor: range} in graph order, [tensors left out]). A tensor that holds inf or
+        NaN (RT-DETR masks its invalid anchors with inf) has no INT8 scale that keeps its
+        meaning, so it is left out of the cache: TensorRT then runs the layers that read or
+        write it above INT8, and ModelOpt puts no Q/DQ on it."""
+        ranges = self.collector.ranges(percentile)
+        left_out = [name for name, value in ranges.items() if not math.isfinite(value)]
+        return {name: value for name, value in ranges.items() if math.isfinite(value)}, left_out
 
 
 def _static_batch(model, input_name: str) -> bool:
@@ -413,11 +422,13 @@ class _MinMax:
 
     def add(self, values) -> None:
         for i in range(len(self.high)):
-            self.high[i] = max(self.high[i], float(values[2 * i]))
-            self.low[i] = min(self.low[i], float(values[2 * i + 1]))
+            high, low = float(values[2 * i]), float(values[2 * i + 1])
+            if math.isnan(high) or math.isnan(low):
+                high, low = math.inf, -math.inf  # NaN: as unquantizable as inf
+            self.high[i], self.low[i] = max(self.high[i], high), min(self.low[i], low)
 
     def ranges(self, percentile: float) -> dict[str, float]:
-        bounds = {name: (low, high) if low <= high else (0.0, 0.0)  # no finite value was seen
+        bounds = {name: (low, high) if low <= high else (0.0, 0.0)  # an empty tensor
                   for (name, _), low, high in zip(self.plan.observed, self.low, self.high)}
         derive_bounds(list(self.plan.derived), bounds)
         return {name: _positive(max(abs(bounds[name][0]), abs(bounds[name][1]))) for name in self.plan.tensors}
@@ -440,7 +451,12 @@ class _Histograms:
 
     def ranges(self, percentile: float) -> dict[str, float]:
         pick = entropy_threshold if self.method == "entropy" else (lambda h: percentile_threshold(h, percentile))
-        return {name: _positive(pick(self.histograms[name])) for name in self.plan.tensors}
+        unquantizable = {name for name, h in self.histograms.items() if h.nonfinite}
+        for derivation in self.plan.derived:  # as with minmax: what follows from such a tensor is left out too
+            if unquantizable.intersection(derivation.sources):
+                unquantizable.add(derivation.tensor)
+        return {name: math.inf if name in unquantizable else _positive(pick(self.histograms[name]))
+                for name in self.plan.tensors}
 
 
 def _collector(method: str, plan: ObservationPlan):
@@ -448,7 +464,8 @@ def _collector(method: str, plan: ObservationPlan):
 
 
 def _positive(value: float) -> float:
-    """A tensor that was all zeros still needs a positive, finite scale."""
+    """A tensor that was all zeros still needs a positive, finite scale (inf, a tensor that
+    holds inf or NaN, stays inf: it is left out of the cache)."""
     return value if value > 1e-12 else 1e-12 * 127
 
 
@@ -458,11 +475,14 @@ class AbsHistogram:
 
     def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
         self.bins, self.top, self.peak, self.counts = bins, 0.0, 0.0, None
+        self.nonfinite = False  # whether any value was inf or NaN
 
     def add(self, values) -> None:
         np = require("numpy", "core")
         a = np.abs(np.asarray(values, dtype=np.float32).ravel())
-        a = a[np.isfinite(a)]
+        finite = np.isfinite(a)
+        if not finite.all():
+            self.nonfinite, a = True, a[finite]
         if a.size == 0:
             return
         peak = float(a.max())

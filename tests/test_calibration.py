@@ -214,13 +214,23 @@ def test_silu_range_across_its_turning_point_is_never_clipped():
     assert max(map(abs, bounds["y"])) == pytest.approx(4.0 / (1 + math.exp(-4.0)))
 
 
-def test_ranges_do_not_depend_on_the_batch(model_160, tmp_path):
-    """On CPU the images of a batch run one at a time (memory of one image's activations)."""
-    images = demo_images()[:6]
-    one = calibrated_ranges(model_160, images, tmp_path / "b1", method="minmax", batch=1)
-    four = calibrated_ranges(model_160, images, tmp_path / "b4", method="minmax", batch=4)
-    assert one == four
-    assert Statistics(model_160, "minmax", "images").one_at_a_time
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_ranges_are_the_same_whether_a_batch_runs_whole_or_one_image_at_a_time(model_160, method):
+    """CPU runs a batch's images one at a time (memory of one image's activations, not the
+    batch's); a GPU host runs it whole. Both must give the cache the same ranges."""
+    batches = [np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), SIZE, SIZE) for r in group])
+               for group in (demo_images()[:4], demo_images()[4:8])]
+    ranges = []
+    for one_at_a_time in (True, False):
+        statistics = Statistics(model_160, method, "images")
+        assert statistics.one_at_a_time  # CPU, dynamic batch axis: the default here
+        statistics.one_at_a_time = one_at_a_time
+        for batch in batches:
+            statistics.add(batch)
+        ranges.append(statistics.ranges(99.99)[0])
+    single, whole = ranges
+    assert list(single) == list(whole)
+    assert all(single[name] == pytest.approx(whole[name], rel=1e-4) for name in single)
 
 
 def masked_model(path: Path) -> Path:

@@ -4,7 +4,7 @@ Both sides run as fresh processes, alternated, and are measured in CPU time (use
 of the process and its children), which moves less than wall time on a shared machine:
 
 - trtforge: `doit run -a export:yolov8n surgery:yolov8n` in this repository (the recipe's
-  640 px, dynamic batch, fold_constants + slim + infer_shapes);
+  640 px, dynamic batch, slim + infer_shapes);
 - Ultralytics: `YOLO("yolov8n.yaml").export(format="onnx", simplify=True, dynamic=True)`
   in a temporary folder (the same untrained architecture; onnxslim included).
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 from ..errors import require
 
-ELEMENTWISE = ("sigmoid", "relu", "silu")
 SILU_TURN = -1.2784645427610738  # argmin of x * sigmoid(x): where SiLU stops decreasing
 SILU_MIN = SILU_TURN / (1 + math.exp(-SILU_TURN))
 

@@ -475,9 +475,10 @@ class _Histograms:
                 unquantizable.add(derivation.tensor)
         # numpy releases the GIL in the threshold arithmetic: entropy's 242 thresholds of
         # YOLOv8n took 0.9 s in one thread, a fixed cost whatever the number of images
+        wanted = [name for name in self.plan.tensors if name not in unquantizable]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            picked = dict(zip(self.plan.tensors, pool.map(pick, (self.histograms[n] for n in self.plan.tensors))))
-        return {name: math.inf if name in unquantizable else _positive(picked[name]) for name in self.plan.tensors}
+            picked = dict(zip(wanted, pool.map(pick, (self.histograms[name] for name in wanted))))
+        return {name: _positive(picked[name]) if name in picked else math.inf for name in self.plan.tensors}
 
 
 def _collector(method: str, plan: ObservationPlan):

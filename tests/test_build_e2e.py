@@ -371,6 +371,10 @@ def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path
     assert record["verification"] == "unverified: the recipe has no verify section"
     assert manifest["performance"]["throughput_qps"] > 0
     assert str(int8_project) not in json.dumps(manifest)  # no absolute path
+    export = json.loads((int8_project / "artifacts/yolov8n/export.json").read_text())
+    assert manifest["model"]["task"] == "detect" and manifest["model"]["stride"] == 32
+    assert manifest["model"]["imgsz"] == [160, 160] and manifest["model"]["names"] == export["names"]
+    assert len(manifest["model"]["names"]) == 80 and manifest["model"]["preprocess"]["resize"] == "letterbox"
     assert b"--onnx=model.onnx" in members["reproduce.sh"]
 
     import subprocess

@@ -4,7 +4,8 @@
 engine, the ONNX it was built from (as `model.onnx`, the name its command uses, plus
 `model.fp32.onnx` when a Q/DQ or AutoCast model was built), the calibration cache, the
 reports, `reproduce.sh` with the exact trtexec command, and `manifest.json`: a sha256 per
-file, the resolved recipe, the argv, what the build log says about TensorRT, CUDA and the
+file, the resolved recipe, the model's metadata (task, class names, stride, input size, how
+its input is fed: what a pipeline needs to read the engine's outputs), the argv, what the build log says about TensorRT, CUDA and the
 GPU, the calibration set's content key, the verification results (skipped checks marked;
 mAP50 / mAP50-95 against verify.labels when the recipe has labels) and trtexec's
 performance summary. Engines only load where they were built for (GPU,
@@ -92,7 +93,7 @@ def make_package(job: PackageJob) -> None:
                                           for name in ONNX_MEMBERS if name in members}
     if left_out:
         members["reproduce.sh"] = _without_onnx_note(left_out) + members["reproduce.sh"]
-    manifest = _manifest(job, summary, members)
+    manifest = _manifest(job, summary, members, metadata)
     if left_out:
         manifest["not_shipped"] = {name: {"sha256": digest, "why": "package.onnx: false"}
                                    for name, digest in left_out.items()}
@@ -147,13 +148,18 @@ def check_engine_unchanged(job: PackageJob, summary: dict, members: dict[str, by
                          f"{job.summary} records: the engine changed after it was built; {rebuild}")
 
 
-def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes]) -> dict:
+# export.json's keys a pipeline needs to use the engine: what its outputs mean and how to feed it
+MODEL_KEYS = ("task", "names", "stride", "imgsz", "kpt_shape", "end2end", "preprocess")
+
+
+def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes], metadata: dict) -> dict:
     calib = _json_member(members, "calib.json")
     check = _json_member(members, "check.json")
     return {
         "format": FORMAT,
         "recipe": job.resolved_recipe,
         "variant": job.variant,
+        "model": {key: metadata[key] for key in MODEL_KEYS if key in metadata},
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                   for name, data in sorted(members.items())},
         "tensorrt": summary.get("tensorrt"),

@@ -142,9 +142,13 @@ def test_engine_on_82_publishes_the_cache_it_read_and_reruns_when_keep_fp32_chan
     (archive,) = (project / "artifacts" / "release").glob("*.tar.gz")
     release = extracted_release(archive, tmp_path / "release")
     assert (release / "calib.keep-fp32.cache").read_bytes() == (out / "calib.keep-fp32.cache").read_bytes()
-    reproduce = subprocess.run(["sh", str(release / "reproduce.sh")], cwd=release, capture_output=True, text=True,
+    (release / "engine.plan").unlink()
+    elsewhere = tmp_path / "elsewhere"  # reproduce.sh moves into its own folder: run it from another one
+    elsewhere.mkdir()
+    reproduce = subprocess.run(["sh", str(release / "reproduce.sh")], cwd=elsewhere, capture_output=True, text=True,
                                env={"TRTEXEC": env["TRTEXEC"], "PATH": "/usr/bin:/bin"}, timeout=120)
     assert reproduce.returncode == 0, reproduce.stderr[-2000:]
+    assert list(elsewhere.iterdir()) == []
     assert read_engine(release / "engine.plan")["calibration"]["missing_scales"] == tensors
 
     assert executed(run_doit(project, "engine:yolov5s-int8", env=env)) == []

@@ -80,7 +80,6 @@ def make_package(job: PackageJob) -> None:
     members = {name: _member_bytes(name, path) for name, path in job.files if path.is_file()}
     check_engine_unchanged(job, summary, members)
     stem = archive_stem(job.recipe, job.variant, summary)
-    members["reproduce.sh"] = _reproduce_script(job.script.read_text())
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
         members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_").replace("@", "_"),
@@ -91,8 +90,7 @@ def make_package(job: PackageJob) -> None:
                                                                            job.max_batch or 1)
     left_out = {} if job.ship_onnx else {name: hashlib.sha256(members.pop(name)).hexdigest()
                                           for name in ONNX_MEMBERS if name in members}
-    if left_out:
-        members["reproduce.sh"] = _without_onnx_note(left_out) + members["reproduce.sh"]
+    members["reproduce.sh"] = _reproduce_script(job.script.read_text(), left_out)
     manifest = _manifest(job, summary, members, metadata)
     if left_out:
         manifest["not_shipped"] = {name: {"sha256": digest, "why": "package.onnx: false"}
@@ -176,11 +174,12 @@ def _manifest(job: PackageJob, summary: dict, members: dict[str, bytes], metadat
 ONNX_MEMBERS = ("model.onnx", "model.fp32.onnx")
 
 
-def _without_onnx_note(left_out: dict[str, str]) -> bytes:
-    """The lines reproduce.sh starts with when the archive ships no ONNX."""
-    lines = ["#!/bin/sh", "# This release ships no ONNX (package.onnx: false). To rebuild the engine, put the ONNX"]
-    lines += [f"# with sha256 {digest} here as {name}" for name, digest in left_out.items()]
-    return ("\n".join(lines) + "\n").encode()
+def _without_onnx_note(left_out: dict[str, str]) -> list[str]:
+    """The comment lines reproduce.sh opens with when the archive ships no ONNX (none otherwise)."""
+    if not left_out:
+        return []
+    lines = ["# This release ships no ONNX (package.onnx: false). To rebuild the engine, put the ONNX"]
+    return lines + [f"# with sha256 {digest} here as {name}" for name, digest in left_out.items()]
 
 
 def verification_of(check: dict) -> dict:
@@ -223,10 +222,18 @@ def _json_member(members: dict[str, bytes], name: str) -> dict | None:
     return json.loads(members[name]) if name in members else None
 
 
-def _reproduce_script(trtexec_sh: str) -> bytes:
-    body = trtexec_sh.replace("# It runs in a work folder holding these inputs under these names:",
-                              "# Run it in this folder; it names its inputs as they are stored here.")
-    return body.encode()
+def _reproduce_script(trtexec_sh: str, left_out: dict[str, str]) -> bytes:
+    """reproduce.sh: the engine stage's trtexec.sh (whose `exec` line comes last), moving first
+    into the folder it lies in, which holds the inputs under the names the command uses, so
+    `sh release/reproduce.sh` works from any current directory; with the ONNX to put back
+    when the archive ships none."""
+    shebang, *comments, command = trtexec_sh.rstrip("\n").split("\n")
+    comments = [line.replace("# It runs in a work folder holding these inputs under these names:",
+                             "# It runs in its own folder, which holds its inputs under these names:")
+                for line in comments]
+    lines = [shebang, *_without_onnx_note(left_out), *comments,
+             'cd "$(dirname "$0")" || exit 1', command]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def reproducible_tar_gz(stem: str, members: dict[str, bytes]) -> bytes:

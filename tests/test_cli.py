@@ -113,6 +113,34 @@ def test_doctor_lists_the_variants_this_hosts_trtexec_cannot_build(small_project
     assert "ok       variants         all 2 buildable with TensorRT 10.8.0: yolov8n-fp32, yolov8n-fp16" in new.stdout
 
 
+def test_doctor_lists_the_variants_whose_built_onnx_the_hosts_parser_refuses(tmp_path):
+    """The renderer takes an FP32 variant on 8.2, but 8.2's parser has no Mod: doctor said "ok"
+    until lint: failed. Once the ONNX is built, doctor runs the same preflight (16x16: the
+    operator, not the size, is checked)."""
+    import onnx
+    from conftest import make_project, run_doit
+    from doubles.trtexec import make_wrapper
+    from test_lint import RECIPE, planted
+
+    project = make_project(tmp_path / "proj", {"m": RECIPE})
+    (project / "models").mkdir()
+    onnx.save(planted("Mod"), project / "models" / "m.onnx")
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "b82", "8.2"))}
+    before = trtforge("doctor", cwd=project, env=env)
+    assert ("ok       variants         all 1 buildable with TensorRT 8.2.1: m-fp32; not parser-checked until "
+            "their ONNX is built (doit lint:<recipe>): m-fp32") in before.stdout, before.stdout + before.stderr
+
+    assert run_doit(project, "surgery:m").returncode == 0
+    after = trtforge("doctor", cwd=project, env=env)
+    assert after.returncode == 1, after.stdout + after.stderr
+    line = next(line for line in after.stdout.splitlines() if line.split()[1:2] == ["variants"])
+    assert line.startswith("problem  variants         1 of 1 cannot be built with TensorRT 8.2.1: m-fp32: "
+                           "artifacts/m/model.onnx: node '/head/Mod' uses Mod, which TensorRT 8.2's ONNX parser "
+                           "does not support"), line
+    assert "not parser-checked" not in line
+    assert after.stderr.startswith("trtforge: variants: change those variants' settings or models")
+
+
 def test_doctor_starts_trtexec_once(small_project, tmp_path):
     """Each check loaded the project and probed a wrapper script again: three starts, and a
     trtexec that hangs before its banner was waited for three times."""

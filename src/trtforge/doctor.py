@@ -153,27 +153,68 @@ def check_recipes(project, problem: TrtforgeError | None) -> Finding:
 
 def check_variants(project) -> Finding | None:
     """Which recipe-variants this host's trtexec can build, and why not the others (with a
-    TensorRT 8.2 trtexec doctor said "ok" while six variants could not be built, issue 14).
-    None when there is nothing to check: no trtexec, or recipes that do not load (their own
-    findings say so)."""
+    TensorRT 8.2 trtexec doctor said "ok" while six variants could not be built, issue 14):
+    the renderer's refusals, and the parser preflight's (what `lint:` runs) for variants whose
+    engine ONNX is already built. None when there is nothing to check: no trtexec, or recipes
+    that do not load (their own findings say so)."""
     from .tasks import engine_plan
 
     if project is None or project.trtexec is None:
         return None
-    verdicts = {f"{r.name}-{v.name}": engine_plan(project, r, v)[1]
-                for r in project.recipes if not r.targets for v in r.variants}  # targets: check_fleet's
-    if not verdicts:
+    plans = {f"{r.name}-{v.name}": engine_plan(project, r, v)
+             for r in project.recipes if not r.targets for v in r.variants}  # targets: check_fleet's
+    if not plans:
         return None
-    refused = {name: why for name, why in verdicts.items() if why}
     version = project.trtexec.version
+    jobs = {name: job for name, (job, _) in plans.items() if job is not None}
+    refused = {name: why for name, (_, why) in plans.items() if why}
+    refused.update(_parser_refusals(jobs, version.generation))
+    refused = {name: refused[name] for name in plans if name in refused}  # in recipe order
+    unchecked = [name for name, job in jobs.items() if not job.onnx.is_file()]
+    waiting = (f"; not parser-checked until their ONNX is built (doit lint:<recipe>): {', '.join(unchecked)}"
+               if unchecked else "")
     if not refused:
         return Finding("variants", "ok",
-                       f"all {len(verdicts)} buildable with TensorRT {version}: {', '.join(verdicts)}")
+                       f"all {len(plans)} buildable with TensorRT {version}: {', '.join(plans)}{waiting}")
     return Finding("variants", "problem",
-                   f"{len(refused)} of {len(verdicts)} cannot be built with TensorRT {version}: "
-                   + " | ".join(f"{name}: {why}" for name, why in refused.items()),
-                   "change those variants' settings, or build them where a newer TensorRT is "
+                   f"{len(refused)} of {len(plans)} cannot be built with TensorRT {version}: "
+                   + " | ".join(f"{name}: {why}" for name, why in refused.items()) + waiting,
+                   "change those variants' settings or models, or build them where a newer TensorRT is "
                    "(doit kit:<recipe>-<variant>)")
+
+
+def _parser_refusals(jobs: dict, generation: str) -> dict[str, str]:
+    """{variant: the parser preflight's first error} for the variants whose engine ONNX exists
+    (others are not read: doctor never exports or loads a model to answer). Variants built
+    from the same ONNX share one preflight."""
+    verdicts: dict[tuple[Path, bool], str | None] = {}
+    refused = {}
+    for name, job in jobs.items():
+        key = (job.onnx, bool(job.plugin_files))
+        if not job.onnx.is_file():
+            continue
+        if key not in verdicts:
+            verdicts[key] = _parser_error(*key, generation)
+        if verdicts[key]:
+            refused[name] = verdicts[key]
+    return refused
+
+
+def _parser_error(onnx_path: Path, plugin_libraries: bool, generation: str) -> str | None:
+    """The first error TensorRT `generation`'s parser tables find in `onnx_path`, as lint: words it."""
+    from .console import shown_path
+    from .errors import StageError
+    from .preflight import preflight
+
+    try:
+        findings = preflight(onnx_path, generation, plugin_libraries=plugin_libraries)
+    except StageError as exc:
+        return str(exc)
+    errors = [f for f in findings if f.severity == "error"]
+    if not errors:
+        return None
+    more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{shown_path(onnx_path)}: {errors[0].subject} {errors[0].message}{more}"
 
 
 def check_fleet(project) -> Finding | None:

@@ -48,14 +48,20 @@ def _inside(holder: subprocess.Popen) -> list[str]:
 
 
 def _controlled_wrapper(folder: Path, version: str) -> Path:
-    """The double's wrapper, whose builds take as many seconds as `folder/slow` says (if it exists)."""
+    """The double's wrapper, whose builds take as many seconds as `folder/slow` says (if it
+    exists), and which appends each call's arguments to `folder/calls`."""
     wrapper = make_wrapper(folder, version)
     slow = folder / "slow"
     wrapper.write_text(wrapper.read_text().replace(
         "unset TRTEXEC_DOUBLE_BUILD_SECONDS",
         f'if [ -f {slow} ]; then export TRTEXEC_DOUBLE_BUILD_SECONDS="$(cat {slow})"; '
-        "else unset TRTEXEC_DOUBLE_BUILD_SECONDS; fi"))
+        f'else unset TRTEXEC_DOUBLE_BUILD_SECONDS; fi; echo "$*" >> {folder / "calls"}'))
     return wrapper
+
+
+def _builds_started(wrapper: Path) -> int:
+    calls = wrapper.parent / "calls"
+    return sum("--saveEngine" in line for line in calls.read_text().splitlines()) if calls.exists() else 0
 
 
 def _live_nodes(cluster: dict) -> list[dict]:
@@ -81,7 +87,7 @@ def cluster(tmp_path_factory):
     ray_cli = str(Path(sys.executable).parent / "ray")
     env, logs = {**os.environ, **QUIET}, tmp_path_factory.mktemp("ray-logs")
     holder = _loopback_namespace()
-    cluster = {"address": "127.0.0.1:6379", "inside": _inside(holder), "wrappers": {}}
+    cluster = {"address": "127.0.0.1:6379", "inside": _inside(holder), "wrappers": {}, "scratch": {}}
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--block"]
     nodes = []
     try:
@@ -91,12 +97,13 @@ def cluster(tmp_path_factory):
         _wait_for(cluster, nodes, None, logs / "head.log")
         for resource, version in ((TEN, "10.8"), (EIGHT, "8.6")):
             wrapper = cluster["wrappers"][resource] = _controlled_wrapper(tmp_path_factory.mktemp("bin"), version)
+            scratch = cluster["scratch"][resource] = tmp_path_factory.mktemp("machine-tmp")  # its builds' folders
             name, cc = GPUS[resource]
             nodes.append(subprocess.Popen(
                 [*cluster["inside"], ray_cli, "start", f"--address={cluster['address']}",
                  f"--resources={json.dumps({resource: 1})}", "--include-log-monitor=false", "--min-worker-port=0",
                  "--max-worker-port=0", "--dashboard-agent-listen-port=0", *common],
-                env={**env, "TRTEXEC": str(wrapper), "DOUBLE_GPU": f"{name}, {cc}"},
+                env={**env, "TRTEXEC": str(wrapper), "DOUBLE_GPU": f"{name}, {cc}", "TMPDIR": str(scratch)},
                 stdout=open(logs / f"{version}.log", "w"), stderr=subprocess.STDOUT))
             _wait_for(cluster, nodes, resource, logs / f"{version}.log")
         assert {n["NodeManagerAddress"] for n in _live_nodes(cluster)} == {"127.0.0.1"}  # loopback only
@@ -249,11 +256,13 @@ def _doit_in_background(cluster: dict, project: Path, *args: str) -> subprocess.
 
 
 def _wait_for_build(wrapper: Path, doit: subprocess.Popen, seconds: float = 60) -> int:
+    """The pid of the double building an engine through `wrapper` (not the one answering the
+    machine's version probe, which runs first)."""
     deadline = time.monotonic() + seconds
-    while not running_through(wrapper):
+    while not (builds := [pid for pid in running_through(wrapper) if b"--saveEngine" in _cmdline(pid)]):
         assert doit.poll() is None and time.monotonic() < deadline, doit.communicate()
         time.sleep(0.2)
-    return running_through(wrapper)[0]
+    return builds[0]
 
 
 def test_a_machine_worker_killed_mid_build_is_retried(cluster, tmp_path):
@@ -262,39 +271,106 @@ def test_a_machine_worker_killed_mid_build_is_retried(cluster, tmp_path):
     wrapper = cluster["wrappers"][TEN]
     slow = wrapper.parent / "slow"
     slow.write_text("30")
+    started = _builds_started(wrapper)
     try:
         doit = _doit_in_background(cluster, project, "build:delta-fp32")
         double = _wait_for_build(wrapper, doit)
         slow.unlink()  # the retry builds at once
         worker = int(Path(f"/proc/{double}/stat").read_text().split(")")[1].split()[1])  # its parent: Ray's worker
         os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
         out, err = doit.communicate(timeout=120)
     finally:
         slow.unlink(missing_ok=True)
     assert doit.returncode == 0, out[-2000:] + err[-2000:]
+    assert time.monotonic() - killed < 25, "the killed build (30 s to go) finished: no retry"
+    assert _builds_started(wrapper) - started == 2
     assert read_engine(project / "artifacts/delta/fp32/targets/t4/engine.plan")["device"]["name"] == "NVIDIA T4"
     assert not running_through(wrapper)
 
 
-def test_ctrl_c_during_a_remote_build_cancels_it_and_publishes_nothing(cluster, tmp_path):
+def test_a_class_whose_last_machine_is_lost_mid_build_fails_in_one_line(cluster, tmp_path):
+    """A third machine joins with a class of its own, starts a build and dies (its raylet is
+    killed): Ray would keep the retry waiting for a machine of the class forever."""
+    lone = "trt:fake_l4-trt10"
+    wrapper = _controlled_wrapper(tmp_path / "bin", "10.8")
+    (wrapper.parent / "slow").write_text("120")
+    node = subprocess.Popen(
+        [*cluster["inside"], str(Path(sys.executable).parent / "ray"), "start", f"--address={cluster['address']}",
+         f"--resources={json.dumps({lone: 1})}", "--include-log-monitor=false", "--min-worker-port=0",
+         "--max-worker-port=0", "--dashboard-agent-listen-port=0", "--num-cpus=1",
+         "--object-store-memory=100000000", "--block"],
+        env={**os.environ, **QUIET, "TRTEXEC": str(wrapper), "DOUBLE_GPU": "NVIDIA L4, 8.9"},
+        stdout=open(tmp_path / "node.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for(cluster, [node], lone, tmp_path / "node.log")
+        project = make_project(tmp_path / "proj", {"eta": recipe("eta", {"l4": (lone, "10")})})
+        tiny_onnx(project / "models" / "eta.onnx", 7)
+        doit = _doit_in_background(cluster, project, "build:eta-fp32")
+        _wait_for_build(wrapper, doit)
+        raylets = [pid for pid in _pids_with_env(f"TRTEXEC={wrapper}") if b"raylet" in _cmdline(pid)]
+        assert raylets
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)
+        lost = time.monotonic()
+        out, err = doit.communicate(timeout=120)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+    lines = [line for line in (out + err).splitlines() if "engine:eta-fp32@l4" in line and "lost" in line]
+    assert doit.returncode == 1 and "Traceback" not in out + err, out[-2000:] + err[-2000:]
+    assert lines == [(f"engine:eta-fp32@l4: no live machine of the fleet advertises {lone} any more (the one "
+                      "building it was lost); nothing was published: rerun once a machine of the class is back")]
+    assert time.monotonic() - lost < 60
+    assert not (project / "artifacts/eta/fp32/targets/l4/engine.plan").exists()
+
+
+def _pids_with_env(entry: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.parametrize("how", [("build:eps-fp16", signal.SIGINT),
+                                 ("-n 2 -P thread build:eps-fp16 build:eps-fp32", signal.SIGTERM)],
+                         ids=["ctrl-c", "sigterm-under-threads"])
+def test_ctrl_c_during_a_remote_build_cancels_it_and_publishes_nothing(cluster, tmp_path, how):
+    """Under `-P thread` the signal reaches doit's main thread, not the ones waiting on Ray;
+    with one machine of the class, one build runs and the other waits for it. A build that is
+    cancelled, not killed with its driver, ends its trtexec and removes its scratch folder."""
+    args, stop = how
     project = make_project(tmp_path / "proj", {"eps": recipe("eps", {"a10": (EIGHT, "8.6")})})
     tiny_onnx(project / "models" / "eps.onnx", 5)
     wrapper = cluster["wrappers"][EIGHT]
     (wrapper.parent / "slow").write_text("60")
     try:
-        doit = _doit_in_background(cluster, project, "build:eps-fp16")
+        doit = _doit_in_background(cluster, project, *args.split())
         _wait_for_build(wrapper, doit)
-        doit.send_signal(signal.SIGINT)
+        doit.send_signal(stop)
         doit.communicate(timeout=60)
         deadline = time.monotonic() + 20
         while running_through(wrapper) and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         (wrapper.parent / "slow").unlink(missing_ok=True)
-    assert doit.returncode != 0
+    assert doit.returncode == 128 + stop
     assert not running_through(wrapper), "the remote trtexec is still running"
-    out = project / "artifacts/eps/fp16/targets/a10"
-    assert not (out / "engine.plan").exists() and not (out / "summary.json").exists()
+    assert not list(cluster["scratch"][EIGHT].glob("trtforge-fleet-*")), "the build was killed, not cancelled"
+    for variant in ("fp16", "fp32"):
+        out = project / f"artifacts/eps/{variant}/targets/a10"
+        assert not (out / "engine.plan").exists() and not (out / "summary.json").exists()
 
 
 def test_a_build_over_its_timeout_is_stopped_and_its_log_comes_back(cluster, tmp_path):

@@ -15,14 +15,22 @@ here and published as a local build publishes (atomically, engine last); the eng
 identity is what the remote build's own log says, recorded in summary.json.
 
 The class's timing cache lives here (artifacts/cache/timing/fleet/), verified as a local
-one is (SharedTimingCache) and held under its lock while a build of that class runs: builds
-of one class take turns, each returning the cache trtexec updated, so none loses another's
-entries; other classes build meanwhile. Without `build.timing_cache` they all run at once.
+one is (SharedTimingCache). Its lock is held only to read it and to write it back, never
+across a build, so the machines of a class build at once. A build is submitted only when a
+GPU of its class is free (one slot per unit the class's live machines advertise, per doit
+process), and it reads the cache then: builds that follow one another on a machine each
+start from the cache the one before published, so none loses another's timings. Builds
+that run side by side on two machines start from the same cache; the first to finish
+publishes its cache, and the later ones' new entries are left out (one line says so):
+merging two TensorRT timing caches takes TensorRT's own API, which this driver does not
+have, and a left-out timing only costs a later build its time.
 
 Failure is one line naming the task: a class no live node advertises (checked before
-submitting: Ray would wait forever), a machine whose trtexec is of another generation, a
-build over `build.timeout` (cancelled), a machine lost twice (Ray retries once on another
-machine of the class), Ctrl-C or SIGTERM (the remote build is cancelled, trtexec stopped).
+submitting, and again while waiting: Ray would wait forever for a class whose last machine
+was lost), a machine whose trtexec is of another generation, a build over `build.timeout`
+(cancelled), a machine lost twice (Ray retries once on a machine of the class), Ctrl-C or
+SIGTERM (every remote build is cancelled and its trtexec stopped, also under
+`doit -P thread`, where the signal reaches the main thread, not the waiting ones).
 
 Ray is imported only here, only inside an engine task of a recipe with targets: never when
 dodo.py loads, and never in a process that doit then forks.
@@ -80,13 +88,12 @@ def build_on_target(job: FleetJob) -> None:
         result = _run_remote(ray, job, inputs, None)
     else:
         cache_path = job.engine.timing_cache_dir / f"{_slug(job.resource)}.cache"
-        with SharedTimingCache(job.engine, path=cache_path) as cache:  # the class's builds take turns
-            result = _run_remote(ray, job, inputs, _verified_bytes(cache))
+        with _class_slot(ray, job.resource):
+            with SharedTimingCache(job.engine, path=cache_path) as cache:
+                started_from = _verified_bytes(cache)
+            result = _run_remote(ray, job, inputs, started_from)
             if result.get("timing_cache"):
-                with tempfile.TemporaryDirectory() as scratch:
-                    updated = Path(scratch) / "timing.cache"
-                    updated.write_bytes(result["timing_cache"])
-                    cache.update_from(updated)
+                _publish_timing_cache(job, cache_path, started_from, result["timing_cache"])
     if "failed" in result:
         if result["failed_log"] is not None:
             job.engine.out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +108,47 @@ def _run_remote(ray, job: FleetJob, inputs: dict, timing: bytes | None) -> dict:
     machine is lost) and wait for what it returns."""
     remote = ray.remote(_build_here).options(resources={job.resource: 1}, num_cpus=0, max_retries=1,
                                              retry_exceptions=False, name=job.engine.task)
-    return _wait(ray, remote.remote(_payload(job, timing), inputs), job)
+    ref = remote.remote(_payload(job, timing), inputs)
+    _IN_FLIGHT.add(ref)
+    try:
+        return _wait(ray, ref, job)
+    finally:
+        _IN_FLIGHT.discard(ref)
+
+
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+
+
+def _class_slot(ray, resource: str) -> threading.BoundedSemaphore:
+    """The slot a build of `resource` holds while it runs: as many as the class's live
+    machines advertise units when its first build here starts (at least one)."""
+    with _CONNECT_LOCK:
+        if resource not in _SLOTS:
+            _SLOTS[resource] = threading.BoundedSemaphore(max(1, int(live_classes(ray).get(resource, 1))))
+        return _SLOTS[resource]
+
+
+def _publish_timing_cache(job: FleetJob, path: Path, started_from: bytes | None, updated: bytes) -> None:
+    """Publish the cache a build returned, unless another build of the class published one
+    after this build read it: that newer cache is kept (see the module's docstring)."""
+    with SharedTimingCache(job.engine, path=path) as cache:
+        if not cache.published_as(started_from):
+            from .console import info
+
+            info(f"{job.engine.task}: another {job.resource} build updated the class's timing cache meanwhile; "
+                 "it is kept, and this build's new timings are left out of it")
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            built = Path(scratch) / "timing.cache"
+            built.write_bytes(updated)
+            cache.update_from(built)
 
 
 # ----------------------------------------------------------------------------- the driver side
 
 _CONNECT_LOCK = threading.Lock()
+_IN_FLIGHT: set = set()  # ObjectRefs of the builds this process waits for (one per doit thread)
+LIVENESS_CHECK_S = 5  # how often a waiting build asks whether a machine of its class is still alive
 
 
 def connect():  # -> the ray module, connected
@@ -122,6 +164,9 @@ def connect():  # -> the ray module, connected
         logging.getLogger("ray").setLevel(logging.ERROR)  # its warnings are about its own setup; failures are ours to say
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
+            from .session import on_stop
+
+            on_stop(lambda: _cancel(ray, list(_IN_FLIGHT)))
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ToolError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0]}): start one with "
                             f"`trtforge fleet up`, set {ADDRESS_ENV} to its head (host:port), and give this "
@@ -210,25 +255,40 @@ def _wait(ray, ref, job: FleetJob) -> dict:
     """The remote build's result; cancelled on timeout, Ctrl-C or SIGTERM, one line on failure."""
     task, timeout = job.engine.task, job.engine.build.timeout_s
     deadline = time.monotonic() + timeout + TRANSFER_GRACE_S
+    next_check = time.monotonic() + LIVENESS_CHECK_S
     try:
         while not ray.wait([ref], timeout=0.5)[0]:
             if time.monotonic() > deadline:
-                _cancel(ray, ref)
+                _cancel(ray, [ref])
                 raise FleetError(f"{task}: no result from the {job.resource} machine within build.timeout "
                                  f"({timeout} s) and {TRANSFER_GRACE_S} s for transfers; the build was cancelled")
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + LIVENESS_CHECK_S
+                if live_classes(ray).get(job.resource, 0) < 1:
+                    _cancel(ray, [ref])
+                    raise FleetError(f"{task}: no live machine of the fleet advertises {job.resource} any more "
+                                     "(the one building it was lost); nothing was published: rerun once a machine "
+                                     "of the class is back")
         return ray.get(ref)
     except (KeyboardInterrupt, SystemExit):
-        _cancel(ray, ref)
+        _cancel(ray, [ref])
+        raise
+    except FleetError:
         raise
     except Exception as exc:  # noqa: BLE001 - every Ray failure becomes the task's one line
         raise FleetError(_failure_line(ray, exc, job)) from None
 
 
-def _cancel(ray, ref) -> None:
-    """Ask the build to stop (its trtexec is ended as on a local Ctrl-C), then end its worker."""
+def _cancel(ray, refs: list) -> None:
+    """Ask the builds to stop (each trtexec is ended as on a local Ctrl-C), then end the
+    workers of those that have not stopped within CANCEL_GRACE_S."""
+    if not refs:
+        return
     with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
-        ray.cancel(ref)
-        if not ray.wait([ref], timeout=CANCEL_GRACE_S)[0]:
+        for ref in refs:
+            ray.cancel(ref)
+        _, running = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+        for ref in running:
             ray.cancel(ref, force=True)
 
 

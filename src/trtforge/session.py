@@ -11,6 +11,7 @@ lock also makes it safe to sweep the temporaries that an earlier, killed run lef
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ _held_lock = None
 _stopped_by: int | None = None  # the signal that stopped this run
 _terminal_fds: tuple[int, ...] = ()  # stdout/stderr when they were a terminal at the start
 current_task: str | None = None  # set by tasks.run_stage while a stage runs
+_on_stop: list = []  # callables run when a signal stops the run (on_stop)
 
 
 def doit_config(artifacts: Path) -> dict:
@@ -241,11 +243,22 @@ def _stop_on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler sig
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def on_stop(callback) -> None:
+    """Run `callback` when a signal stops the run, before the process exits. For work that
+    lives outside this process (a remote build): local tools end with their process group,
+    but under `doit -P thread` the signal reaches only the main thread, and the threads
+    waiting on other machines die with the process without a word to those machines."""
+    _on_stop.append(callback)
+
+
 def _report_stop(kind, value, tb) -> None:  # noqa: ANN001 - sys.excepthook signature
     """One line instead of a traceback for a stop, and the shell's exit code for the signal."""
     if not issubclass(kind, KeyboardInterrupt):
         sys.__excepthook__(kind, value, tb)
         return
+    for callback in _on_stop:
+        with contextlib.suppress(Exception):  # the stop line and exit code come first
+            callback()
     signum = _stopped_by or signal.SIGINT
     where = f" during {current_task}" if current_task else ""
     try:

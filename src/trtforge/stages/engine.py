@@ -304,6 +304,11 @@ class SharedTimingCache:
         except OSError as exc:
             self._warn_unusable("not saved", exc, "the engine is built, but later builds cannot reuse its timings")
 
+    def published_as(self, data: bytes | None) -> bool:
+        """Whether the cache trtforge last published here is `data` (None: none was)."""
+        recorded = self._recorded_sha256() if self.path.is_file() else None
+        return recorded == (hashlib.sha256(data).hexdigest() if data is not None else None)
+
     def _recorded_sha256(self) -> str | None:
         try:
             return self.record.read_text().split()[0]

@@ -88,7 +88,9 @@ def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):
     assert report["before"]["status"] == "failed" and report["after"]["status"] == "passed"
     assert [step["reverted"] for step in report["steps"]] == [1]
     assert activation_quantized_nodes(result) == ["a", "c"]
-    assert "reverted 1 of 3 quantized nodes" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "reverted 1 of 3 quantized nodes" in said
+    assert "quantize:t-int8: gate run 1 of at most 4: 1 reverted -> close 1.000" in said  # 3 nodes: 1, 2, 3, bisect
 
 
 def long_chain(length: int, damaged: int):
@@ -105,8 +107,9 @@ def long_chain(length: int, damaged: int):
 
 
 @pytest.mark.parametrize("damaged", [0, 23, 47])
-def test_ranking_finds_the_damaged_node_first_in_about_4_sqrt_n_tries(damaged):
-    """48 nodes: 8 runs of 6 neighbours, then the 3 best runs' nodes alone: 26 tries, not 48."""
+def test_ranking_finds_the_damaged_node_first_in_about_4_sqrt_n_tries(damaged, capsys):
+    """48 nodes: 8 runs of 6 neighbours, then the 3 best runs' nodes alone: 26 tries, not 48;
+    their progress shows (plain lines here, stderr being no terminal)."""
     model = long_chain(48, damaged)
     reference = [{f"t{47}": feed["x"]} for feed in FEEDS[:2]]
     tries = []
@@ -118,6 +121,10 @@ def test_ranking_finds_the_damaged_node_first_in_about_4_sqrt_n_tries(damaged):
     ranked = rank_nodes(model, FEEDS[:2], reference, "quantize:t-int8", run)
     assert ranked[0] == f"n{damaged}" and sorted(ranked) == sorted(f"n{i}" for i in range(48))
     assert len(tries) == 8 + 3 * 6
+    said = capsys.readouterr().err.splitlines()
+    assert "trtforge: quantize:t-int8: ranking runs of nodes: 1/8 tries" in [line.split(" (")[0] for line in said]
+    assert [line.split(" (")[0] for line in said if "alone" in line][-1] == (
+        "trtforge: quantize:t-int8: ranking the best runs' nodes alone: 18/18 tries")
 
 
 def test_a_model_that_already_holds_is_left_as_it_is():

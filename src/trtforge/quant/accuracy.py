@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import STORE_FORMAT, reusable_stored_json, write_stored_json
-from ..console import info, warn
+from ..console import Progress, info, warn
 from ..errors import StageError, require
 from ..gates import output_distance
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
@@ -162,12 +162,15 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
 def _fewest(model, ranked: list[str], gate, holds, steps: list, task: str) -> tuple[int | None, dict]:
     """The smallest count of top-ranked nodes whose revert holds (1, 2, 4, ... then bisect)."""
     tried: dict[int, dict] = {}
+    # doubling tries at most ceil(log2 n) + 1 counts, bisecting the last gap at most ceil(log2 n) - 1
+    most = max(1, 2 * math.ceil(math.log2(max(len(ranked), 1))))
 
     def attempt(count: int) -> bool:
         if count not in tried:
             tried[count] = gate(reverted(model, ranked[:count]))
             steps.append({"reverted": count, **_figures(tried[count])})
-            info(f"{task}: {count} reverted -> {tried[count]['figure']} {tried[count]['value']:.3f}")
+            info(f"{task}: gate run {len(tried)} of at most {most}: {count} reverted -> "
+                 f"{tried[count]['figure']} {tried[count]['value']:.3f}")
         return holds(tried[count])
 
     low, high = 0, 1
@@ -198,12 +201,24 @@ def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, 
     size = max(1, math.isqrt(len(names)))
     runs = [names[i:i + size] for i in range(0, len(names), size)]
     info(f"{task}: ranking {len(names)} quantized nodes in {len(runs)} runs of {size} on {len(feeds)} images")
-    run_scores = [distance_with(nodes) for nodes in runs]
+    run_scores = _scored(runs, distance_with, f"{task}: ranking runs of nodes")
     order = sorted(range(len(runs)), key=lambda i: (run_scores[i], i))
     leading = [name for i in order[:expand] for name in runs[i]]
-    scores = {name: distance_with([name]) for name in leading}
+    alone = _scored([[name] for name in leading], distance_with, f"{task}: ranking the best runs' nodes alone")
+    scores = dict(zip(leading, alone))
     return sorted(leading, key=lambda name: (scores[name], names.index(name))) + [
         name for i in order[expand:] for name in runs[i]]
+
+
+def _scored(tries: list[list[str]], score: Callable[[list[str]], float], description: str) -> list[float]:
+    """`score` of each try, with console progress: tens of tries of an inference per ranking
+    image each were minutes without a word at default verbosity (issue 14)."""
+    scores = []
+    with Progress(description, len(tries), unit="tries") as progress:
+        for nodes in tries:
+            scores.append(score(nodes))
+            progress.advance()
+    return scores
 
 
 def _runner(model) -> Callable[[object, list[dict]], list[dict]]:

@@ -123,6 +123,33 @@ def test_model_metadata_is_read_as_literals_only_and_written_as_ultralytics_does
     assert metadata_from_props(hostile) == {}  # never evaluated, never a crash: left out
 
 
+@pytest.mark.parametrize("stated", [
+    {"preset": "imagenet"},
+    {"preset": "imagenet", "channels": "bgr", "resize_to": 240},
+    {"scale": 1.0, "pad": 0, "resize": "stretch"},
+])
+def test_the_preprocess_a_refusal_says_to_set_feeds_the_model_as_its_metadata_says(tmp_path, stated):
+    """The value in the refusal, pasted into a recipe, loads as exactly the stated preprocessing."""
+    from test_recipe import load_text
+
+    from trtforge.recipe import jsonable
+    from trtforge.stages.export import preprocess_setting
+
+    static_onnx(tmp_path / "m.onnx")
+    wanted = jsonable(load_text(tmp_path, onnx_recipe(stated), "want.yaml").input.preprocess)
+    setting = preprocess_setting(wanted)
+    assert jsonable(load_text(tmp_path, onnx_recipe(setting), "set.yaml").input.preprocess) == wanted, setting
+
+
+def onnx_recipe(preprocess) -> str:
+    """An ONNX-source recipe with `input.preprocess` as given (a dict, or YAML text)."""
+    import json
+
+    text = preprocess if isinstance(preprocess, str) else json.dumps(preprocess)
+    return (f"model: {{source: onnx, path: m.onnx}}\ninput: {{name: x, shape: [1, 3, 16, 16], preprocess: {text}}}\n"
+            "variants:\n  fp32: {precision: fp32}\n")
+
+
 def test_an_onnx_source_is_fed_as_its_metadata_says_and_one_that_says_nothing_is_warned_about(tmp_path, capfd):
     """trtforge writes how a model is fed into every ONNX it makes (trtforge.preprocess); an ONNX
     source that carries it must be fed so, and one with no such word and no Ultralytics
@@ -149,9 +176,11 @@ def test_an_onnx_source_is_fed_as_its_metadata_says_and_one_that_says_nothing_is
     export_onnx(made, spec, 17, tmp_path, tmp_path / "out.onnx")  # fed as it says: no warning
     assert "does not say how it is fed" not in capfd.readouterr().err
     with pytest.raises(StageError, match=r"input.preprocess: made.onnx was made to be fed with resize 'letterbox', "
-                                         r"not 'shortest_edge', .*mean \[0.0, 0.0, 0.0\], not \[0.485"):
+                                         r"not 'shortest_edge', .*mean \[0.0, 0.0, 0.0\], not \[0.485") as error:
         export_onnx(made, InputSpec("x", (1, 3, 16, 16), "float32", (), IMAGENET), 17, tmp_path, tmp_path / "o2.onnx")
     assert not (tmp_path / "o2.onnx").exists()  # refused before anything is written
+    assert "set `input.preprocess: ultralytics` in the recipe" in str(error.value)  # the value to set, in one line
+    assert "\n" not in str(error.value)
 
     del model.metadata_props[:]
     model.metadata_props.add(key="stride", value="32")  # an Ultralytics export: letterbox is right

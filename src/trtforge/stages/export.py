@@ -18,9 +18,9 @@ from .. import checkpoints
 from ..atomic import atomic_output, write_text_atomic
 from ..console import StatusLine, info, warn
 from ..errors import MissingDependencyError, StageError, require
-from ..images import ULTRALYTICS
+from ..images import PRESETS, ULTRALYTICS
 from ..modelmeta import PREPROCESS_KEY, metadata_from_props, props_of
-from ..recipe import OPSETS, InputSpec, ModelSource, jsonable
+from ..recipe import DEFAULT_PREPROCESS, OPSETS, InputSpec, ModelSource, jsonable
 
 # Ultralytics tasks trtforge builds end to end, as Ultralytics names them (RT-DETR and the
 # NMS-free YOLO26/YOLOv10 heads are 'detect' models).
@@ -348,12 +348,29 @@ def _check_preprocess(props: dict[str, str], spec: InputSpec, shown: Path) -> No
         differ = ", ".join(f"{key} {stated.get(key)!r}, not {ours[key]!r}" for key in ours
                            if stated.get(key) != ours[key])
         raise StageError(f"input.preprocess: {shown} was made to be fed with {differ} (its {PREPROCESS_KEY} "
-                         "metadata); set input.preprocess to match, or calibration and checks feed it wrongly")
+                         f"metadata); set `input.preprocess: {preprocess_setting(stated)}` in the recipe, or "
+                         "calibration and checks feed it wrongly")
     ultralytics = "stride" in props or props.get("author", "").startswith("Ultralytics")
     if stated is None and not ultralytics and spec.preprocess == ULTRALYTICS:
         warn(f"input.preprocess: {shown} does not say how it is fed and is no Ultralytics export; calibration and "
              "checks feed it Ultralytics' letterbox, RGB, /255: if it was trained otherwise (ImageNet mean and "
              "std, BGR, a centre crop), set input.preprocess")
+
+
+def preprocess_setting(stated: dict) -> str:
+    """The `input.preprocess` value (YAML flow form) that feeds a model as `stated` (JSON of a
+    Preprocess) says: a preset's name when one matches, else the closest preset with the fields
+    that differ from it, so the refusal names a value to paste rather than a list to rework."""
+    def differing(preset) -> dict:
+        fields = jsonable(preset)
+        return {key: value for key, value in stated.items() if key in fields and fields[key] != value}
+
+    name = min(PRESETS, key=lambda n: (len(differing(PRESETS[n])), n != DEFAULT_PREPROCESS["onnx"]))
+    fields = differing(PRESETS[name])
+    if not fields:
+        return name
+    preset = [] if name == DEFAULT_PREPROCESS["onnx"] else [f"preset: {name}"]
+    return "{" + ", ".join(preset + [f"{key}: {json.dumps(value)}" for key, value in fields.items()]) + "}"
 
 
 def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> dict[str, str]:

@@ -405,6 +405,24 @@ def test_fleet_commands_and_doctor_see_the_classes_and_stop_only_their_own_node(
         status = trtforge("fleet", "status")
         assert status.returncode == 0, status.stderr
         assert "trt:extra (0 of 2 building)" in status.stdout and f"{TEN} (0 of 1 building)" in status.stdout
+        assert "building engine:" not in status.stdout
+
+        busy = make_project(tmp_path / "busy", {"iota": recipe("iota", {"t4": (TEN, "10")})})
+        tiny_onnx(busy / "models" / "iota.onnx", 9)
+        (cluster["wrappers"][TEN].parent / "slow").write_text("60")
+        doit = _doit_in_background(cluster, busy, "build:iota-fp32")
+        try:
+            _wait_for_build(cluster["wrappers"][TEN], doit)
+            status = trtforge("fleet", "status").stdout
+        finally:
+            (cluster["wrappers"][TEN].parent / "slow").unlink()
+            doit.send_signal(signal.SIGINT)
+            doit.communicate(timeout=60)
+        rows = status.split("\n127.0.0.1")
+        t4 = next(row for row in rows if TEN in row)
+        assert f"{TEN} (1 of 1 building)" in t4 and "building engine:iota-fp32@t4" in t4, status
+        assert "trt:extra (0 of 2 building)" in status and f"{EIGHT} (0 of 1 building)" in status
+        assert status.count("building engine:") == 1, status
 
         doctor = trtforge("doctor", "--project", str(fleet_project))
         assert "every target class has a live machine" in doctor.stdout, doctor.stdout
@@ -465,3 +483,39 @@ def test_int8_reaches_each_class_in_the_form_its_generation_builds(cluster, tmp_
     explicit = read_engine(out / "targets" / "t4" / "engine.plan")
     assert explicit["strongly_typed"] and explicit["onnx_sha256"] == sha256(out / "qdq.onnx")
     assert explicit["calibration"] is None
+
+
+def test_a_targets_build_overrides_reach_its_command_and_a_bad_target_is_one_line(tmp_path):
+    """No cluster: what `trtforge plan` renders per class, and the recipe's refusals."""
+    from conftest import doit_env
+
+    targets = """targets:
+  t4: {resource: 'trt:sm_75-trt10', tensorrt: '10', build: {workspace: 1GiB, timeout: 5m,
+       profiles: [{x: {min: [1, 3, 32, 32], opt: [2, 3, 32, 32], max: [8, 3, 32, 32]}}]}}
+  orin: {resource: 'trt:sm_87-trt8.5', tensorrt: '8.5', build: {dla_core: 0}}
+"""
+    text = recipe("omega", CLASSES).split("targets:")[0] + targets
+    project = make_project(tmp_path / "proj", {"omega": text})
+    tiny_onnx(project / "models" / "omega.onnx", 8)
+
+    def plan() -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "trtforge"), "plan", "omega-fp16", "--project",
+                               str(project)], env=doit_env(), capture_output=True, text=True, timeout=120)
+
+    shown = plan()
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    blocks = {block.split(" ", 3)[2]: block for block in shown.stdout.split("\n\n") if block.startswith("trtexec for")}
+    t4, orin = blocks["omega-fp16@t4"], blocks["omega-fp16@orin"]
+    assert "--memPoolSize=workspace:1G" in t4 and "--maxShapes=x:8x3x32x32" in t4 and "--useDLACore" not in t4
+    assert "--useDLACore=0" in orin and "--maxShapes=x:2x3x32x32" in orin  # the recipe's own profile
+    assert "--memPoolSize=workspace:256" in orin
+
+    for bad, field, says in (("'trt:sm_75-trt10'", "resource", "is not a Ray resource name"),
+                             ("'trt:sm_75-trt10', precision: fp16", "precision", "")):
+        broken = text.replace("'trt:sm_75-trt10'", bad.replace("'trt:sm_75-trt10'", "'trt sm75'")
+                              if field == "resource" else bad)
+        (project / "recipes" / "omega.yaml").write_text(broken)
+        refused = plan()
+        lines = [line for line in (refused.stdout + refused.stderr).splitlines() if line.strip()]
+        assert refused.returncode != 0 and len(lines) == 1, lines
+        assert "recipes/omega.yaml" in lines[0] and f"targets.t4.{field}" in lines[0] and says in lines[0]

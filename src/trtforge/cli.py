@@ -193,6 +193,8 @@ def status() -> None:
     for row in status_rows(connect()):
         classes = ", ".join(f"{name} ({row['busy'][name]} of {units} building)" for name, units in row["classes"].items())
         click.echo(f"{row['address']:<16} {classes or 'no build class (head or CPU-only machine)'}")
+        for task in row["builds"]:
+            click.echo(f"{'':<16}   building {task}")
 
 
 @fleet.command(short_help="Stop the Ray nodes `fleet up` started on this machine.")

@@ -392,19 +392,48 @@ def start_node(classes: dict[str, int], address: str | None, port: int, node_ip:
     return record
 
 
+BUILDS_NAMESPACE = "trtforge-builds"  # Ray's key-value store: "<node id>/<engine task>" while it builds
+
+
 def status_rows(ray) -> list[dict]:
-    """One row per live node: its address and the build classes it advertises, with units in use."""
-    available = ray.available_resources()
-    totals = live_classes(ray)
+    """One row per live node: its address, the build classes it advertises with the units in
+    use on it, and the engine tasks it is building.
+
+    Ray's per-node figures and key-value store are developer APIs, steady within the Ray
+    version the fleet extra pins. A build whose machine lost its worker outright leaves its
+    entry behind; it is shown only while its node has a unit of a class in use."""
+    from ray._private.state import available_resources_per_node
+    from ray.experimental.internal_kv import _internal_kv_list
+
+    available = available_resources_per_node()
+    building: dict[str, list[str]] = {}
+    for key in _internal_kv_list("", namespace=BUILDS_NAMESPACE):
+        node_id, task = key.decode().split("/", 1)
+        building.setdefault(node_id, []).append(task)
     rows = []
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
         classes = {name: int(amount) for name, amount in node.get("Resources", {}).items() if name.startswith("trt:")}
-        rows.append({"address": node.get("NodeManagerAddress"), "classes": classes})
-    for row in rows:
-        row["busy"] = {name: int(totals[name] - available.get(name, 0)) for name in row["classes"]}
+        free = available.get(node["NodeID"], {})
+        busy = {name: units - int(free.get(name, 0)) for name, units in classes.items()}
+        rows.append({"address": node.get("NodeManagerAddress"), "classes": classes, "busy": busy,
+                     "builds": sorted(building.get(node["NodeID"], [])) if any(busy.values()) else []})
     return rows
+
+
+@contextlib.contextmanager
+def _announced(ray, task: str):
+    """While a build runs on this machine, its entry in BUILDS_NAMESPACE (for `fleet status`)."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    key = f"{ray.get_runtime_context().get_node_id()}/{task}"
+    _internal_kv_put(key, str(time.time()), namespace=BUILDS_NAMESPACE)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the cluster may be going down with the build
+            _internal_kv_del(key, namespace=BUILDS_NAMESPACE)
 
 
 def stop_nodes(grace_s: float = 60) -> list[int]:
@@ -459,7 +488,7 @@ def _build_here(payload: dict, inputs: dict) -> dict:
     from .render import check_intent
     from .trtexec import locate_trtexec, not_found_message, probe_version
 
-    with tempfile.TemporaryDirectory(prefix="trtforge-fleet-") as scratch:
+    with _announced(ray, payload["task"]), tempfile.TemporaryDirectory(prefix="trtforge-fleet-") as scratch:
         root = Path(scratch)
         for relative, ref in inputs.items():
             (root / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -87,9 +87,11 @@ variants:
 
 
 def _assert_one_error_line(result, line: str) -> None:
-    """doit printed `line` once as the whole reason, with no traceback."""
+    """doit printed `line` once as the whole reason, with no traceback and no replay of the
+    task's output after it (a status line drawn live once left an empty `<stdout>:` block)."""
     assert "Traceback" not in result.stdout + result.stderr
     assert (result.stdout + result.stderr).splitlines().count(line) == 1
+    assert "<stdout>:" not in result.stdout and "#" * 40 not in result.stdout, result.stdout
 
 
 @pytest.mark.slow

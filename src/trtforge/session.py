@@ -51,12 +51,17 @@ class OneLineFailureReporter(ConsoleReporter):
     """
 
     def complete_run(self) -> None:
-        self.failures = [f for f in self.failures if _captured_output(f["task"]).strip()]
+        self.failures = [f for f in self.failures if self._replayed(f["task"]).strip()]
         super().complete_run()
 
-
-def _captured_output(task) -> str:
-    return "".join(a.out or "" for a in task.actions) + "".join(a.err or "" for a in task.actions)
+    def _replayed(self, task) -> str:  # noqa: ANN001 - a doit Task
+        """What doit's complete_run would print of the task's captured output (the same rules):
+        stderr a stage wrote live, such as a progress line, is not replayed at the default
+        verbosity, so it must not keep an empty stdout block in."""
+        show_err = task.verbosity < 1 or self.failure_verbosity > 0
+        show_out = task.verbosity < 2 or self.failure_verbosity == 2
+        return ("".join(a.err or "" for a in task.actions) if show_err else "") + \
+            ("".join(a.out or "" for a in task.actions) if show_out else "")
 
 
 def doit_command(argv: list[str]) -> str:

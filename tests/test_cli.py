@@ -154,3 +154,42 @@ def test_doctor_starts_trtexec_once(small_project, tmp_path):
     result = trtforge("doctor", cwd=small_project, env={"TRTEXEC": str(counting)})
     assert "ok       variants         all 2 buildable with TensorRT 10.8.0" in result.stdout, result.stdout
     assert (tmp_path / "starts").read_text().count("started") == 1
+
+
+def test_plan_and_doctor_name_a_recipe_its_onnx_cannot_take(tmp_path):
+    """A static ONNX (1x3x16x16, as `yolo export` writes) under a recipe with a dynamic batch:
+    plan printed a trtexec command and doctor said buildable; only export: refused it."""
+    from conftest import make_project
+    from doubles.trtexec import make_wrapper
+    from test_export_sources import static_onnx
+
+    recipe = """\
+model: {source: onnx, path: models/static.onnx}
+input: {name: x, shape: [1, 3, 16, 16], dynamic_axes: [0]}
+surgery: []
+build:
+  profiles:
+    - x: {min: [1, 3, 16, 16], opt: [1, 3, 16, 16], max: [2, 3, 16, 16]}
+variants:
+  fp32: {precision: fp32}
+"""
+    project = make_project(tmp_path / "proj", {"s": recipe})
+    (project / "models").mkdir()
+    static_onnx(project / "models" / "static.onnx")
+    env = {"TRTEXEC": str(make_wrapper(tmp_path / "b10", "10.8"))}
+    why = ("export:s will refuse its model: input.dynamic_axes: axis 0 of 'x' is fixed at 1 in "
+           "models/static.onnx ([1, 3, 16, 16], a static export): remove 0 from input.dynamic_axes")
+
+    plan = trtforge("plan", "s-fp32", cwd=project, env=env)
+    assert plan.returncode == 1 and plan.stderr.startswith(f"trtforge: {why}"), plan.stdout + plan.stderr
+    assert len(plan.stderr.splitlines()) == 1
+    doctor = trtforge("doctor", cwd=project, env=env)
+    line = next(line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["variants"])
+    assert doctor.returncode == 1 and line.startswith(f"problem  variants         1 of 1 cannot be built with "
+                                                      f"TensorRT 10.8.0: s-fp32: {why}"), doctor.stdout
+
+    fixed = recipe.replace("dynamic_axes: [0]", "dynamic_axes: []").split("build:")[0] + "variants:" + \
+        recipe.split("variants:")[1]
+    (project / "recipes" / "s.yaml").write_text(fixed)
+    assert trtforge("plan", "s-fp32", cwd=project, env=env).returncode == 0
+    assert "ok       variants" in trtforge("doctor", cwd=project, env=env).stdout

@@ -136,6 +136,7 @@ def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
     """TARGET is <recipe> or <recipe>-<variant>: the tasks `doit build:` would consider, which
     would run and why (the reasons doit knows), and the exact trtexec command."""
     from .plan import preflight_verdicts, resolve_target, task_plan, trtexec_commands
+    from .stages.export import onnx_source_problem
     from .tasks import load_project
 
     loaded = load_project(project.resolve(), trt)
@@ -143,11 +144,14 @@ def plan(target: str, trt: str | None, project: Path, as_json: bool) -> None:
     steps = task_plan(loaded, recipe, variants)
     commands = trtexec_commands(loaded, recipe, variants)
     verdicts = preflight_verdicts(loaded, recipe, variants)
+    source = onnx_source_problem(recipe.model, recipe.input, loaded.root)
     if as_json:
-        click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands, "preflight": verdicts},
-                              indent=2))
+        click.echo(json.dumps({"tasks": [vars(s) for s in steps], "trtexec": commands, "preflight": verdicts,
+                               "source": source or "ok"}, indent=2))
     else:
         _print_plan(loaded, recipe, steps, commands, verdicts)
+    if source:
+        raise TrtforgeError(f"export:{recipe.name} will refuse its model: {source}")
     refused = [v for v, command in commands.items() if isinstance(command, str) and command.startswith("refused:")]
     if refused:
         with_what = "on its target" if recipe.targets else f"with TensorRT {loaded.trtexec.version}"

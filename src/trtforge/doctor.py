@@ -169,6 +169,7 @@ def check_variants(project) -> Finding | None:
     jobs = {name: job for name, (job, _) in plans.items() if job is not None}
     refused = {name: why for name, (_, why) in plans.items() if why}
     refused.update(_parser_refusals(jobs, version.generation))
+    refused.update(_source_refusals(project))
     refused = {name: refused[name] for name in plans if name in refused}  # in recipe order
     unchecked = [name for name, job in jobs.items() if not job.onnx.is_file()]
     waiting = (f"; not parser-checked until their ONNX is built (doit lint:<recipe>): {', '.join(unchecked)}"
@@ -181,6 +182,19 @@ def check_variants(project) -> Finding | None:
                    + " | ".join(f"{name}: {why}" for name, why in refused.items()) + waiting,
                    "change those variants' settings or models, or build them where a newer TensorRT is "
                    "(doit kit:<recipe>-<variant>)")
+
+
+def _source_refusals(project) -> dict[str, str]:
+    """{variant: why export: will refuse its recipe's ONNX source} (input name, shape, opset,
+    preprocessing), for every variant of such a recipe: none of them can be built."""
+    from .stages.export import onnx_source_problem
+
+    refused = {}
+    for r in project.recipes:
+        problem = None if r.targets else onnx_source_problem(r.model, r.input, project.root)
+        refused.update({f"{r.name}-{v.name}": f"export:{r.name} will refuse its model: {problem}"
+                        for v in r.variants if problem})
+    return refused
 
 
 def _parser_refusals(jobs: dict, generation: str) -> dict[str, str]:

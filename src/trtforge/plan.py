@@ -112,12 +112,14 @@ def _status(task, tasks: dict, dependency) -> PlannedTask:
         return PlannedTask(task.name, "run", ("never built in this project",))
     status = dependency.get_status(task, tasks, get_log=True)
     reasons = []
+    added = set(status.reasons.get("added_file_dep", []))  # doit lists a new input as changed too
     for key, value in status.reasons.items():
         if key == "uptodate_false":
             reasons += [_uptodate_reason(check) for check, _, _ in value]
         elif key in _REASONS:
             items = value if isinstance(value, list) else [value]
-            reasons += [_REASONS[key].format(_short(item)) for item in items]
+            reasons += [_REASONS[key].format(_short(item)) for item in items
+                        if key != "changed_file_dep" or item not in added]
     return PlannedTask(task.name, status.status, tuple(dict.fromkeys(reasons)))
 
 

@@ -338,10 +338,11 @@ def _factory_module(model: ModelSource, root: Path):
     return net.float().eval(), weights
 
 
-def _check_preprocess(props: dict[str, str], spec: InputSpec, shown: Path) -> None:
+def _check_preprocess(props: dict[str, str], spec: InputSpec, shown: Path, warn_unstated: bool = True) -> None:
     """An ONNX source that says how it is fed must be fed so; one that says nothing and is no
-    Ultralytics export gets a warning when the recipe feeds it Ultralytics' letterbox by
-    default, since calibration on wrongly normalised inputs is silent (FP32 sees them too)."""
+    Ultralytics export gets a warning (at export, not from plan or doctor) when the recipe feeds
+    it Ultralytics' letterbox by default, since calibration on wrongly normalised inputs is
+    silent (FP32 sees them too)."""
     stated = metadata_from_props(props).get("preprocess")
     ours = jsonable(spec.preprocess)
     if stated is not None and stated != ours:
@@ -351,7 +352,7 @@ def _check_preprocess(props: dict[str, str], spec: InputSpec, shown: Path) -> No
                          f"metadata); set `input.preprocess: {preprocess_setting(stated)}` in the recipe, or "
                          "calibration and checks feed it wrongly")
     ultralytics = "stride" in props or props.get("author", "").startswith("Ultralytics")
-    if stated is None and not ultralytics and spec.preprocess == ULTRALYTICS:
+    if warn_unstated and stated is None and not ultralytics and spec.preprocess == ULTRALYTICS:
         warn(f"input.preprocess: {shown} does not say how it is fed and is no Ultralytics export; calibration and "
              "checks feed it Ultralytics' letterbox, RGB, /255: if it was trained otherwise (ImageNet mean and "
              "std, BGR, a centre crop), set input.preprocess")
@@ -373,6 +374,28 @@ def preprocess_setting(stated: dict) -> str:
     return "{" + ", ".join(preset + [f"{key}: {json.dumps(value)}" for key, value in fields.items()]) + "}"
 
 
+def onnx_source_problem(model: ModelSource, spec: InputSpec, root: Path) -> str | None:
+    """The one line export: would refuse an ONNX source with (unreadable, opset, input name or
+    shape, preprocessing), or None: for `trtforge plan` and `doctor`, which otherwise passed a
+    recipe its ONNX cannot take (issue 14). None too for other sources and for a file that is
+    not there yet (export: names that)."""
+    if model.source != "onnx" or not (root / model.path).is_file():
+        return None
+    try:
+        _checked_onnx(model.path, spec, root, warn_unstated=False)
+    except StageError as exc:
+        return str(exc)
+    return None
+
+
+def _checked_onnx(path: Path, spec: InputSpec, root: Path, warn_unstated: bool = True):
+    """The ONNX source at `path`, once it is a model the recipe and the later stages can use."""
+    model = _read_onnx(root / path, path)
+    _check_onnx_matches_recipe(model, spec, path)
+    _check_preprocess(props_of(model), spec, path, warn_unstated)
+    return model
+
+
 def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) -> dict[str, str]:
     """Copy an ONNX source to `output` once it is a model the later stages can use; return its
     metadata_props (an Ultralytics export names its classes there).
@@ -381,9 +404,7 @@ def _copy_checked_onnx(path: Path, spec: InputSpec, root: Path, output: Path) ->
     so a plain copy under artifacts/ would lose them.
     """
     onnx = require("onnx", "core")
-    model = _read_onnx(root / path, path)
-    _check_onnx_matches_recipe(model, spec, path)
-    _check_preprocess(props_of(model), spec, path)
+    model = _checked_onnx(path, spec, root)
     with atomic_output(output) as temp:
         if _external_data_files(model):
             onnx.save(onnx.load(str(root / path)), str(temp))

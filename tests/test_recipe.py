@@ -110,6 +110,56 @@ def test_bad_recipe_is_one_line_naming_the_place(tmp_path, text, where, fragment
     assert where in message and fragment in message, message
 
 
+CLASSIFIER = """\
+model: {source: torch, factory: torchvision.models:resnet18}
+input: {name: x, shape: [1, 3, 224, 224]}
+verify: {images: calib, task: classify}
+variants:
+  fp16: {precision: fp16}
+package: {ultralytics_engine: true}
+"""
+ULTRALYTICS_CLS = CLASSIFIER.replace("{source: torch, factory: torchvision.models:resnet18}",
+                                     "{source: ultralytics, arch: yolov8n-cls.yaml}")
+ENGINE_FIELD = "recipes/r.yaml:6:31: package.ultralytics_engine: Ultralytics' YOLO() "
+
+
+NOT_ULTRALYTICS = "runs Ultralytics models, and model.source {} is not one; remove it (the release's " \
+                  "engine.plan loads in TensorRT directly)"
+CLASSIFY_FEED = ("feeds the engine as its own predictor does, not as input.preprocess says; set input.preprocess: "
+                 "{preset: ultralytics, resize: shortest_edge, resize_to: 224} (classify), or remove "
+                 "package.ultralytics_engine")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (CLASSIFIER, NOT_ULTRALYTICS.format("torch")),
+    (CLASSIFIER.replace("source: torch, factory: torchvision.models:resnet18", "source: yolov5, arch: yolov5s.yaml"),
+     NOT_ULTRALYTICS.format("yolov5")),
+    # an Ultralytics classifier fed as Ultralytics feeds detectors (trtforge's default), or as torchvision does
+    (ULTRALYTICS_CLS, CLASSIFY_FEED),
+    (ULTRALYTICS_CLS.replace("224]}", "224], preprocess: imagenet}"), CLASSIFY_FEED),
+    (ULTRALYTICS_CLS.replace("task: classify}", "head: nms}"),
+     "cannot decode verify.head nms's outputs; remove it (the release's engine.plan loads in TensorRT directly)"),
+])
+def test_an_ultralytics_engine_is_refused_where_yolo_would_feed_or_decode_it_otherwise(tmp_path, text, fragment):
+    """`YOLO("x.engine")` feeds the engine as Ultralytics' predictor feeds its task and decodes
+    Ultralytics' heads only: a torchvision classifier fed ImageNet's mean/std would be fed wrongly."""
+    assert error_of(tmp_path, text) == ENGINE_FIELD + fragment
+
+
+def test_an_ultralytics_engine_is_allowed_where_the_recipe_feeds_as_ultralytics_does(tmp_path):
+    classify = "224], preprocess: {resize: shortest_edge, resize_to: 224}}"
+    assert load_text(tmp_path, ULTRALYTICS_CLS.replace("224]}", classify)).package.ultralytics_engine
+    # without verify.task the task is not known here: either of Ultralytics' own feeds loads (the
+    # package stage checks it against the model's task), anything else is refused
+    no_verify = ULTRALYTICS_CLS.replace("verify: {images: calib, task: classify}\n", "")
+    assert load_text(tmp_path, no_verify).package.ultralytics_engine
+    assert load_text(tmp_path, no_verify.replace("224]}", classify)).package.ultralytics_engine
+    message = error_of(tmp_path, no_verify.replace("224]}", "224], preprocess: imagenet}"))
+    assert message.startswith("recipes/r.yaml:5:31: package.ultralytics_engine: ") and message.endswith(
+        "set input.preprocess: ultralytics (detect) or {preset: ultralytics, resize: shortest_edge, resize_to: 224} "
+        "(classify), or remove package.ultralytics_engine"), message
+
+
 FLOORS = ("min_agreement_vs_fp32", "min_recall_vs_fp32", "min_precision_vs_fp32")
 
 

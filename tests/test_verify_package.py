@@ -609,3 +609,51 @@ def test_a_release_is_verified_only_when_every_comparison_ran_and_passed(engine,
 
     verdict = verification_of({"passed": True, "engine": {"status": engine}, "gate": {"status": gate}})
     assert (verdict["status"], verdict["passed"]) == (status, status == "verified")
+
+
+def ultralytics_header(job: PackageJob, export: dict, verify: dict | None = None) -> dict:
+    """The metadata of the `.engine` the package stage writes for `export` (export.json) and
+    the recipe's `verify` section, read by Ultralytics' own reader."""
+    from ultralytics.nn.backends.base import BaseBackend
+
+    job.export_metadata.write_text(json.dumps(export))
+    job = dataclasses.replace(job, ultralytics_engine=True,
+                              resolved_recipe={"name": "yolov8n", "file": "yolov8n.yaml", "verify": verify})
+    make_package(job)
+    (archive,) = job.release_dir.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        plan = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".engine"))).read()
+    engine = job.release_dir / "x.engine"
+    engine.write_bytes(plan)
+    return BaseBackend.engine_header(engine)[1]
+
+
+CLASSIFY_FEED = {"resize": "shortest_edge", "resize_to": 224, "pad": 114, "channels": "rgb", "scale": 255.0,
+                 "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def test_the_ultralytics_engine_header_names_the_task_that_is_known_never_a_guessed_detect(tmp_path):
+    """The header's task picks Ultralytics' predictor, so how YOLO() feeds and decodes the
+    engine: a classifier's header said `task: detect` (issue 14)."""
+    job = package_job(tmp_path, random.Random(3).randbytes(4096))
+    names = {"0": "cat", "1": "dog"}
+    said = ultralytics_header(job, {"task": "classify", "names": names, "imgsz": [224, 224],
+                                    "preprocess": CLASSIFY_FEED}, verify={"task": "detect"})
+    assert (said["task"], said["names"]) == ("classify", names)  # the model's own task wins
+    said = ultralytics_header(job, {"imgsz": [224, 224], "preprocess": CLASSIFY_FEED}, verify={"task": "classify"})
+    assert said["task"] == "classify"  # an ONNX without metadata: the recipe's verify.task
+
+    for export, verify, why in [
+        ({"imgsz": [224, 224]}, None, "the model does not say its task and the recipe has no verify.task; add a "
+                                      "verify section with its task, or remove package.ultralytics_engine"),
+        ({"imgsz": [224, 224]}, {"task": "raw"}, "the model does not say its task"),
+        ({"task": "classify", "imgsz": [224, 224], "preprocess": {**CLASSIFY_FEED, "resize": "letterbox"}}, None,
+         "Ultralytics' YOLO() feeds a classify model as input.preprocess: {preset: ultralytics, resize: "
+         "shortest_edge, resize_to: 224} does, not as the recipe feeds it; set that, or remove "
+         "package.ultralytics_engine"),
+    ]:
+        with pytest.raises(StageError) as info:
+            ultralytics_header(job, export, verify)
+        message = str(info.value)
+        assert message.startswith("package:yolov8n-fp16: recipes/yolov8n.yaml: package.ultralytics_engine: ")
+        assert why in message and "\n" not in message, message

@@ -21,7 +21,7 @@ import hashlib
 import importlib.util
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import StageError, broken_link, require
@@ -522,6 +522,25 @@ class Preprocess:
 ULTRALYTICS = Preprocess()
 IMAGENET = Preprocess(resize="shortest_edge", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 PRESETS = {"ultralytics": ULTRALYTICS, "imagenet": IMAGENET}
+
+
+def ultralytics_feed(task: str, height: int, width: int) -> Preprocess:
+    """How Ultralytics' own predictor feeds a model of `task`, which `YOLO("x.engine")` applies
+    whatever the recipe says: letterbox /255 for detection tasks; for classify its
+    `classify_transforms` (ultralytics/data/augment.py): the shorter side to the input size, a
+    centre crop, /255, no mean or std (a non-square size is resized to it exactly)."""
+    if task != "classify":
+        return ULTRALYTICS
+    if height != width:
+        return Preprocess(resize="stretch")
+    return Preprocess(resize="shortest_edge", resize_to=height)
+
+
+def same_feed(a: Preprocess, b: Preprocess) -> bool:
+    """Whether two ways of feeding give the same pixels (the pad value only counts for letterbox)."""
+    def key(how: Preprocess) -> Preprocess:
+        return how if how.resize == "letterbox" else replace(how, pad=PAD_VALUE)
+    return key(a) == key(b)
 
 
 def preprocess(image, height: int, width: int, how: Preprocess = ULTRALYTICS):

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import RecipeError
-from .images import PRESETS, ULTRALYTICS, Preprocess, package_folder
+from .images import (
+    PRESETS,
+    ULTRALYTICS,
+    Preprocess,
+    package_folder,
+    same_feed,
+    ultralytics_feed,
+)
 from .yamldoc import Document, FieldPath, line_column, parse_document, suggestion
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -827,7 +834,8 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
         build=base,
         variants=_variants(doc, ("variants",), top["variants"], base, spec, root, verify),
         verify=verify,
-        package=_package(doc, ("package",), top.get("package", {})),
+        package=_ultralytics_engine_checked(doc, _package(doc, ("package",), top.get("package", {})),
+                                            model, spec, verify),
         targets=_targets(doc, ("targets",), top["targets"], spec, root) if "targets" in top else (),
     )
 
@@ -837,6 +845,46 @@ def _package(doc: Document, path: FieldPath, value: Any) -> PackageSpec:
     return PackageSpec(onnx=_flag(doc, path, value, "onnx", True),
                        triton=_triton(doc, path + ("triton",), value["triton"]) if "triton" in value else None,
                        ultralytics_engine=_flag(doc, path, value, "ultralytics_engine", False))
+
+
+# `YOLO("x.engine")` runs a model through Ultralytics' own predictor: it feeds the engine as
+# that predictor feeds its task and decodes Ultralytics' heads only. An ONNX source is allowed
+# because `yolo export` writes one; its task and feed are checked again when it is packaged.
+ULTRALYTICS_ENGINE_SOURCES = ("ultralytics", "onnx")
+FOREIGN_HEADS = ("yolov5", "nms")  # layouts Ultralytics' predictor would misread
+
+
+def _ultralytics_engine_checked(doc: Document, package: PackageSpec, model: ModelSource, spec: InputSpec,
+                                verify: VerifySpec | None) -> PackageSpec:
+    """The package spec, refused when its Ultralytics `.engine` would be fed or decoded by
+    Ultralytics otherwise than trtforge built and checked it (a torchvision classifier fed
+    ImageNet's mean/std would get /255 and a crop from YOLO())."""
+    if not package.ultralytics_engine:
+        return package
+    path = ("package", "ultralytics_engine")
+    if model.source not in ULTRALYTICS_ENGINE_SOURCES:
+        raise doc.error(path, f"Ultralytics' YOLO() runs Ultralytics models, and model.source {model.source} is not "
+                              "one; remove it (the release's engine.plan loads in TensorRT directly)")
+    if verify and verify.head in FOREIGN_HEADS:
+        raise doc.error(path, f"Ultralytics' YOLO() cannot decode verify.head {verify.head}'s outputs; remove it "
+                              "(the release's engine.plan loads in TensorRT directly)")
+    height, width = spec.shape[-2:]
+    tasks = (verify.task,) if verify and verify.task != "raw" else ("detect", "classify")
+    if not any(same_feed(spec.preprocess, ultralytics_feed(task, height, width)) for task in tasks):
+        wanted = " or ".join(f"{ultralytics_feed_field(task, height, width)} ({task})" for task in tasks)
+        raise doc.error(path, f"Ultralytics' YOLO() feeds the engine as its own predictor does, not as "
+                              f"input.preprocess says; set input.preprocess: {wanted}, or remove "
+                              "package.ultralytics_engine")
+    return package
+
+
+def ultralytics_feed_field(task: str, height: int, width: int) -> str:
+    """The `input.preprocess` value a recipe writes for Ultralytics' own feed of `task`."""
+    how = ultralytics_feed(task, height, width)
+    if how == ULTRALYTICS:
+        return "ultralytics"
+    size = f", resize_to: {how.resize_to}" if how.resize_to else ""
+    return f"{{preset: ultralytics, resize: {how.resize}{size}}}"
 
 
 def _triton(doc: Document, path: FieldPath, value: Any) -> TritonSpec | None:

@@ -35,7 +35,8 @@ from pathlib import Path
 from ..atomic import atomic_output, write_text_atomic
 from ..console import wrote
 from ..errors import StageError, require
-from ..recipe import TritonSpec
+from ..images import Preprocess, same_feed, ultralytics_feed
+from ..recipe import TritonSpec, ultralytics_feed_field
 
 FORMAT = "trtforge-release/1"
 ENGINE = "engine.plan"
@@ -86,8 +87,8 @@ def make_package(job: PackageJob) -> None:
                                          members["model.onnx"],
                                          members[ENGINE], job.max_batch, job.triton, job.io, metadata))
     if job.ultralytics_engine:
-        members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(members[ENGINE], metadata,
-                                                                           job.max_batch or 1)
+        members[f"{job.recipe}-{job.variant}.engine"] = ultralytics_engine(
+            members[ENGINE], {**metadata, "task": ultralytics_task(job, metadata)}, job.max_batch or 1)
     left_out = {} if job.ship_onnx else {name: hashlib.sha256(members.pop(name)).hexdigest()
                                           for name in ONNX_MEMBERS if name in members}
     members["reproduce.sh"] = _reproduce_script(job.script.read_text(), left_out)
@@ -312,12 +313,38 @@ def _labels_text(names: dict | list) -> str:
     return "".join(f"{label}\n" for _, label in ordered)
 
 
+def ultralytics_task(job: PackageJob, metadata: dict) -> str:
+    """The task the `.engine` header names: the exported model's own, else the recipe's
+    verify.task. Never a guess: Ultralytics picks its predictor, and so how it feeds and
+    decodes the engine, by it. Refused when the model is fed otherwise than Ultralytics
+    feeds that task (the recipe check could not know the task of a recipe without verify)."""
+    verify = job.resolved_recipe.get("verify") or {}
+    task = metadata.get("task") or (verify.get("task") if verify.get("task") != "raw" else None)
+    field = f"recipes/{job.resolved_recipe.get('file', job.recipe + '.yaml')}: package.ultralytics_engine"
+    if not task:
+        raise StageError(f"{job.task}: {field}: the model does not say its task and the recipe has no verify.task; "
+                         "add a verify section with its task, or remove package.ultralytics_engine")
+    height, width = metadata.get("imgsz") or [0, 0]
+    fed = metadata.get("preprocess")
+    if fed is not None and not same_feed(_preprocess_of(fed), ultralytics_feed(task, height, width)):
+        raise StageError(f"{job.task}: {field}: Ultralytics' YOLO() feeds a {task} model as "
+                         f"input.preprocess: {ultralytics_feed_field(task, height, width)} does, not as the recipe "
+                         "feeds it; set that, or remove package.ultralytics_engine")
+    return task
+
+
+def _preprocess_of(data: dict) -> Preprocess:
+    """export.json's `preprocess` (the recipe's input.preprocess as JSON) as a Preprocess."""
+    return Preprocess(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+
 def ultralytics_engine(plan: bytes, metadata: dict, batch: int) -> bytes:
-    """The `.engine` Ultralytics' AutoBackend loads: int32 LE length, JSON metadata, plan."""
+    """The `.engine` Ultralytics' AutoBackend loads: int32 LE length, JSON metadata, plan.
+    `metadata` must name the task (see ultralytics_task)."""
     meta = {
         "description": "exported by trtforge",
         "author": "trtforge",
-        "task": metadata.get("task", "detect"),
+        "task": metadata["task"],
         "stride": metadata.get("stride", 32),
         "batch": batch,
         "imgsz": metadata.get("imgsz"),

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trtforge.errors import StageError
 from trtforge.recipe import InputSpec, ModelSource
@@ -187,3 +189,55 @@ def test_an_onnx_source_is_fed_as_its_metadata_says_and_one_that_says_nothing_is
     onnx.save(model, str(tmp_path / "yolo.onnx"))
     export_onnx(ModelSource("onnx", path=Path("yolo.onnx")), spec, 17, tmp_path, tmp_path / "out.onnx")
     assert "does not say how it is fed" not in capfd.readouterr().err
+
+
+def test_a_recipe_without_preprocess_feeds_an_onnx_source_as_its_metadata_says(tmp_path):
+    """Issue 14: the default comes from the ONNX when it says how it is fed (read without onnx,
+    on every doit call); a change of that word changes the recipe, so what depends on it reruns."""
+    import json
+
+    from test_recipe import load_text
+
+    from trtforge.images import IMAGENET, ULTRALYTICS
+    from trtforge.modelmeta import props_from_metadata, stamp
+    from trtforge.recipe import jsonable
+
+    recipe = ("model: {source: onnx, path: m.onnx}\ninput: {name: x, shape: [1, 3, 16, 16], dynamic_axes: []}\n"
+              "variants:\n  fp32: {precision: fp32}\n")
+    model = onnx.load(str(static_onnx(tmp_path / "m.onnx")))
+    assert load_text(tmp_path, recipe).input.preprocess == ULTRALYTICS  # it says nothing: the default
+
+    stamp(model, props_from_metadata({"preprocess": jsonable(IMAGENET)}))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert load_text(tmp_path, recipe).input.preprocess == IMAGENET
+    bgr = {**jsonable(IMAGENET), "channels": "bgr"}
+    stamp(model, props_from_metadata({"preprocess": bgr}))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert jsonable(load_text(tmp_path, recipe).input.preprocess) == bgr
+    export_onnx(ModelSource("onnx", path=Path("m.onnx")), load_text(tmp_path, recipe).input, 17, tmp_path,
+                tmp_path / "out.onnx")  # export agrees with the default it led to
+
+    stamp(model, {"trtforge.preprocess": json.dumps({**bgr, "resize": "sideways"})})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert load_text(tmp_path, recipe).input.preprocess == ULTRALYTICS  # not valid: not used
+    with pytest.raises(StageError, match="input.preprocess: m.onnx was made to be fed with resize 'sideways'"):
+        export_onnx(ModelSource("onnx", path=Path("m.onnx")), load_text(tmp_path, recipe).input, 17, tmp_path,
+                    tmp_path / "out.onnx")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(props=st.dictionaries(st.text(max_size=40), st.text(max_size=300), max_size=6),
+       version=st.integers(0, 2**40))
+def test_scanned_metadata_props_are_what_onnx_reads(tmp_path_factory, props, version):
+    """modelmeta.scan_props walks the protobuf wire format itself; onnx's parser is the reference."""
+    from onnx import helper
+
+    from trtforge.modelmeta import props_of, scan_props
+
+    path = tmp_path_factory.mktemp("scan") / "m.onnx"
+    model = onnx.load(str(static_onnx(path)))
+    model.model_version = version
+    model.doc_string = "x" * (version % 500)
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    assert scan_props(path) == props_of(onnx.load(str(path))) == props

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 PREPROCESS_KEY = "trtforge.preprocess"
@@ -39,6 +40,81 @@ def read_props(path: Path) -> dict[str, str]:
     import onnx
 
     return props_of(onnx.load(str(path), load_external_data=False))
+
+
+_METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (onnx.proto); an entry's key is field 1, its value 2
+
+
+def scan_props(path: Path) -> dict[str, str]:
+    """The `metadata_props` of the ONNX at `path`, read from the protobuf wire format: every
+    other top-level field (the graph and its weights) is skipped by its length, never read.
+
+    For the recipe loader, which runs on every doit call and must not import onnx (a tenth of
+    a second) to learn how an ONNX source says it is fed. Anything that is not well-formed
+    protobuf gives {}: export: then reads the model with onnx itself and names what is wrong."""
+    props: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while f.tell() < size:
+                key = _varint(f)
+                field, wire = key >> 3, key & 7
+                if wire == 0:  # ir_version, model_version
+                    _varint(f)
+                    continue
+                if wire in _FIXED_WIDTH:
+                    f.seek(_FIXED_WIDTH[wire], 1)
+                    continue
+                if wire != 2:  # groups: no field of ModelProto is one
+                    return {}
+                length = _varint(f)
+                if f.tell() + length > size:
+                    return {}
+                if field != _METADATA_PROPS_FIELD:
+                    f.seek(length, 1)
+                    continue
+                entry = _entry_fields(f.read(length))
+                if entry is None:
+                    return {}
+                props[entry.get(1, "")] = entry.get(2, "")
+    except (OSError, ValueError):
+        return {}
+    return props
+
+
+_FIXED_WIDTH = {1: 8, 5: 4}  # wire types 64-bit and 32-bit: their sizes
+
+
+def _varint(stream) -> int:
+    value = shift = 0
+    while True:
+        byte = stream.read(1)
+        if not byte or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if byte[0] < 0x80:
+            return value
+
+
+def _entry_fields(data: bytes) -> dict[int, str] | None:
+    """A StringStringEntryProto's string fields by number, or None if it is not one."""
+    import io
+
+    stream, fields = io.BytesIO(data), {}
+    try:
+        while stream.tell() < len(data):
+            key = _varint(stream)
+            if key & 7 != 2:
+                return None
+            length = _varint(stream)
+            chunk = stream.read(length)
+            if len(chunk) != length:
+                return None
+            fields[key >> 3] = chunk.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return fields
 
 
 def metadata_from_props(props: dict[str, str]) -> dict:

@@ -445,12 +445,20 @@ def _model(doc: Document, path: FieldPath, value: Any, root: Path) -> ModelSourc
 
 # The preprocessing a model source implies when the recipe names none: Ultralytics and YOLOv5
 # models are fed Ultralytics' letterbox; a torch factory (torchvision's classifiers) ImageNet's
-# transforms. An ONNX from elsewhere gets Ultralytics' unless the recipe says otherwise.
+# transforms. An ONNX source is fed as its own trtforge.preprocess metadata says (an ONNX a
+# trtforge export wrote), else Ultralytics' letterbox unless the recipe says otherwise.
 DEFAULT_PREPROCESS = {"ultralytics": "ultralytics", "yolov5": "ultralytics", "torch": "imagenet", "onnx": "ultralytics"}
 
 
-def _preprocess(doc: Document, path: FieldPath, value: Any, source: str, shape: tuple[int, ...]) -> Preprocess:
-    """input.preprocess: a preset name, or {preset: ..., and fields to change}; the default per source."""
+def _preprocess(doc: Document, path: FieldPath, value: Any, source: str, shape: tuple[int, ...],
+                stated: dict | None = None) -> Preprocess:
+    """input.preprocess: a preset name, or {preset: ..., and fields to change}; without it, what
+    the ONNX source says of itself (`stated`), else the default per source."""
+    if value is None and stated is not None:
+        try:
+            return _preprocess(doc, path, stated, source, shape)
+        except RecipeError:
+            pass  # metadata the recipe did not write is used only when valid; export: names the mismatch
     if value is None or isinstance(value, str):
         value = {"preset": value or DEFAULT_PREPROCESS[source]}
     value = _check_keys(doc, path, value, {"preset", "resize", "resize_to", "pad", "channels", "scale", "mean", "std"})
@@ -483,7 +491,18 @@ def _preprocess(doc: Document, path: FieldPath, value: Any, source: str, shape: 
     return how
 
 
-def _input(doc: Document, path: FieldPath, value: Any, source: str = "ultralytics") -> InputSpec:
+def _stated_preprocess(model: ModelSource, root: Path) -> dict | None:
+    """How an ONNX source says it is fed (trtforge.preprocess, which every ONNX trtforge writes
+    carries), read without onnx: the loader runs on every doit call."""
+    if model.source != "onnx":
+        return None
+    from .modelmeta import metadata_from_props, scan_props
+
+    return metadata_from_props(scan_props(root / model.path)).get("preprocess")
+
+
+def _input(doc: Document, path: FieldPath, value: Any, source: str = "ultralytics",
+           stated: dict | None = None) -> InputSpec:
     value = _check_keys(doc, path, value, {"name", "shape", "dtype", "dynamic_axes", "preprocess"},
                         required=("name", "shape"))
     shape = _shape(doc, path + ("shape",), value["shape"])
@@ -496,7 +515,7 @@ def _input(doc: Document, path: FieldPath, value: Any, source: str = "ultralytic
         shape=shape,
         dtype=_choice(doc, path + ("dtype",), value.get("dtype", "float32"), ("float32",)),
         dynamic_axes=tuple(sorted(axes)),
-        preprocess=_preprocess(doc, path + ("preprocess",), value.get("preprocess"), source, shape),
+        preprocess=_preprocess(doc, path + ("preprocess",), value.get("preprocess"), source, shape, stated),
     )
 
 
@@ -815,7 +834,7 @@ def recipe_from_document(doc: Document, file: Path, root: Path, known_passes: Ma
     if not NAME_PATTERN.match(name):
         raise doc.error(("name",), f"'{name}' must be lowercase letters, digits, '_', '.' or '-'")
     model = _model(doc, ("model",), top["model"], root)
-    spec = _input(doc, ("input",), top["input"], model.source)
+    spec = _input(doc, ("input",), top["input"], model.source, _stated_preprocess(model, root))
     export = _check_keys(doc, ("export",), top.get("export", {}), {"opset"})
     base = _build(doc, ("build",), top.get("build", {}), BuildOptions(), spec, root)
     verify = _verify(doc, ("verify",), top["verify"], root) if "verify" in top else None

@@ -324,11 +324,12 @@ def test_a_variant_outside_tolerance_fails_the_build_in_one_line(verified_projec
         'build: {keep_fp32: ["/model.22/dfl/*"]}',
         'build: {keep_fp32: ["/model.22/dfl/*"]}\n    check: {atol: 0, rtol: 0, statistic: max}'))
     env = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
-    result = run_doit(verified_project, "build:yolov8n-fp16", env=env)
+    result = run_doit(verified_project, "build:yolov8n-fp16", "package:yolov8n-fp16", env=env)
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("check:yolov8n-fp16: ")]
     assert len(lines) == 1 and "onnx output 'output0': max abs error" in lines[0] and "exceeds atol 0" in lines[0]
     assert json.loads((verified_project / "artifacts/yolov8n/fp16/check.json").read_text())["passed"] is False
+    assert not list((verified_project / "artifacts").glob("release/*"))  # a failed check is never packaged
 
 
 # ----------------------------------------------------------------------------- release
@@ -350,6 +351,7 @@ def test_package_is_reproducible_and_its_manifest_matches(int8_project, tmp_path
     assert run_doit(int8_project, "package:yolov8n-int8", env=env).returncode == 0
     release = int8_project / "artifacts" / "release"
     (archive,) = release.glob("yolov8n-int8-trt10.8.0-sm86-*.tar.gz")
+    assert archive.name.endswith("-unverified.tar.gz")  # issue 14: the file name says so, not only the manifest
     first = archive.read_bytes()
     archive.unlink()  # the record survives, the archive does not: it must be rebuilt, not trusted
     result = run_doit(int8_project, "package:yolov8n-int8", env=env)

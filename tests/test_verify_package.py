@@ -596,6 +596,37 @@ def test_a_huge_trtexec_log_is_shipped_as_its_head_and_tail(tmp_path):
         in shipped
 
 
+def test_a_release_name_says_unverified_until_every_comparison_ran_and_a_failed_check_is_never_packaged(tmp_path):
+    """Issue 14: a skipped engine comparison makes the release unverified in its file names
+    too (the archive, its folder inside and its sidecar); the record keeps its fixed name."""
+    engine = random.Random(4).randbytes(4096)
+    job = package_job(tmp_path, engine)
+    stem = f"yolov8n-fp16-trt10.8.0-sm86-{hashlib.sha256(engine).hexdigest()[:8]}"
+    check = job.summary.with_name("check.json")
+    job = dataclasses.replace(job, files=(*job.files, ("check.json", check)))
+
+    def released() -> set[str]:
+        return {p.name for p in job.release_dir.iterdir()}
+
+    check.write_text(json.dumps({"passed": True, "engine": {"status": "skipped: TensorRT not installed"}}))
+    make_package(job)
+    assert released() == {f"{stem}-unverified.tar.gz", f"{stem}-unverified.tar.gz.sha256"}
+    assert verify_archive(job.release_dir / f"{stem}-unverified.tar.gz")["sidecar"] == "matched"
+    assert json.loads(job.record.read_text())["archive"] == f"{stem}-unverified.tar.gz"
+
+    check.write_text(json.dumps({"passed": True, "engine": {"status": "passed"}}))  # checked again with TensorRT
+    make_package(job)
+    assert released() == {f"{stem}.tar.gz", f"{stem}.tar.gz.sha256"}  # the unverified one is superseded
+    assert verify_archive(job.release_dir / f"{stem}.tar.gz")["sidecar"] == "matched"
+
+    check.write_text(json.dumps({"passed": False, "engine": {"status": "passed"}}))
+    with pytest.raises(StageError) as info:
+        make_package(job)
+    assert str(info.value) == (f"package:yolov8n-fp16: {check} says the variant failed its check, and a failed "
+                               "variant is never released; fix what `doit check:yolov8n-fp16` reports, then rerun")
+    assert released() == {f"{stem}.tar.gz", f"{stem}.tar.gz.sha256"}
+
+
 @pytest.mark.parametrize("engine, gate, status", [
     ("passed", "passed", "verified"),
     ("skipped: TensorRT not installed", "passed", "unverified: engine comparison skipped: TensorRT not installed"),
@@ -644,13 +675,13 @@ def test_the_ultralytics_engine_header_names_the_task_that_is_known_never_a_gues
     assert said["task"] == "classify"  # an ONNX without metadata: the recipe's verify.task
 
     for export, verify, why in [
-        ({"imgsz": [224, 224]}, None, "the model does not say its task and the recipe has no verify.task; add a "
-                                      "verify section with its task, or remove package.ultralytics_engine"),
+        ({"imgsz": [224, 224]}, None, ("the model does not say its task and the recipe has no verify.task; add a "
+                                       "verify section with its task, or remove package.ultralytics_engine")),
         ({"imgsz": [224, 224]}, {"task": "raw"}, "the model does not say its task"),
         ({"task": "classify", "imgsz": [224, 224], "preprocess": {**CLASSIFY_FEED, "resize": "letterbox"}}, None,
-         "Ultralytics' YOLO() feeds a classify model as input.preprocess: {preset: ultralytics, resize: "
-         "shortest_edge, resize_to: 224} does, not as the recipe feeds it; set that, or remove "
-         "package.ultralytics_engine"),
+         ("Ultralytics' YOLO() feeds a classify model as input.preprocess: {preset: ultralytics, resize: "
+          "shortest_edge, resize_to: 224} does, not as the recipe feeds it; set that, or remove "
+          "package.ultralytics_engine")),
     ]:
         with pytest.raises(StageError) as info:
             ultralytics_header(job, export, verify)

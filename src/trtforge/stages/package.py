@@ -1,6 +1,7 @@
 """package: a reproducible release archive of one built variant.
 
-`artifacts/release/<recipe>-<variant>-trt<version>-sm<cc>-<engine hash>.tar.gz` holds the
+`artifacts/release/<recipe>-<variant>-trt<version>-sm<cc>-<engine hash>[-unverified].tar.gz`
+(`-unverified` unless every comparison ran and passed; a failed check is never packaged) holds the
 engine, the ONNX it was built from (as `model.onnx`, the name its command uses, plus
 `model.fp32.onnx` when a Q/DQ or AutoCast model was built), the calibration cache, the
 reports, `reproduce.sh` with the exact trtexec command, and `manifest.json`: a sha256 per
@@ -70,17 +71,23 @@ class PackageJob:
     io: str = "fp32"  # build.io: the engine's float bindings are float16 with fp16
 
 
-def archive_stem(recipe: str, variant: str, summary: dict) -> str:
+UNVERIFIED = "-unverified"  # what an archive's name ends with (before .tar.gz) unless it is verified
+
+
+def archive_stem(recipe: str, variant: str, summary: dict, verified: bool) -> str:
+    """The archive's name without .tar.gz (and its folder inside): what the engine is built for,
+    and `-unverified` at the end when not every comparison ran and passed, so that a file
+    copied away from its manifest still says so (issue 14)."""
     version = summary.get("tensorrt", "unknown")
     cc = summary.get("device", {}).get("compute_capability", "unknown").replace(".", "")
-    return f"{recipe}-{variant}-trt{version}-sm{cc}-{summary['engine_sha256'][:8]}"
+    stem = f"{recipe}-{variant}-trt{version}-sm{cc}-{summary['engine_sha256'][:8]}"
+    return stem if verified else stem + UNVERIFIED
 
 
 def make_package(job: PackageJob) -> None:
     summary = json.loads(job.summary.read_text())
     members = {name: _member_bytes(name, path) for name, path in job.files if path.is_file()}
     check_engine_unchanged(job, summary, members)
-    stem = archive_stem(job.recipe, job.variant, summary)
     metadata = json.loads(job.export_metadata.read_text())
     if job.triton:
         members.update(triton_repository(f"{job.recipe}_{job.variant}".replace("-", "_").replace("@", "_"),
@@ -97,16 +104,32 @@ def make_package(job: PackageJob) -> None:
         manifest["not_shipped"] = {name: {"sha256": digest, "why": "package.onnx: false"}
                                    for name, digest in left_out.items()}
     members["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    verdict = manifest["verification"]["status"]
+    if verdict == "failed":
+        check = dict(job.files)["check.json"]
+        raise StageError(f"{job.task}: {check} says the variant failed its check, and a failed variant is never "
+                         f"released; fix what `doit check:{job.recipe}-{job.variant.partition('@')[0]}` reports, then rerun")
+    stem = archive_stem(job.recipe, job.variant, summary, verdict == "verified")
     archive = job.release_dir / f"{stem}.tar.gz"
     data = reproducible_tar_gz(stem, members)
     digest = hashlib.sha256(data).hexdigest()
     with atomic_output(archive) as temp:
         temp.write_bytes(data)
     write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n")
-    verdict = manifest["verification"]["status"]
+    remove_other_status(archive)
     write_text_atomic(job.record, json.dumps({"archive": archive.name, "sha256": digest, "verification": verdict},
                                              indent=1) + "\n")
     wrote(job.task, archive, f"release archive, {verdict}; its sha256 in {archive.name}.sha256")
+
+
+def remove_other_status(archive: Path) -> None:
+    """Remove the same engine's archive (and sidecar) under the other status's name: a
+    release checked again, say now with TensorRT present, replaces the one it supersedes,
+    so a folder never offers a verified and an unverified archive of one engine."""
+    stem = archive.name[:-len(".tar.gz")]
+    other = stem[:-len(UNVERIFIED)] if stem.endswith(UNVERIFIED) else stem + UNVERIFIED
+    for name in (f"{other}.tar.gz", f"{other}.tar.gz.sha256"):
+        archive.with_name(name).unlink(missing_ok=True)
 
 
 SHIPPED_LOG_MAX = 8 << 20  # a --verbose trtexec log can be hundreds of MB (issue 13)

@@ -73,3 +73,42 @@ def test_init_writes_only_files_that_do_not_exist_yet(tmp_path):
     written = init_project(tmp_path / "new")
     assert {p.relative_to(tmp_path / "new").as_posix() for p in written} == {
         "dodo.py", ".gitignore", "recipes/my-model.yaml.example"}
+
+
+def test_init_example_adds_the_demo_to_an_existing_project_and_overwrites_nothing(tmp_path):
+    """README: `init DIR --example yolov8n` adds the demo recipe; on a project that exists it
+    adds only the example's recipe and calib/ lists, or refuses, writing nothing."""
+    from conftest import run_doit
+
+    cli = Path(sys.executable).parent / "trtforge"
+    project = tmp_path / "p"
+    run(cli, "init", project)
+    dodo = (project / "dodo.py").read_text()
+    (project / "calib" / "demo-verification.txt").write_text("mine\n")
+    refused = subprocess.run([cli, "init", project, "--example", "yolov8n"], capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode == 1 and refused.stderr == (
+        f"trtforge: {project} already has calib/demo-verification.txt; init writes only files that do not exist "
+        "yet (move them aside, or init another folder)\n")
+    assert not (project / "recipes" / "yolov8n.yaml").exists()  # checked before anything is written
+    assert (project / "calib" / "demo-verification.txt").read_text() == "mine\n"
+
+    (project / "calib" / "demo-verification.txt").unlink()
+    said = run(cli, "init", project, "--example", "yolov8n").stdout
+    assert [line for line in said.splitlines() if line.startswith("wrote ")] == [
+        f"wrote {project / rel}" for rel in ("recipes/yolov8n.yaml", "calib/demo-calibration.txt",
+                                             "calib/demo-verification.txt")]
+    assert (project / "dodo.py").read_text() == dodo and (project / "recipes" / "my-model.yaml.example").is_file()
+    assert "build:yolov8n-int8" in run_doit(project, "list", "--all").stdout
+
+    again = subprocess.run([cli, "init", project, "--example", "yolov8n"], capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and "already has recipes/yolov8n.yaml, calib/demo-calibration.txt" in again.stderr
+    plain = subprocess.run([cli, "init", project], capture_output=True, text=True, check=False)
+    assert plain.returncode == 1 and plain.stderr.rstrip().endswith("or adds an example to a project with --example "
+                                                                     "yolov8n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dodo.py").write_text("def task_hello():\n    return {'actions': ['echo hi']}\n")
+    foreign = subprocess.run([cli, "init", other, "--example", "yolov8n"], capture_output=True, text=True, check=False)
+    assert foreign.returncode == 1 and "dodo.py does not load trtforge" in foreign.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["dodo.py"]

@@ -113,10 +113,13 @@ def doctor(project: Path) -> None:
 @main.command(short_help="Create a project folder for your own models.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--example", type=click.Choice(["yolov8n"]), default=None,
-              help="Add the built-in demo recipe and its calibration and verification sets.")
+              help="Add the built-in demo recipe and its calibration and verification lists "
+                   "(to a new project, or to the trtforge project already in FOLDER).")
 def init(folder: Path, example: str | None) -> None:
     """Write a trtforge project into FOLDER (created if missing): dodo.py, recipes/ with a
-    commented template, calib/, plugins/, models/ and a .gitignore. Nothing is overwritten."""
+    commented template, calib/, plugins/, models/ and a .gitignore. On an existing project,
+    --example adds only the example's recipe and calib/ lists. Nothing is overwritten: a
+    file init would write that exists already stops it before it writes anything."""
     from .project import init_project
 
     written = init_project(folder, example)

@@ -102,12 +102,25 @@ def test_variant_build_overrides_only_the_fields_it_names(tmp_path):
     (VALID.replace("fp16: {precision: fp16}", "fp16: {precision: fp16, check: {min_recall_vs_fp32: high}}")
      + "verify: {images: calib}\n", "variants.fp16.check.min_recall_vs_fp32", "expected a number from 0 to 1"),
     ("", "", "file is empty"),
+    ("\n  \n", "", "file is empty"),
+    # a copy of my-model.yaml.example whose fields were never uncommented is not "empty" (issue 14)
+    ("# A recipe for your own model.\n#\n# model:\n#   source: ultralytics\n", "recipes/r.yaml: ",
+     ("file holds only comments; uncomment its fields (model, input and variants at least, as "
+      "recipes/my-model.yaml.example shows them) and fix their values; docs/recipes.md in the trtforge repository "
+      "lists every field")),
     (VALID.replace("name: images", "name: 123"), "input.name", "expected text, got int 123"),
 ])
 def test_bad_recipe_is_one_line_naming_the_place(tmp_path, text, where, fragment):
     message = error_of(tmp_path, text)
     assert message.startswith("recipes/r.yaml"), message
     assert where in message and fragment in message, message
+
+
+def test_a_copy_of_the_commented_example_says_to_uncomment_it_not_that_it_is_empty(tmp_path):
+    from importlib import resources
+
+    example = (resources.files("trtforge") / "examples" / "my-model.yaml.example").read_text()
+    assert error_of(tmp_path, example).startswith("recipes/r.yaml: file holds only comments; uncomment its fields")
 
 
 CLASSIFIER = """\

@@ -200,7 +200,7 @@ def parse_document(text: str, file: str) -> Document:
     try:
         loader, root = _compose(text)
         if root is None:
-            raise RecipeError(file, "file is empty; see docs/recipes.md in the trtforge repository for the recipe format")
+            raise RecipeError(file, _nothing_to_read(text))
         locations: dict[FieldPath, Located] = {}
         data = _to_python(loader, root, (), locations)
     except _Refused as exc:
@@ -221,6 +221,17 @@ def parse_document(text: str, file: str) -> Document:
         if loader is not None:
             loader.dispose()
     return Document(file, data, locations)
+
+
+def _nothing_to_read(text: str) -> str:
+    """Why a recipe holding no YAML document loads nothing: it is empty, or it is only
+    comments, as a copy of `trtforge init`'s my-model.yaml.example is before its fields are
+    uncommented (issue 14: that copy was reported as empty)."""
+    if any(line.lstrip().startswith("#") for line in text.splitlines()):
+        return ("file holds only comments; uncomment its fields (model, input and variants at least, as "
+                "recipes/my-model.yaml.example shows them) and fix their values; docs/recipes.md in the trtforge "
+                "repository lists every field")
+    return "file is empty; see docs/recipes.md in the trtforge repository for the recipe format"
 
 
 def line_column(text: str, offset: int) -> tuple[int, int]:

@@ -20,9 +20,9 @@ from conftest import REPO, doit_env
 pytestmark = pytest.mark.slow
 
 
-def run(*argv, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=doit_env(), capture_output=True, text=True, check=False,
-                            timeout=timeout)
+def run(*argv, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=doit_env(env), capture_output=True, text=True,
+                            check=False, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -57,6 +57,14 @@ def test_the_wheel_installs_a_command_that_makes_a_project_outside_any_clone_and
     assert "build:yolov8n-int8" in listed and "my-model" not in listed  # the template is not a recipe
     built = run(installed / "python", "-m", "doit", "lint:yolov8n-fp32", cwd=project)
     assert (project / "artifacts" / "yolov8n" / "model.onnx").is_file(), built.stdout + built.stderr
+
+    from doubles.trtexec import make_wrapper, read_engine  # the engine, its check and its release, installed
+
+    double = {"TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    run(installed / "python", "-m", "doit", "build:yolov8n-fp16", "package:yolov8n-fp16", cwd=project, env=double)
+    assert read_engine(project / "artifacts" / "yolov8n" / "fp16" / "engine.plan")["trt_version"].startswith("10.8")
+    (archive,) = (project / "artifacts" / "release").glob("yolov8n-fp16-*.tar.gz")
+    assert "OK" in run(installed / "trtforge", "verify-package", archive).stdout
     refused = subprocess.run([installed / "trtforge", "init", project], capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith(f"trtforge: {project} already holds a project")
 

@@ -321,6 +321,30 @@ def test_inputs_outside_the_project_are_read_and_tracked_by_content(project, tmp
     assert not list(disk.rglob("*trtforge*")) and not list(home.rglob("*trtforge*"))  # nothing written there
 
 
+def test_an_onnx_source_under_home_is_read_and_tracked_by_content(tmp_path):
+    """A model in a training run's folder (`~/runs/...`, outside the project): exported from
+    there, rebuilt when its bytes change, and nothing is ever written beside it."""
+    import onnx
+    from conftest import make_project
+    from test_lint import RECIPE, planted
+
+    home = tmp_path / "home"
+    model = home / "runs" / "m.onnx"
+    model.parent.mkdir(parents=True)
+    onnx.save(planted("Relu"), model)
+    project = make_project(tmp_path / "proj", {"m": RECIPE.replace("models/m.onnx", "~/runs/m.onnx")})
+    env = {"HOME": str(home), "TRTEXEC": str(make_wrapper(tmp_path / "bin", "10.8"))}
+    first = run_doit(project, "engine:m-fp32", env=env)
+    assert first.returncode == 0 and "export:m" in executed(first), first.stdout + first.stderr
+    assert executed(run_doit(project, "engine:m-fp32", env=env)) == []
+    retrained = planted("Relu")
+    retrained.doc_string = "epoch 2"
+    onnx.save(retrained, model)  # the training run wrote a new model
+    again = run_doit(project, "engine:m-fp32", env=env)
+    assert again.returncode == 0 and {"export:m", "engine:m-fp32"} <= set(executed(again)), again.stdout
+    assert sorted(p.name for p in model.parent.iterdir()) == ["m.onnx"]  # nothing written there
+
+
 # ----------------------------------------------------------------------------- 9. progress on a terminal
 
 def output_on_a_terminal(project: Path, *args: str) -> tuple[int, str]:

@@ -287,6 +287,7 @@ def test_a_machine_worker_killed_mid_build_is_retried(cluster, tmp_path):
     assert _builds_started(wrapper) - started == 2
     assert read_engine(project / "artifacts/delta/fp32/targets/t4/engine.plan")["device"]["name"] == "NVIDIA T4"
     assert not running_through(wrapper)
+    assert not list(cluster["scratch"][TEN].glob("trtforge-fleet-*"))  # the killed build's, removed by the retry
 
 
 def test_a_class_whose_last_machine_is_lost_mid_build_fails_in_one_line(cluster, tmp_path):

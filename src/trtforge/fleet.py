@@ -109,11 +109,11 @@ def _run_remote(ray, job: FleetJob, inputs: dict, timing: bytes | None) -> dict:
     remote = ray.remote(_build_here).options(resources={job.resource: 1}, num_cpus=0, max_retries=1,
                                              retry_exceptions=False, name=job.engine.task)
     ref = remote.remote(_payload(job, timing), inputs)
-    _IN_FLIGHT.add(ref)
+    _IN_FLIGHT[ref] = job.engine.task
     try:
         return _wait(ray, ref, job)
     finally:
-        _IN_FLIGHT.discard(ref)
+        _IN_FLIGHT.pop(ref, None)
 
 
 _SLOTS: dict[str, threading.BoundedSemaphore] = {}
@@ -147,7 +147,7 @@ def _publish_timing_cache(job: FleetJob, path: Path, started_from: bytes | None,
 # ----------------------------------------------------------------------------- the driver side
 
 _CONNECT_LOCK = threading.Lock()
-_IN_FLIGHT: set = set()  # ObjectRefs of the builds this process waits for (one per doit thread)
+_IN_FLIGHT: dict = {}  # ObjectRef -> engine task, of the builds this process waits for (one per doit thread)
 LIVENESS_CHECK_S = 5  # how often a waiting build asks whether a machine of its class is still alive
 
 
@@ -166,7 +166,7 @@ def connect():  # -> the ray module, connected
             ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
             from .session import on_stop
 
-            on_stop(lambda: _cancel(ray, list(_IN_FLIGHT)))
+            on_stop(lambda: _cancel(ray, dict(_IN_FLIGHT)))
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ToolError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0]}): start one with "
                             f"`trtforge fleet up`, set {ADDRESS_ENV} to its head (host:port), and give this "
@@ -259,19 +259,19 @@ def _wait(ray, ref, job: FleetJob) -> dict:
     try:
         while not ray.wait([ref], timeout=0.5)[0]:
             if time.monotonic() > deadline:
-                _cancel(ray, [ref])
+                _cancel(ray, {ref: task})
                 raise FleetError(f"{task}: no result from the {job.resource} machine within build.timeout "
                                  f"({timeout} s) and {TRANSFER_GRACE_S} s for transfers; the build was cancelled")
             if time.monotonic() > next_check:
                 next_check = time.monotonic() + LIVENESS_CHECK_S
                 if live_classes(ray).get(job.resource, 0) < 1:
-                    _cancel(ray, [ref])
+                    _cancel(ray, {ref: task})
                     raise FleetError(f"{task}: no live machine of the fleet advertises {job.resource} any more "
                                      "(the one building it was lost); nothing was published: rerun once a machine "
                                      "of the class is back")
         return ray.get(ref)
     except (KeyboardInterrupt, SystemExit):
-        _cancel(ray, [ref])
+        _cancel(ray, {ref: task})
         raise
     except FleetError:
         raise
@@ -279,17 +279,34 @@ def _wait(ray, ref, job: FleetJob) -> dict:
         raise FleetError(_failure_line(ray, exc, job)) from None
 
 
-def _cancel(ray, refs: list) -> None:
-    """Ask the builds to stop (each trtexec is ended as on a local Ctrl-C), then end the
-    workers of those that have not stopped within CANCEL_GRACE_S."""
-    if not refs:
+def _cancel(ray, builds: dict) -> None:
+    """Ask the builds ({ObjectRef: engine task}) to stop, each ending its trtexec as on a local
+    Ctrl-C and removing its scratch folder, and wait for that; end the workers of those not
+    done within CANCEL_GRACE_S.
+
+    A cancelled build's result can be settled before its worker has finished cleaning up, and
+    a driver that exits then takes its workers with it (Ray ends a job's workers with its
+    driver): the build's entry in BUILDS_NAMESPACE, removed last, says when it is done."""
+    if not builds:
         return
+    refs = list(builds)
+    deadline = time.monotonic() + CANCEL_GRACE_S
     with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
+        from ray.experimental.internal_kv import _internal_kv_list
+
         for ref in refs:
             ray.cancel(ref)
         _, running = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
         for ref in running:
             ray.cancel(ref, force=True)
+        tasks, live = set(builds.values()), {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+        def cleaning_up() -> bool:
+            entries = (key.decode().split("/", 1) for key in _internal_kv_list("", namespace=BUILDS_NAMESPACE))
+            return any(node in live and task in tasks for node, task in entries)
+
+        while time.monotonic() < deadline and cleaning_up():
+            time.sleep(0.1)
 
 
 def _failure_line(ray, exc: Exception, job: FleetJob) -> str:
@@ -480,6 +497,24 @@ def _ray_command() -> str:
 
 # ----------------------------------------------------------------------------- the machine side
 
+SCRATCH_PREFIX, SCRATCH_OWNER = "trtforge-fleet-", ".trtforge-owner"  # a build's folder on its machine, its pid
+
+
+def _remove_abandoned_scratch() -> None:
+    """Remove the scratch folders of builds whose worker is gone (killed outright, or ended
+    with its driver before it had cleaned up): they hold a copy of the model. A folder whose
+    recorded pid runs (or that records none yet) is left alone."""
+    import shutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int((folder / SCRATCH_OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _build_here(payload: dict, inputs: dict) -> dict:
     """Runs on a build machine: the engine stage in a scratch project laid out like the
     driver's, with this machine's trtexec; returns every output with its sha256."""
@@ -488,8 +523,10 @@ def _build_here(payload: dict, inputs: dict) -> dict:
     from .render import check_intent
     from .trtexec import locate_trtexec, not_found_message, probe_version
 
-    with _announced(ray, payload["task"]), tempfile.TemporaryDirectory(prefix="trtforge-fleet-") as scratch:
+    _remove_abandoned_scratch()
+    with _announced(ray, payload["task"]), tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch:
         root = Path(scratch)
+        (root / SCRATCH_OWNER).write_text(str(os.getpid()))
         for relative, ref in inputs.items():
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / relative).write_bytes(ray.get(ref))

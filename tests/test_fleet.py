@@ -79,6 +79,12 @@ def _wait_for(cluster: dict, nodes: list, resource: str | None, log: Path) -> No
         time.sleep(2)
 
 
+def _as_a_background_job() -> None:
+    """A build machine started as a shell's background job (`ray start ... &` in a script, a CI
+    runner, nohup) has SIGINT ignored, and so has every Ray worker it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """{address, inside, wrappers: {resource: trtexec wrapper}}: a head (no build class) and two
@@ -104,7 +110,8 @@ def cluster(tmp_path_factory):
                  f"--resources={json.dumps({resource: 1})}", "--include-log-monitor=false", "--min-worker-port=0",
                  "--max-worker-port=0", "--dashboard-agent-listen-port=0", *common],
                 env={**env, "TRTEXEC": str(wrapper), "DOUBLE_GPU": f"{name}, {cc}", "TMPDIR": str(scratch)},
-                stdout=open(logs / f"{version}.log", "w"), stderr=subprocess.STDOUT))
+                stdout=open(logs / f"{version}.log", "w"), stderr=subprocess.STDOUT,
+                preexec_fn=_as_a_background_job))
             _wait_for(cluster, nodes, resource, logs / f"{version}.log")
         assert {n["NodeManagerAddress"] for n in _live_nodes(cluster)} == {"127.0.0.1"}  # loopback only
         yield cluster

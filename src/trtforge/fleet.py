@@ -500,6 +500,19 @@ def _ray_command() -> str:
 SCRATCH_PREFIX, SCRATCH_OWNER = "trtforge-fleet-", ".trtforge-owner"  # a build's folder on its machine, its pid
 
 
+def _interruptible() -> None:
+    """Let Ray's cancel interrupt this build. It raises KeyboardInterrupt through Python's
+    SIGINT handler (`_thread.interrupt_main`), which does nothing while SIGINT is ignored, and
+    a worker inherits SIGINT ignored from a node started in a shell's background job (a CI
+    runner's, `nohup`): its builds were then only ever killed, trtexec and scratch left to
+    the parent-death signal (measured on CI)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _remove_abandoned_scratch() -> None:
     """Remove the scratch folders of builds whose worker is gone (killed outright, or ended
     with its driver before it had cleaned up): they hold a copy of the model. A folder whose
@@ -523,6 +536,7 @@ def _build_here(payload: dict, inputs: dict) -> dict:
     from .render import check_intent
     from .trtexec import locate_trtexec, not_found_message, probe_version
 
+    _interruptible()
     _remove_abandoned_scratch()
     with _announced(ray, payload["task"]), tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch:
         root = Path(scratch)

@@ -347,6 +347,23 @@ def test_an_onnx_source_under_home_is_read_and_tracked_by_content(tmp_path):
 
 # ----------------------------------------------------------------------------- 9. progress on a terminal
 
+def test_the_status_line_fits_one_terminal_line_without_trtexecs_timestamps():
+    """On an 80-column terminal the spinner's line showed the tail of trtexec's last line,
+    timestamp and command-line fragments included, and wrapped: every update then drew a new
+    line instead of redrawing the one."""
+    from trtforge.console import StatusLine
+
+    status = StatusLine("engine:yolov8n-int8: trtexec", width=80)
+    status._started, status.phase = time.monotonic(), "building"
+    status.last = "[12/07/2026-04:54:03] [I] Start parsing network model."
+    assert status._text().endswith("(0 s) Start parsing network model.")
+    status.last = "&&&& RUNNING TensorRT.trtexec [TensorRT v100800] # trtexec --onnx=model.onnx " + "--x " * 40
+    shown = status._text()
+    assert len(shown) <= 80 - 3 and shown.endswith("…") and "&&&& RUNNING" in shown
+    status.width = 30
+    assert len(status._text()) <= 30 - 3
+
+
 def output_on_a_terminal(project: Path, *args: str) -> tuple[int, str]:
     """(exit code, everything written) of `doit <args>` run on a pseudo-terminal, as a person
     at a terminal runs it (doit's default verbosity)."""

@@ -6,6 +6,7 @@ action's stderr live. `warn` is for facts a user must not miss (untrained weight
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def wrote(task: str, path: Path, what: str) -> None:
 
 
 LOG_WIDTH = 200  # columns of a report table written to a log, not a terminal
+_LOG_PREFIX = re.compile(r"^\[[0-9/:\-]+\] \[[A-Z]\] ")  # trtexec's `[12/07/2026-04:54:03] [I] `
 
 
 def report_console():
@@ -93,8 +95,9 @@ class StatusLine:
     """One live line for a long external run: on a terminal, rich's status spinner with the
     phase, elapsed time and the tool's last line; otherwise a plain line per phase change."""
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, width: int = 80) -> None:
         self.description, self.phase, self.last = description, "starting", ""
+        self.width = width  # the terminal's, once it is known to be one
         self._status = None
 
     def __enter__(self) -> "StatusLine":
@@ -104,7 +107,9 @@ class StatusLine:
         if sys.stderr.isatty():
             from rich.console import Console
 
-            self._status = Console(stderr=True).status(self._text())
+            console = Console(stderr=True)
+            self.width = console.width
+            self._status = console.status(self._text())
             self._status.start()
         return self
 
@@ -114,7 +119,15 @@ class StatusLine:
         return f"{self.description}: {self.phase} ({time.monotonic() - self._started:.0f} s)"
 
     def _text(self) -> str:
-        return f"{self._headline()} {self.last[-80:]}"
+        """The headline and as much of the tool's last line as fits on one terminal line beside
+        the spinner (a wrapped status line is redrawn as a new line at every update), without
+        trtexec's `[date-time] [I]` prefix."""
+        headline = self._headline()
+        last = _LOG_PREFIX.sub("", self.last)
+        room = self.width - len(headline) - 4  # the spinner and two spaces, and one column spare
+        if room < 12 or not last:
+            return headline[:max(self.width - 4, 1)]
+        return f"{headline} {last if len(last) <= room else last[:room - 1] + '…'}"
 
     def update(self, phase: str | None, last_line: str) -> None:
         self.last = last_line.strip()

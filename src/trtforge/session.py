@@ -262,7 +262,7 @@ def _report_stop(kind, value, tb) -> None:  # noqa: ANN001 - sys.excepthook sign
         sys.__excepthook__(kind, value, tb)
         return
     for callback in _on_stop:
-        with contextlib.suppress(Exception):  # the stop line and exit code come first
+        with contextlib.suppress(Exception):  # a failing callback must not cost the stop line and exit code
             callback()
     signum = _stopped_by or signal.SIGINT
     where = f" during {current_task}" if current_task else ""

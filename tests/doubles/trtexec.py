@@ -1247,12 +1247,35 @@ def make_wrapper(directory, version: str = DEFAULT_VERSION, fault: str | None = 
     if version_from:
         lines.append(f'export TRTEXEC_DOUBLE_VERSION="${{{version_from}:-{version}}}"')
     lines.append('export TRTEXEC_DOUBLE_ARGV0="$0"')
+    if fault is None and version_from is None:
+        lines.extend(_help_in_shell(version, build_number))
     run_double = f'{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "$@"'
     lines.extend([f"exec {run_double}"] if exec_double else [run_double, "exit $?"])
     path = directory / "trtexec"
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
     return path
+
+
+def _help_in_shell(version: str, build_number: int | None) -> list[str]:
+    """Wrapper lines that answer a lone `--help` in sh, with what the double would print.
+
+    trtforge asks a script trtexec for its version on every command that builds (its answer
+    may change while its bytes do not), and starting Python for it costs about 0.05 s of CPU,
+    a third of a no-op build (bench/noop.py). A real trtexec answers `--help` from native code,
+    and as an ELF binary is not even started on a no-op: its answer is kept. So the double's
+    wrapper answers as cheaply as a native program would; every other call runs the double."""
+    import contextlib
+    import io
+
+    vtuple, grammar = resolve_version(version)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        print_help(grammar)
+    build = f" [b{build_number}]" if build_number is not None else ""
+    banner = f"&&&& RUNNING TensorRT.trtexec [TensorRT {banner_tag(vtuple)}]{build} # $0 --help"
+    return ['if [ "$#" -eq 1 ] && [ "$1" = --help ]; then',
+            f'  printf "%s\\n" "{banner}"', f"  cat <<'HELP'\n{text.getvalue()}HELP", "  exit 0", "fi"]
 
 
 def running_through(wrapper: Path) -> list[int]:

@@ -2,7 +2,9 @@
 
 Builds the yolov8n example in a new project (`trtforge init --example yolov8n`, shrunk to
 160 px: the no-op's cost does not depend on the size) with the trtexec conformance double
-of tests/doubles in place of trtexec, then alternates, in one run:
+of tests/doubles in place of trtexec (a script, which trtforge asks for its version on every
+build; its wrapper answers that in sh, as a native trtexec would, without starting Python),
+then alternates, in one run:
 
   A: `doit build:yolov8n-int8 build:yolov8n-fp16 build:yolov8n-fp32` (nothing to do)
   B: `doit list` on an empty dodo.py (what Python and doit cost to start)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TrtforgeError
-from .tasks import tool_version
 
 FREE_SPACE_WARNING = 5 << 30
 
@@ -44,6 +43,7 @@ def check_trtexec(root: Path) -> Finding:
 
 def check_tensorrt_python() -> Finding:
     from .stages.check import tensorrt_available
+    from .tasks import tool_version
 
     if not tensorrt_available():
         return Finding("TensorRT Python", "missing", "not installed: engine comparisons will be reported as skipped",
@@ -71,6 +71,8 @@ def check_onnxruntime() -> Finding:
 
 
 def check_package(topic: str, module: str, distribution: str, extra: str, needed_for: str) -> Finding:
+    from .tasks import tool_version
+
     if importlib.util.find_spec(module) is None:
         return Finding(topic, "missing", f"not installed ({needed_for})", f"pip install -e '.[{extra}]'")
     return Finding(topic, "ok", f"{distribution} {tool_version(distribution)}")

@@ -128,7 +128,7 @@ def _uptodate_reason(check) -> str:
     return {
         "config_changed": "a recipe field, tool version or rendered command it reads changed (or never built)",
         "outputs_intact": "an output is missing, or was changed outside trtforge",
-        "check": "the release archive is missing or changed",
+        "ArchiveIntact": "the release archive is missing or changed",
     }.get(name, "its own up-to-date check says it must run")
 
 

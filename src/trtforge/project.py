@@ -40,7 +40,7 @@ def doit_globals(dodo_file: str) -> dict:
     lock, artifacts/) becomes doit's one `ERROR:` line, exit 3."""
     from doit.exceptions import InvalidDodoFile
 
-    from . import session, tasks
+    from . import session, taskcache
 
     root = Path(dodo_file).resolve().parent
     os.chdir(root)
@@ -49,7 +49,7 @@ def doit_globals(dodo_file: str) -> dict:
         session.begin(root / "artifacts")
     except TrtforgeError as exc:
         raise InvalidDodoFile(str(exc)) from None
-    return {"DOIT_CONFIG": config, **tasks.doit_namespace(tasks.load_project_or_invalid(root))}
+    return {"DOIT_CONFIG": config, **taskcache.doit_namespace(root)}
 
 
 def init_project(folder: Path, example: str | None = None) -> list[Path]:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from .errors import ToolError, TrtforgeError, disk_error_message
+from .errors import TrtforgeError, disk_error_message
 from .gates.labels import LabelSet, label_set
 from .gpu import gpu_config_changed
 from .images import ImageSetError, list_image_set, select_images
@@ -32,7 +32,8 @@ from .stages import (autocast, calibrate, check, compare, engine, export, kit, l
                      surgery as surgery_stage)
 from .surgery import builtin_pass_names, discover_plugin_passes
 from .trt_version import TrtVersion, version_for_generation
-from .trtexec import PROBE_CACHE, Trtexec, find_trtexec, not_found_message, recall_trtexec
+from .trtexec import Trtexec, host_trtexec, not_found_message
+from .uptodate import ArchiveIntact, fingerprint, outputs_intact
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -53,13 +54,15 @@ class Project:
         self.artifacts = self.root / "artifacts"
 
 
-def load_project(root: Path, generation: str | None = None, probe: bool = True) -> Project:
+def load_project(root: Path, generation: str | None = None, probe: bool = True,
+                 host: tuple[Trtexec | None, str | None] | None = None) -> Project:
     """Read recipes/ and plugins/ and probe trtexec; every user error is one line.
 
     `generation` ("8.2", "8.6", "10", "11") plans for that TensorRT instead of probing the
     host's trtexec: what `trtforge plan --trt` shows; such a project is never run.
     `probe` False (commands that build nothing) takes trtexec's last answer instead of
-    starting it (trtexec.recall_trtexec).
+    starting it (trtexec.recall_trtexec). `host` is `host_trtexec`'s answer when the caller
+    has it already (the task cache asks before it knows whether tasks must be generated).
     """
     plugin_passes = discover_plugin_passes(root / "plugins") if (root / "plugins").is_dir() else {}
     known = {name: None for name in builtin_pass_names()} | plugin_passes
@@ -68,12 +71,7 @@ def load_project(root: Path, generation: str | None = None, probe: bool = True) 
     if generation is not None:
         project.trtexec = Trtexec(Path("trtexec"), version_for_generation(generation))
         return project
-    try:
-        project.trtexec = (find_trtexec if probe else recall_trtexec)(project.artifacts / "cache" / PROBE_CACHE)
-        if project.trtexec is None:
-            project.trtexec_problem = not_found_message() if probe else "trtexec was not asked for its version"
-    except ToolError as exc:
-        project.trtexec_problem = str(exc)
+    project.trtexec, project.trtexec_problem = host or host_trtexec(project.artifacts, probe)
     return project
 
 
@@ -111,7 +109,7 @@ def run_stage(func: Callable[..., None], *args: Any, task, targets) -> TaskFaile
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         return TaskFailed(f"{task.name}: {shown}{more} changed while the task was reading it; nothing was recorded: "
                           "rerun once it is stable")
-    return {"outputs": {t: _fingerprint(Path(t)) for t in targets}}
+    return {"outputs": {t: fingerprint(Path(t)) for t in targets}}
 
 
 def _file_state(path: str) -> tuple | None:
@@ -122,38 +120,6 @@ def _file_state(path: str) -> tuple | None:
     except FileNotFoundError:
         return None
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _fingerprint(path: Path) -> list:
-    """[size, mtime_ns, sha256] of a file."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
-
-
-def outputs_intact(task, values) -> bool:
-    """uptodate check: every target is the file the last successful run wrote.
-
-    doit alone only checks that targets exist, so an engine edited by hand or a half-copied
-    ONNX would be trusted. Size is compared always; content (sha256) whenever the mtime
-    moved, so a no-op run hashes nothing.
-    """
-    recorded = values.get("outputs")
-    if not recorded:
-        return False
-    for target, (size, mtime_ns, sha) in recorded.items():
-        try:
-            stat = Path(target).stat()
-        except OSError:
-            return False
-        if stat.st_size != size or (stat.st_mtime_ns != mtime_ns and _fingerprint(Path(target))[2] != sha):
-            return False
-    return True
 
 
 def tracked(generator: Callable[[Project], Iterator[dict]]) -> Callable[[Project], Iterator[dict]]:
@@ -179,7 +145,7 @@ def refusal(name: str, doc: str, message: str, **fields: Any) -> dict:
     return {"name": name, "doc": doc, "actions": [(refuse, [message])], "uptodate": [False], **fields}
 
 
-def load_project_or_invalid(root: Path) -> Project:
+def load_project_or_invalid(root: Path, host: tuple[Trtexec | None, str | None] | None = None) -> Project:
     """load_project for doit: a user error becomes InvalidDodoFile (one `ERROR:` line, exit 3).
     A doit command that builds nothing (`list`, `info`, ...) does not start trtexec."""
     import sys
@@ -189,7 +155,7 @@ def load_project_or_invalid(root: Path) -> Project:
     from .session import READ_ONLY_COMMANDS, doit_command
 
     try:
-        project = load_project(root, probe=doit_command(sys.argv) not in READ_ONLY_COMMANDS)
+        project = load_project(root, probe=doit_command(sys.argv) not in READ_ONLY_COMMANDS, host=host)
         set_broken_recipes_aside(project, sys.argv)
     except TrtforgeError as exc:
         raise InvalidDodoFile(str(exc)) from None
@@ -866,27 +832,6 @@ def _compare_inputs(project: Project, r: Recipe, v: Variant) -> compare.VariantI
         engine_missing_reason="" if job else problem.split(";")[0])
 
 
-def _archive_intact(record: str):
-    """uptodate check: the archive the record names still exists with its recorded hash.
-
-    The archive's name depends on the engine (TensorRT version, GPU, hash), so doit's
-    target is the small record; this check keeps a deleted or edited archive from being
-    trusted because the record survived.
-    """
-    import hashlib
-    import json
-
-    def check(task, values) -> bool:
-        try:
-            entry = json.loads(Path(record).read_text())
-            archive = Path(record).parent / entry["archive"]
-            return hashlib.sha256(archive.read_bytes()).hexdigest() == entry["sha256"]
-        except (OSError, ValueError, KeyError):
-            return False
-
-    return check
-
-
 def engine_places(project: Project, r: Recipe, v: Variant) -> list[tuple[str, engine.EngineJob | None, str | None]]:
     """(task-name suffix, job, refusal) of each engine of a variant: this host's ("", ...), or
     one per target class ("@t4", ...) for a recipe with targets."""
@@ -934,7 +879,7 @@ def package_tasks(project: Project) -> Iterator[dict]:
                              *code("stages/package.py")],
                 "targets": [str(record)],
                 "uptodate": [config_changed({"recipe": pjob.resolved_recipe, "package": jsonable(r.package)}),
-                             _archive_intact(str(record))],
+                             ArchiveIntact(str(record))],
                 "clean": True,
             }
 

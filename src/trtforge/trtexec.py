@@ -186,6 +186,17 @@ def recall_trtexec(cache_file: Path) -> Trtexec | None:
     version = last_probed_version(path, cache_file) if path else None
     return Trtexec(path, version) if version else None
 
+def host_trtexec(artifacts: Path, probe: bool = True) -> tuple[Trtexec | None, str | None]:
+    """(the trtexec this host would use, None) or (None, why there is no usable one).
+    `probe` False takes the last answer (`recall_trtexec`), for commands that build nothing."""
+    try:
+        found = (find_trtexec if probe else recall_trtexec)(artifacts / "cache" / PROBE_CACHE)
+    except ToolError as exc:
+        return None, str(exc)
+    if found is None:
+        return None, not_found_message() if probe else "trtexec was not asked for its version"
+    return found, None
+
 
 # ----------------------------------------------------------------------------- log parsing
 

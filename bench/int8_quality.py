@@ -15,7 +15,8 @@ mirrored and cropped views of the people photos installed packages ship, in whic
 
 Prints one row per quantizer: mAP50 against FP32, recall and precision at conf 0.25, class
 flips, the number of FP32 detections, and the quantizer's time relative to the first
-method's (trtforge's plain calibration + Q/DQ with entropy, by default). `accuracy`, not in
+method's (trtforge's plain calibration + Q/DQ with entropy, by default); then, tensor by
+tensor, ModelOpt's activation ranges against each trtforge method's. `accuracy`, not in
 the default list (minutes at 640 px), is the minmax chain held to mAP50 0.99 by accuracy
 control on the verification photos themselves, as the quantize stage runs it.
 
@@ -205,6 +206,28 @@ def accuracy_controlled_int8(model: Path, folder: Path, images: list[ImageRef], 
     return folder / "accuracy.onnx"
 
 
+def activation_ranges(qdq: Path) -> dict[str, float]:
+    """{tensor: range} of every activation a Q/DQ model quantizes (scale x 127; weights left out)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq), load_external_data=False)
+    constants = {i.name: i for i in model.graph.initializer}
+    return {node.input[0]: float(numpy_helper.to_array(constants[node.input[1]])) * 127
+            for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[1] in constants}
+
+
+def print_range_ratios(ranges: dict[str, dict[str, float]]) -> None:
+    """How hard ModelOpt's default calibration clips against each trtforge method, tensor by tensor."""
+    theirs = ranges.pop("modelopt", None)
+    for method, ours in ranges.items() if theirs else ():
+        ratios = np.array([theirs[name] / ours[name] for name in theirs if ours.get(name)])
+        if ratios.size:
+            print(f"ModelOpt's ranges / {method}'s over {ratios.size} activations: median {np.median(ratios):.2f}, "
+                  f"10th percentile {np.percentile(ratios, 10):.2f}, least {ratios.min():.2f}")
+
+
 def score(reference: list[dict], candidate: list[dict], size: int) -> dict:
     setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.0, image_hw=(size, size))
     gate = run_gate(reference, candidate, setting).as_json()
@@ -238,6 +261,7 @@ def main() -> None:
               f"{s.get('class_flips', 0):5d} {s['reference_detections']:8d} {time_text}")
 
     baseline = None
+    ranges: dict[str, dict[str, float]] = {}
     nncf_ready = nncf_available()
     if not nncf_ready and any(m.startswith("nncf") for m in args.methods):
         print("nncf rows skipped: nncf and openvino are not installed (pip install -e '.[bench]')")
@@ -265,8 +289,11 @@ def main() -> None:
                     if precision != "f32":
                         row(f"FP32 model (OpenVINO CPU, {precision})", run_openvino(str(model), feeds, precision), None)
                 continue
+            if method in ("modelopt", "entropy", "minmax", "percentile"):
+                ranges[method] = activation_ranges(qdq)
             for form, run in (("check's form", cpu_session_model(qdq)[0]), ("as built, ORT 1.24", qdq)):
                 row(f"{method} ({form})", run_onnxruntime(run, feeds), seconds / baseline)
+    print_range_ratios(ranges)
 
 
 if __name__ == "__main__":

@@ -175,3 +175,21 @@ def test_read_log_hears_what_is_printed(capsys):
     with ReadLog() as log:
         print("a warning")
     assert log.spoke and "a warning" in capsys.readouterr().out
+
+
+def test_a_graph_made_twice_in_one_process_reads_the_host_again(project, monkeypatch):
+    """What generation caches per process (image listings, installed versions) is read again
+    when the graph is made again, so the second graph and its record of reads are current."""
+    from trtforge.taskcache import doit_namespace
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr("sys.argv", ["doit", "calib:m-int8"])
+
+    def calib_images() -> list[str]:
+        calib = next(t for t in doit_namespace(project)["task_calib"]() if t["name"] == "m-int8")
+        return sorted(Path(dep).name for dep in calib["file_dep"] if dep.endswith(".png"))
+
+    assert calib_images() == ["0.png", "1.png"]
+    add_image(project / "calib" / "imgs", "2.png", 2)
+    assert calib_images() == ["0.png", "1.png", "2.png"]
+    assert calib_images() == ["0.png", "1.png", "2.png"]  # now from the stored graph

@@ -348,6 +348,7 @@ def _made_now(root: Path, probe: bool, host: tuple, wanted: dict) -> tuple[dict,
 
     artifacts = root / "artifacts"
     log = ReadLog(ignored=(str(artifacts / "cache" / CACHE),))
+    tasks.forget_what_was_read()
     with log:
         project = tasks.load_project_or_invalid(root, host=host)
         namespace = tasks.doit_namespace(project)

@@ -221,6 +221,13 @@ def doit_namespace(project: Project) -> dict[str, Callable]:
     return namespace
 
 
+def forget_what_was_read() -> None:
+    """Empty the caches of what generation reads (installed versions, image listings), so that
+    making the graph again reads the host afresh, and the task cache's ReadLog sees each read."""
+    for cached in (tool_version, installed_versions, _selected_images):
+        cached.cache_clear()
+
+
 def relative_paths(task: dict, root: Path) -> dict:
     """`task` with its file_dep and targets under `root` named relative to it.
 

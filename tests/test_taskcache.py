@@ -75,8 +75,16 @@ def test_a_no_op_is_served_from_the_stored_graph_without_importing_the_generator
     again = run_doit(project, "-v", "0", "calib:m-int8", env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
     assert again.returncode == 0, again.stdout + again.stderr
     assert executed(again) == [] and "calib:m-int8" in up_to_date(again)
-    imported = {line.split("|")[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time")}
-    assert "trtforge.taskcache" in imported and not {"trtforge.tasks", "trtforge.recipe", "yaml"} & imported
+    assert not generators_imported(again)
+    listed = run_doit(project, "list", env={**env, "PYTHONPROFILEIMPORTTIME": "1"})  # trtexec recalled, not probed
+    assert "calib" in listed.stdout and not generators_imported(listed)
+
+
+def generators_imported(result) -> bool:
+    """Did the command import the task generators (and so make the graph)?"""
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    assert "trtforge.taskcache" in imported
+    return bool({"trtforge.tasks", "trtforge.recipe", "yaml"} & imported)
 
 
 def test_an_edited_recipe_is_seen_even_with_its_size_and_mtime_kept(project, env):

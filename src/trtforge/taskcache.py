@@ -9,8 +9,8 @@ be forgotten: while the graph is made, `ReadLog` watches every file stat, listin
 access, readlink and environment variable of the process, and checking it again means
 asking each of those once more (hashing what was read when small, stat for the rest, as
 doit does for its own file_dep). What no read can show joins the key: trtforge's own
-code, the Python that runs it, the command's kind, and trtexec's answer (asked as every
-build asks it, so a script trtexec that changes its answer is still noticed).
+code, the Python that runs it, and trtexec's answer (asked as every build asks it, so a
+script trtexec that changes its answer is still noticed).
 
 A stored task has no stage function to call: its action makes the graph afresh (once per
 process), checks that the task there is the one stored, and runs that task's action. A
@@ -173,9 +173,10 @@ def unchanged(reads: list) -> bool:
 
 # ----------------------------------------------------------------------------- the key
 
-def key(root: Path, probe: bool, host: tuple) -> dict:
+def key(root: Path, host: tuple) -> dict:
     """What the graph depends on besides its reads: trtforge's code (every module's size and
-    mtime), the Python running it, the command's kind and trtexec's answer."""
+    mtime), the Python running it and trtexec's answer (probed by a build, recalled by
+    `doit list`: the same answer gives the same graph, so either command reuses the other's)."""
     package = Path(__file__).resolve().parent
     code = hashlib.sha256()
     for folder, subfolders, files in sorted(os.walk(package)):
@@ -185,7 +186,7 @@ def key(root: Path, probe: bool, host: tuple) -> dict:
                 st = os.stat(os.path.join(folder, name))
                 code.update(f"{folder}/{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     trtexec, problem = host
-    return {"format": FORMAT, "root": str(root), "python": [sys.executable, sys.version], "probe": probe,
+    return {"format": FORMAT, "root": str(root), "python": [sys.executable, sys.version],
             "code": code.hexdigest(),
             "trtexec": [str(trtexec.path), str(trtexec.version)] if trtexec else problem}
 
@@ -333,16 +334,16 @@ def doit_namespace(root: Path) -> dict[str, Callable]:
     artifacts = root / "artifacts"
     probe = doit_command(sys.argv) not in READ_ONLY_COMMANDS
     host = host_trtexec(artifacts, probe)
-    wanted = key(root, probe, host)
+    wanted = key(root, host)
     stored = _stored(artifacts / "cache" / CACHE)
     if stored and stored.get("key") == wanted and unchanged(stored["reads"]):
         return _creators({stage: [_decoded_task(stage, t, root) for t in made]
                           for stage, made in stored["tasks"].items()}, stored["docs"])
-    graph, docs = _made_now(root, probe, host, wanted)
+    graph, docs = _made_now(root, host, wanted)
     return _creators(graph, docs)
 
 
-def _made_now(root: Path, probe: bool, host: tuple, wanted: dict) -> tuple[dict, dict]:
+def _made_now(root: Path, host: tuple, wanted: dict) -> tuple[dict, dict]:
     """Make the graph while watching its reads; store it when it can be reused."""
     from . import tasks
 

@@ -13,6 +13,8 @@ mirrored and cropped views of the people photos installed packages ship, in whic
 
     .venv/bin/python bench/int8_quality.py [--size 640] [--methods entropy minmax percentile modelopt nncf nncf-onnx accuracy]
 
+(`percentile:99.999` names a percentile other than 99.99.)
+
 Prints one row per quantizer: mAP50 against FP32, recall and precision at conf 0.25, class
 flips, the number of FP32 detections, and the quantizer's time relative to the first
 method's (trtforge's plain calibration + Q/DQ with entropy, by default); then, tensor by
@@ -84,10 +86,12 @@ def prepared_model(folder: Path, size: int) -> Path:
 
 
 def trtforge_int8(model: Path, folder: Path, images: list[ImageRef], size: int, method: str) -> Path:
-    """trtforge's own chain: calibrate (the cache) then ModelOpt Q/DQ from that cache."""
-    out = folder / method
+    """trtforge's own chain: calibrate (the cache) then ModelOpt Q/DQ from that cache.
+    `method` is a calibration method, `percentile:<p>` for another percentile than 99.99."""
+    out = folder / method.replace(":", "-")
+    method, _, percentile = method.partition(":")
     job = CalibrationJob(task=f"calib:{method}", onnx=model, images=tuple(images), input_name="images",
-                         height=size, width=size, batch=8, method=method, percentile=99.99,
+                         height=size, width=size, batch=8, method=method, percentile=float(percentile or 99.99),
                          skip_bad_images=False, header_version=TrtVersion(10, 8, 0), store_dir=out / "store",
                          cache_out=out / "calib.cache", report_out=out / "calib.json", sample_out=out / "sample.npy")
     calibrate(job)
@@ -289,7 +293,7 @@ def main() -> None:
                     if precision != "f32":
                         row(f"FP32 model (OpenVINO CPU, {precision})", run_openvino(str(model), feeds, precision), None)
                 continue
-            if method in ("modelopt", "entropy", "minmax", "percentile"):
+            if method == "modelopt" or method.split(":")[0] in ("entropy", "minmax", "percentile"):
                 ranges[method] = activation_ranges(qdq)
             for form, run in (("check's form", cpu_session_model(qdq)[0]), ("as built, ORT 1.24", qdq)):
                 row(f"{method} ({form})", run_onnxruntime(run, feeds), seconds / baseline)

@@ -201,3 +201,16 @@ def test_a_graph_made_twice_in_one_process_reads_the_host_again(project, monkeyp
     add_image(project / "calib" / "imgs", "2.png", 2)
     assert calib_images() == ["0.png", "1.png", "2.png"]
     assert calib_images() == ["0.png", "1.png", "2.png"]  # now from the stored graph
+
+
+def test_a_task_the_cache_cannot_hold_is_refused_not_stored_wrongly():
+    from doit.tools import config_changed
+
+    from trtforge.taskcache import Uncachable, _encoded_task
+
+    for task in ({"name": "t", "actions": [(print, ["x"])]},  # not a stage: nothing to run it by
+                 {"name": "t", "uptodate": [lambda task, values: True]},
+                 {"name": "t", "uptodate": [config_changed({"path": Path("/x")})]},  # JSON cannot hold it
+                 {"name": "t", "verbosity": 2}):
+        with pytest.raises(Uncachable):
+            _encoded_task(task)

@@ -206,8 +206,10 @@ def _encoded_task(task: dict) -> dict:
     from .uptodate import ArchiveIntact, outputs_intact
 
     def check(item: Any) -> Any:
-        if item is False or item is outputs_intact:
-            return item if item is False else "outputs_intact"
+        if item is False:
+            return False
+        if item is outputs_intact:
+            return "outputs_intact"
         if isinstance(item, ArchiveIntact):
             return ["archive_intact", item.record]
         if type(item) in (config_changed, gpu_config_changed) and item.encoder is None:
@@ -236,7 +238,10 @@ def _encoded_task(task: dict) -> dict:
             encoded[field] = None if value is None else [action(item) for item in value]
         else:
             raise Uncachable(f"{field}: {value!r}")
-    return json.loads(json.dumps(encoded))  # as it will read back: tuples as lists
+    try:
+        return json.loads(json.dumps(encoded))  # as it will read back: tuples as lists
+    except (TypeError, ValueError) as exc:  # a config value JSON cannot hold
+        raise Uncachable(str(exc)) from None
 
 
 def _decoded_task(stage: str, encoded: dict, root: Path) -> dict:

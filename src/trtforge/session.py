@@ -22,6 +22,7 @@ from doit.reporter import ConsoleReporter
 from .atomic import WORK_MARK, leftover_temporaries, sweep_temporaries
 from .console import info
 from .errors import TrtforgeError, broken_link, disk_error_message
+from .uptodate import MD5Checker
 
 # doit commands that only read the state: they neither take the lock nor sweep.
 READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "graph"}
@@ -39,6 +40,7 @@ def doit_config(artifacts: Path) -> dict:
         "default_tasks": [],
         "action_string_formatting": "new",
         "reporter": OneLineFailureReporter,
+        "check_file_uptodate": MD5Checker,
     }
 
 

@@ -214,3 +214,26 @@ def test_a_task_the_cache_cannot_hold_is_refused_not_stored_wrongly():
                  {"name": "t", "verbosity": 2}):
         with pytest.raises(Uncachable):
             _encoded_task(task)
+
+
+def test_a_graph_made_from_build_outputs_is_not_kept(project, monkeypatch):
+    """Tasks write under artifacts/, so a graph that read there could change mid-build."""
+    from trtforge import tasks
+    from trtforge.taskcache import doit_namespace
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr("sys.argv", ["doit", "list"])
+    (project / "artifacts" / "m").mkdir(parents=True)
+    (project / "artifacts" / "m" / "export.json").write_text("{}")
+    load = tasks.load_project_or_invalid
+
+    def reading_an_output(root, host=None):
+        (root / "artifacts" / "m" / "export.json").read_text()
+        return load(root, host)
+
+    monkeypatch.setattr(tasks, "load_project_or_invalid", reading_an_output)
+    assert "task_calib" in doit_namespace(project)
+    assert not (project / STORED).exists()
+    monkeypatch.setattr(tasks, "load_project_or_invalid", load)
+    assert "task_calib" in doit_namespace(project)
+    assert (project / STORED).exists()

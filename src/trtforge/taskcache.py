@@ -360,7 +360,7 @@ def _made_now(root: Path, host: tuple, wanted: dict) -> tuple[dict, dict]:
         namespace = tasks.doit_namespace(project)
         graph = {name[len("task_"):]: list(make()) for name, make in namespace.items()}
     docs = {stage: namespace[f"task_{stage}"].__doc__ for stage in graph}
-    if enabled() and not log.spoke and not project.broken:
+    if enabled() and not log.spoke and not project.broken and not _reads_build_outputs(log, artifacts):
         try:
             encoded = {stage: [_encoded_task(t) for t in made] for stage, made in graph.items()}
         except Uncachable:
@@ -368,6 +368,15 @@ def _made_now(root: Path, host: tuple, wanted: dict) -> tuple[dict, dict]:
         reads = [[kind, subject, answer] for (kind, subject), answer in log.reads.items()]
         _store(artifacts / "cache" / CACHE, {"key": wanted, "reads": reads, "tasks": encoded, "docs": docs})
     return graph, docs
+
+
+def _reads_build_outputs(log: ReadLog, artifacts: Path) -> bool:
+    """Did making the graph read anything under artifacts/ (the task cache's own files aside)?
+    Tasks write there, so such a graph could differ from the one a stored task is checked
+    against mid-build (the project would seem to change under every build): it is not kept.
+    No generator does so today; this keeps one that starts to from failing builds."""
+    inside = (f"{artifacts}{os.sep}", str(artifacts / "cache") + os.sep)
+    return any(subject.startswith(inside[0]) and not subject.startswith(inside[1]) for _, subject in log.reads)
 
 
 def _creators(graph: dict[str, list[dict]], docs: dict[str, str]) -> dict[str, Callable]:

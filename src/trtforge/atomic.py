@@ -81,6 +81,16 @@ def write_text_atomic(target: Path, text: str) -> None:
         temp.write_text(text)
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object a cache kept at `path`, or {} when it is missing, unreadable or not an
+    object: a cache that cannot be read costs its recomputation, never an error."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def remove_path(path: Path) -> None:
     """Remove a file or folder if it exists.
 

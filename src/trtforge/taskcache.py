@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .atomic import read_json_object, write_text_atomic
+
 FORMAT = 1
 CACHE = "tasks.json"  # under artifacts/cache/
 _SMALL = 1 << 20  # files up to this size are compared by content, larger ones by stat
@@ -284,9 +286,14 @@ def _live_graph(root: str) -> dict[str, dict]:
     """The graph made afresh, by full task name: what a stored task runs (once per process)."""
     from .tasks import doit_namespace, load_project_or_invalid
 
-    project = load_project_or_invalid(Path(root))
-    return {f"{creator[len('task_'):]}:{task['name']}": task
-            for creator, make in doit_namespace(project).items() for task in make()}
+    return {f"{stage}:{task['name']}": task
+            for stage, made in _generated(doit_namespace(load_project_or_invalid(Path(root)))).items()
+            for task in made}
+
+
+def _generated(namespace: dict[str, Callable]) -> dict[str, list[dict]]:
+    """{stage: its tasks} from tasks.doit_namespace's creators (`task_<stage>`)."""
+    return {name[len("task_"):]: list(make()) for name, make in namespace.items()}
 
 
 def run_generated(root: str, name: str, stored: dict, task, targets):  # task, targets: doit's own
@@ -358,7 +365,7 @@ def _made_now(root: Path, host: tuple, wanted: dict) -> tuple[dict, dict]:
     with log:
         project = tasks.load_project_or_invalid(root, host=host)
         namespace = tasks.doit_namespace(project)
-        graph = {name[len("task_"):]: list(make()) for name, make in namespace.items()}
+        graph = _generated(namespace)
     docs = {stage: namespace[f"task_{stage}"].__doc__ for stage in graph}
     if enabled() and not log.spoke and not project.broken and not _reads_build_outputs(log, artifacts):
         try:
@@ -391,18 +398,11 @@ def _creators(graph: dict[str, list[dict]], docs: dict[str, str]) -> dict[str, C
 
 
 def _stored(path: Path) -> dict | None:
-    if not enabled():
-        return None
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("key", {}).get("format") == FORMAT else None
+    data = read_json_object(path) if enabled() else {}
+    return data if isinstance(data.get("key"), dict) and data["key"].get("format") == FORMAT else None
 
 
 def _store(path: Path, data: dict) -> None:
-    from .atomic import write_text_atomic
-
     try:
         write_text_atomic(path, json.dumps(data, separators=(",", ":")))
     except OSError:

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import read_json_object, write_text_atomic
 from .errors import ToolError
 from .trt_version import TrtVersion, version_from_banner
 
@@ -76,7 +77,7 @@ def probe_version(path: Path, cache_file: Path) -> TrtVersion:
     from .trt_version import BANNER
 
     key = _probe_key(path.resolve())
-    cached = _read_probe_cache(cache_file)
+    cached = read_json_object(cache_file)
     if key in cached:
         return TrtVersion(*cached[key])
     try:
@@ -111,7 +112,7 @@ def _last_answer_key(path: Path) -> str:
 
 def last_probed_version(path: Path, cache_file: Path) -> TrtVersion | None:
     """What probing `path` last answered in this project, without starting it; None if never."""
-    cached = _read_probe_cache(cache_file)
+    cached = read_json_object(cache_file)
     answer = cached.get(_probe_key(path.resolve()) or _last_answer_key(path))
     try:
         return TrtVersion(*answer) if answer else None
@@ -133,7 +134,7 @@ def _probe_key(real: Path) -> str | None:
 
 def forget_probe(path: Path, cache_file: Path) -> None:
     """Drop every cached probe of `path`, so the next run asks it again."""
-    cached = _read_probe_cache(cache_file)
+    cached = read_json_object(cache_file)
     kept = _without_probes_of(cached, path)
     if kept != cached:
         _write_probe_cache(cache_file, kept)
@@ -156,17 +157,7 @@ def _no_banner_message(path: Path, output: str) -> str:
             "it is not trtexec (point TRTEXEC at TensorRT's bin/trtexec)")
 
 
-def _read_probe_cache(cache_file: Path) -> dict:
-    try:
-        data = json.loads(cache_file.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _write_probe_cache(cache_file: Path, data: dict) -> None:
-    from .atomic import write_text_atomic
-
     try:
         write_text_atomic(cache_file, json.dumps(data, indent=1, sort_keys=True))
     except OSError:

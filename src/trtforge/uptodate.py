@@ -15,6 +15,8 @@ from pathlib import Path
 from doit.dependency import MD5Checker as _DoitMD5Checker
 from doit.dependency import get_file_md5
 
+from .atomic import read_json_object, write_text_atomic
+
 
 def fingerprint(path: Path) -> list:
     """[size, mtime_ns, sha256] of a file."""
@@ -102,7 +104,7 @@ class _Md5Memo:
 
     def md5(self, path: str, st: os.stat_result) -> str:
         if self.known is None:
-            self.known = _read_json(MD5_MEMO)
+            self.known = read_json_object(Path(MD5_MEMO))
             atexit.register(self.save)
         evidence = [st.st_mtime_ns, st.st_size, st.st_ino]
         entry = self.known.get(path)
@@ -113,20 +115,10 @@ class _Md5Memo:
 
     def save(self) -> None:
         if self.added and os.path.isdir(os.path.dirname(MD5_MEMO)):
-            from .atomic import write_text_atomic
-
             try:
                 write_text_atomic(Path(MD5_MEMO), json.dumps(self.used))
             except OSError:
                 pass  # a memo: losing it costs the next command one hash per file
-
-
-def _read_json(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 _MEMO = _Md5Memo()

@@ -55,6 +55,44 @@ def test_torch_factory_state_dict_weights_are_loaded(tmp_path):
     assert y[0, 0, 8, 8] == pytest.approx(0.5 * 27 + 0.5)  # 3x3x3 window of ones, weight and bias 0.5
 
 
+THREAD_RECORDING_FACTORY = '''
+import torch
+
+seen = []
+
+def tiny():
+    seen.append(torch.get_num_threads())
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+
+def broken():
+    seen.append(torch.get_num_threads())
+    raise RuntimeError("cannot build")
+'''
+
+
+def test_export_runs_torch_on_one_thread_and_gives_the_process_its_threads_back(tmp_path):
+    """One intra-op thread while exporting (what Ultralytics' exporter runs on; a second one
+    only spins while tracing), and the build's later stages get the threads back, also after a
+    failed export."""
+    import sys
+
+    import torch
+
+    (tmp_path / "threadmodels.py").write_text(THREAD_RECORDING_FACTORY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        export_onnx(ModelSource("torch", factory="threadmodels:tiny"), SPEC, 13, tmp_path, tmp_path / "a.onnx")
+        assert torch.get_num_threads() == 2
+        with pytest.raises(Exception, match="cannot build"):
+            export_onnx(ModelSource("torch", factory="threadmodels:broken"), SPEC, 13, tmp_path, tmp_path / "b.onnx")
+        assert torch.get_num_threads() == 2
+        assert sys.modules["threadmodels"].seen == [1, 1]
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("threadmodels", None)
+
+
 def test_missing_factory_is_one_line(tmp_path):
     with pytest.raises(StageError, match="model.factory: cannot import 'nowhere:tiny'"):
         export_onnx(ModelSource("torch", factory="nowhere:tiny"), SPEC, 13, tmp_path, tmp_path / "o.onnx")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import checkpoints
@@ -41,21 +42,38 @@ def export_onnx(model: ModelSource, spec: InputSpec, opset: int, root: Path, out
             status.update("checking the ONNX", "")
             metadata = {**metadata_from_props(_copy_checked_onnx(model.path, spec, root, output)), **metadata}
         else:
-            status.update("building the network", "")
-            if model.source == "ultralytics":
-                module, metadata["task"], weights = _ultralytics_module(model, spec, root)
-            elif model.source == "yolov5":
-                (module, weights), metadata["task"] = _yolov5_module(model, root), "detect"
-            else:
-                module, weights = _factory_module(model, root)
-            if weights is not None:
-                metadata["weights_sha256"] = weights.sha256
-            metadata.update(_model_metadata(module))
-            status.update(f"tracing to ONNX opset {opset}", "")
-            _export_module(module, spec, opset, output)
+            with _one_torch_thread():
+                status.update("building the network", "")
+                if model.source == "ultralytics":
+                    module, metadata["task"], weights = _ultralytics_module(model, spec, root)
+                elif model.source == "yolov5":
+                    (module, weights), metadata["task"] = _yolov5_module(model, root), "detect"
+                else:
+                    module, weights = _factory_module(model, root)
+                if weights is not None:
+                    metadata["weights_sha256"] = weights.sha256
+                metadata.update(_model_metadata(module))
+                status.update(f"tracing to ONNX opset {opset}", "")
+                _export_module(module, spec, opset, output)
     info(f"exported {output.name} ({output.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.1f} s")
     if metadata_out is not None:
         write_text_atomic(metadata_out, json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+
+
+@contextmanager
+def _one_torch_thread():
+    """Run torch on one intra-op thread while exporting, as Ultralytics' own exporter does
+    (importing ultralytics first sets OMP_NUM_THREADS=1; here torch is loaded before it, so the
+    setting would come too late). Tracing is Python-bound: between two small kernels the second
+    OpenMP thread only spins and sleeps, which cost yolov8n's export about 0.3 s of CPU (issue
+    15, bench/export.py) and no wall time; the exported bytes are the same either way."""
+    torch = require("torch", "yolo")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _model_metadata(module) -> dict:

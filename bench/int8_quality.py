@@ -12,6 +12,7 @@ mirrored and cropped views of the people photos installed packages ship, in whic
 1.24 truncates there and TensorRT rounds), and also as built, to show what that costs.
 
     .venv/bin/python bench/int8_quality.py [--size 640] [--methods entropy minmax percentile modelopt nncf nncf-onnx accuracy]
+        [--scorer /path/to/python]
 
 (`percentile:99.999` names a percentile other than 99.99; `accuracy:percentile:99.999` holds
 that chain, not minmax's, to the floor.)
@@ -22,6 +23,10 @@ method's (trtforge's plain calibration + Q/DQ with entropy, by default); then, t
 tensor, ModelOpt's activation ranges against each trtforge method's. `accuracy`, not in
 the default list (minutes at 640 px), is the minmax chain held to mAP50 0.99 by accuracy
 control on the verification photos themselves, as the quantize stage runs it.
+
+`--scorer` names another Python interpreter with its own numpy and onnxruntime (for instance
+a venv with onnxruntime 1.32, the first whose CPU QuantizeLinear rounds float16): each Q/DQ
+model is then also run there as built, an independent scorer for the check's figures.
 
 NNCF runs as Ultralytics' OpenVINO INT8 export runs it (ultralytics/utils/export/openvino.py:
 preset MIXED, the Detect head's own ops, DFL and class Sigmoid in an IgnoredScope, every
@@ -39,11 +44,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from trtforge.gates import GateSetting, run_gate
 from trtforge.images import ImageRef, decode_image, list_image_set, preprocess, read_image_bytes
@@ -234,6 +241,34 @@ def print_range_ratios(ranges: dict[str, dict[str, float]]) -> None:
                   f"10th percentile {np.percentile(ratios, 10):.2f}, least {ratios.min():.2f}")
 
 
+SCORER = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feeds, outputs = np.load(sys.argv[2]), {}
+for index in sorted({key.split(".")[0] for key in feeds.files}, key=int):
+    feed = {key.split(".", 1)[1]: feeds[key] for key in feeds.files if key.split(".")[0] == index}
+    for port, value in zip(session.get_outputs(), session.run(None, feed)):
+        outputs[f"{index}.{port.name}"] = value
+np.savez(sys.argv[3], **outputs)
+print(ort.__version__)
+"""
+
+
+def run_in_scorer(python: str, model: Path, feeds: list[dict]) -> tuple[list[dict], str]:
+    """(outputs of `model` as built, run by the onnxruntime of another interpreter, its version)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        given, returned = Path(scratch) / "feeds.npz", Path(scratch) / "outputs.npz"
+        np.savez(given, **{f"{i}.{name}": value for i, feed in enumerate(feeds) for name, value in feed.items()})
+        version = subprocess.run([python, "-c", SCORER, str(model), str(given), str(returned)], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        with np.load(returned) as loaded:
+            outputs: list[dict] = [{} for _ in feeds]
+            for key in loaded.files:
+                index, name = key.split(".", 1)
+                outputs[int(index)][name] = loaded[key]
+    return outputs, version
+
+
 def score(reference: list[dict], candidate: list[dict], size: int) -> dict:
     setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.0, image_hw=(size, size))
     gate = run_gate(reference, candidate, setting).as_json()
@@ -245,6 +280,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--methods", nargs="+",
                         default=["entropy", "minmax", "percentile", "modelopt", "nncf", "nncf-onnx"])
+    parser.add_argument("--scorer", help="another Python whose onnxruntime also runs each Q/DQ model as built")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "int8_quality")
     args = parser.parse_args()
 
@@ -298,8 +334,11 @@ def main() -> None:
                 continue
             if method == "modelopt" or method.split(":")[0] in ("entropy", "minmax", "percentile"):
                 ranges[method] = activation_ranges(qdq)
-            for form, run in (("check's form", cpu_session_model(qdq)[0]), ("as built, ORT 1.24", qdq)):
-                row(f"{method} ({form})", run_onnxruntime(run, feeds), seconds / baseline)
+            row(f"{method} (check's form)", run_onnxruntime(cpu_session_model(qdq)[0], feeds), seconds / baseline)
+            row(f"{method} (as built, ORT {onnxruntime.__version__})", run_onnxruntime(qdq, feeds), seconds / baseline)
+            if args.scorer:
+                outputs, version = run_in_scorer(args.scorer, qdq, feeds)
+                row(f"{method} (as built, ORT {version}, --scorer)", outputs, seconds / baseline)
     print_range_ratios(ranges)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+import onnxruntime
 import pytest
 from conftest import REPO
 
@@ -41,3 +43,10 @@ def test_the_default_int8_meets_the_reduced_size_target_on_disjoint_photos(tmp_p
     if runtime_truncates_float16():
         as_built = bench.score(reference, run_onnxruntime(qdq, feeds), size)
         assert as_built["mAP50"] < measured["mAP50"] - 0.3, (as_built, measured)
+
+    # `--scorer` runs the model in another interpreter; given this one, its outputs are this
+    # onnxruntime's, in the feeds' order (three images: only the plumbing is under test)
+    outputs, version = bench.run_in_scorer(sys.executable, qdq, feeds[:3])
+    assert version == onnxruntime.__version__
+    for theirs, ours in zip(outputs, run_onnxruntime(qdq, feeds[:3]), strict=True):
+        assert theirs.keys() == ours.keys() and all(np.array_equal(theirs[k], ours[k]) for k in ours)

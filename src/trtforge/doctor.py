@@ -220,17 +220,14 @@ def _parser_error(onnx_path: Path, plugin_libraries: bool, generation: str) -> s
     """The first error TensorRT `generation`'s parser tables find in `onnx_path`, as lint: words it."""
     from .console import shown_path
     from .errors import StageError
-    from .preflight import preflight
+    from .preflight import first_error, preflight
 
     try:
         findings = preflight(onnx_path, generation, plugin_libraries=plugin_libraries)
     except StageError as exc:
         return str(exc)
-    errors = [f for f in findings if f.severity == "error"]
-    if not errors:
-        return None
-    more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{shown_path(onnx_path)}: {errors[0].subject} {errors[0].message}{more}"
+    line = first_error(findings)
+    return None if line is None else f"{shown_path(onnx_path)}: {line}"
 
 
 def check_fleet(project) -> Finding | None:

@@ -223,9 +223,8 @@ def preflight_verdicts(project, recipe: Recipe, variants: list[Variant]) -> dict
 
 
 def _verdict(findings) -> str:
-    errors = [f for f in findings if f.severity == "error"]
-    warnings = len(findings) - len(errors)
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return f"error: {errors[0].subject} {errors[0].message}{more}"
-    return "ok" + (f", {warnings} warning(s): {findings[0].subject} {findings[0].message}" if warnings else "")
+    from .preflight import first_error
+
+    if (line := first_error(findings)) is not None:
+        return f"error: {line}"
+    return "ok" + (f", {len(findings)} warning(s): {findings[0].subject} {findings[0].message}" if findings else "")

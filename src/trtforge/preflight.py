@@ -82,11 +82,20 @@ def run_preflight(onnx_path: Path, generation: str, report: Path, task: str, *,
     naming the first blocking node, its operator, the generation and the fix."""
     findings = preflight(onnx_path, generation, plugin_libraries=plugin_libraries)
     write_text_atomic(report, json.dumps(preflight_report(onnx_path, generation, findings), indent=1) + "\n")
+    if (line := first_error(findings, report)) is not None:
+        raise StageError(f"{task}: {line}")
+
+
+def first_error(findings: list[Finding], report: Path | None = None) -> str | None:
+    """The first blocking finding in one line, `<subject> <message> (N more)`, or None: the
+    wording lint, plan and doctor share. With `report`, the line names where the rest are."""
     errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        first = errors[0]
-        more = f" ({len(errors) - 1} more in {report})" if len(errors) > 1 else f" (report: {report})"
-        raise StageError(f"{task}: {first.subject} {first.message}{more}")
+    if not errors:
+        return None
+    where = f" in {report}" if report is not None else ""
+    if len(errors) > 1:
+        return f"{errors[0].subject} {errors[0].message} ({len(errors) - 1} more{where})"
+    return f"{errors[0].subject} {errors[0].message}" + (f" (report: {report})" if report is not None else "")
 
 
 def preflight_report(onnx_path: Path | str, generation: str, findings: list[Finding]) -> dict:

@@ -44,9 +44,12 @@ def gpu_details() -> dict[str, str] | None:
 
     Asked once per process: the engine key, the timing cache key and doctor agree."""
     device = _cuda_first_device()
+    return (_nvml_details(device) if _nvidia_driver_loaded() else None) or _smi_details(device)
+
+
+def _nvml_details(device: str) -> dict[str, str] | None:
+    """gpu_details through NVML, or None when it cannot answer (no library, driver or device)."""
     try:
-        if not _nvidia_driver_loaded():
-            raise ImportError("no NVIDIA driver")
         import pynvml
 
         pynvml.nvmlInit()
@@ -58,8 +61,12 @@ def gpu_details() -> dict[str, str] | None:
             return {"name": _text(name), "compute capability": f"{major}.{minor}", "driver": _text(driver)}
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # no library, no driver, no device: ask nvidia-smi
-        pass
+    except Exception:  # pynvml's errors are its own classes, and an old pynvml raises others
+        return None
+
+
+def _smi_details(device: str) -> dict[str, str] | None:
+    """gpu_details through nvidia-smi, or None when there is none or it cannot answer."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None

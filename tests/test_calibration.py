@@ -21,7 +21,7 @@ from trtforge.calib_cache import read_cache, write_cache_text
 from trtforge.errors import StageError
 from trtforge.images import ImageRef, decode_image, letterbox, list_image_set, preprocess, select_images
 from trtforge.recipe import InputSpec, ModelSource
-from trtforge.quant.derived_ranges import Derivation, derive_bounds, derive_samples
+from trtforge.quant.derived_ranges import Derivation, derivations, derive_bounds, derive_samples
 from trtforge.stages.calibrate import (AbsHistogram, CalibrationJob, Statistics, calibrate, calibration_key,
                                       entropy_bin, entropy_threshold, float_tensors, observation_plan,
                                       percentile_threshold)
@@ -172,14 +172,18 @@ def test_minmax_ranges_are_the_exact_activation_maxima(model_160, tmp_path):
 
 
 def test_every_range_is_the_observed_maximum_though_most_are_derived(model_160, tmp_path):
-    """Sigmoid, SiLU and Concat outputs are not observed but computed from their inputs'
-    statistics (trtforge.quant.derived_ranges); every one must equal what observing it gives,
+    """Sigmoid, SiLU, Concat, Reshape, Transpose and nearest Resize outputs are not observed but
+    computed from their inputs' statistics (trtforge.quant.derived_ranges); every one must equal
+    what observing it gives,
     up to ONNX Runtime's Sigmoid, which approximates: 2e-4 relative error in the far tails,
     where this untrained model's class-score sigmoid lives (its maximum is 1.6e-4)."""
     images = demo_images()[:4]
     model = onnx.load(str(model_160))
     plan = observation_plan(model, "minmax")
-    assert {d.rule for d in plan.derived} == {"sigmoid", "silu", "concat"} and len(plan.derived) > len(plan.tensors) / 3
+    assert {d.rule for d in plan.derived} == {"sigmoid", "silu", "concat", "copy"}
+    assert len(plan.derived) > len(plan.tensors) / 2
+    resized = {n.output[0] for n in model.graph.node if n.op_type == "Resize"}
+    assert resized and resized <= {d.tensor for d in plan.derived if d.rule == "copy"}
     ranges = calibrated_ranges(model_160, images, tmp_path, method="minmax")
     assert list(ranges) == list(plan.tensors)
     observed = activations(model_160, [d.tensor for d in plan.derived], images)
@@ -199,6 +203,27 @@ def test_derived_samples_are_the_observed_samples(model_160):
     for d in picked:
         computed = derive_samples(d, values[d.sources[0]][:, ::7])
         np.testing.assert_allclose(computed, values[d.tensor][:, ::7], rtol=1e-3, atol=1e-6, err_msg=d.tensor)
+
+
+@pytest.mark.parametrize(("mode", "scales", "derived"), [
+    ("nearest", [1, 1, 2, 2], True),      # every input value repeated: same max and min
+    ("nearest", [1, 1, 0.5, 0.5], False),  # downsampling drops values
+    ("nearest", [1, 1, 1.5, 1.5], False),  # not a whole number
+    ("linear", [1, 1, 2, 2], False),       # interpolates new values
+])
+def test_only_a_resize_that_repeats_every_value_has_its_range_derived(mode, scales, derived):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode),
+         helper.make_node("Reshape", ["y", "shape"], ["z"])],
+        "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32(scales), "scales"), numpy_helper.from_array(np.int64([1, -1]), "shape")])
+    model = helper.make_model(graph)
+    rules = {d.tensor: d.rule for d in derivations(model, ["x", "y", "z"], "minmax")}
+    assert rules == ({"y": "copy", "z": "copy"} if derived else {"z": "copy"})
+    assert derivations(model, ["x", "y", "z"], "percentile") == []  # a copy's samples sit elsewhere
 
 
 def test_silu_range_across_its_turning_point_is_never_clipped():

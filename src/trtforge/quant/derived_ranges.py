@@ -3,8 +3,9 @@ stage need not observe those tensors.
 
 Every observed tensor costs a pass over it, and its extra consumer blocks ONNX Runtime's
 fusions (Sigmoid*Mul into QuickGelu). On YOLOv8n at 640 px, observing all 242 float
-tensors took 1.6x a plain forward pass; observing the 110 whose ranges do not follow from
-others, 1.1x (bench/calibration.py). The cache still holds a scale for every float tensor,
+tensors took 1.6x a plain forward pass; observing the 99 whose ranges do not follow from
+others, 1.1x to 1.4x as the host's memory bandwidth goes (bench/calibration.py: the cost is
+two reductions per observed tensor). The cache still holds a scale for every float tensor,
 because TensorRT's implicit INT8 runs any layer that consumes or produces a tensor without
 one above INT8 (DESIGN.md), and whether it asks before or after its own fusions cannot be
 checked here: nothing is left out, only computed instead of measured.
@@ -19,6 +20,9 @@ The rules, each exact (tests/test_calibration.py holds derived ranges to observe
   max(|max|, |min|) is then still exact whenever the layer's largest output reaches 0.2785,
   and otherwise at most 0.2785: wider, never clipping.
 - `y = Concat(x1, ..., xn)`: y's max and min are those of the inputs (minmax only).
+- `y = Reshape(x)` (and Flatten, Squeeze, Unsqueeze, Transpose, Identity) holds exactly x's
+  values, and `y = Resize(x)` in nearest mode with whole-number scales >= 1 holds each of them
+  at least once (the detector neck's 2x upsampling): y's max and min are x's (minmax only).
 - For the histogram methods, y's strided samples are f(x's samples): y has x's shape, so
   the same positions are sampled. Concat is observed there, because a strided sample of the
   concatenation is not the union of its inputs' samples.
@@ -33,12 +37,14 @@ from ..errors import require
 
 SILU_TURN = -1.2784645427610738  # argmin of x * sigmoid(x): where SiLU stops decreasing
 SILU_MIN = SILU_TURN / (1 + math.exp(-SILU_TURN))
+MINMAX_ONLY = ("concat", "copy")  # rules that give a range but not the samples at the same positions
+SAME_VALUES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
 @dataclass(frozen=True)
 class Derivation:
     tensor: str
-    rule: str  # sigmoid | relu | silu | concat
+    rule: str  # sigmoid | relu | silu | concat | copy
     sources: tuple[str, ...]
 
 
@@ -49,12 +55,13 @@ def derivations(model, candidates: list[str], method: str) -> list[Derivation]:
     method only the elementwise rules apply (their samples are computed from the source's)."""
     known = set(candidates)
     producers = {out: node for node in model.graph.node for out in node.output}
+    constants = _constants(model)
     derived: list[Derivation] = []
     for node in model.graph.node:
         if not node.output or node.output[0] not in known:
             continue
-        rule = _rule(node, producers)
-        if rule is None or (rule == "concat" and method != "minmax"):
+        rule = _rule(node, producers, constants)
+        if rule is None or (rule in MINMAX_ONLY and method != "minmax"):
             continue
         sources = tuple(node.input) if rule == "concat" else (_silu_input(node, producers) or node.input[0],)
         if all(source in known for source in sources):
@@ -62,14 +69,40 @@ def derivations(model, candidates: list[str], method: str) -> list[Derivation]:
     return derived
 
 
-def _rule(node, producers) -> str | None:
+def _rule(node, producers, constants: dict) -> str | None:
     if node.op_type in ("Sigmoid", "Relu") and len(node.output) == 1:
         return node.op_type.lower()
     if node.op_type == "Mul" and _silu_input(node, producers) is not None:
         return "silu"
     if node.op_type == "Concat" and len(node.output) == 1 and node.input:
         return "concat"
+    if (node.op_type in SAME_VALUES and len(node.output) == 1) or _upsamples_nearest(node, constants):
+        return "copy"
     return None
+
+
+def _upsamples_nearest(node, constants: dict) -> bool:
+    """Whether `node` is a Resize that repeats every input value: nearest mode, and constant
+    scales that are whole numbers >= 1 (given as sizes instead, the ratio is not known here)."""
+    if node.op_type != "Resize" or len(node.input) < 3:
+        return False
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+    scales = constants.get(node.input[2])
+    return (mode == b"nearest" and scales is not None and scales.size > 0
+            and bool(((scales >= 1) & (scales == scales.round())).all()))
+
+
+def _constants(model) -> dict:
+    """{name: array} of the initializers and Constant node outputs of `model`."""
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = numpy_helper.to_array(value)
+    return values
 
 
 def _silu_input(node, producers) -> str | None:
@@ -90,7 +123,7 @@ def derive_bounds(derived: list[Derivation], bounds: dict[str, tuple[float, floa
         low, high = min(lows), max(highs)
         if not math.isfinite(low) or not math.isfinite(high):
             bounds[d.tensor] = (-math.inf, math.inf)  # from a tensor that holds inf or NaN: left out too
-        elif d.rule == "concat":
+        elif d.rule in MINMAX_ONLY:
             bounds[d.tensor] = (low, high)
         elif d.rule == "silu":
             ends = (_silu(low), _silu(high))

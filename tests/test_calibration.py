@@ -226,6 +226,35 @@ def test_only_a_resize_that_repeats_every_value_has_its_range_derived(mode, scal
     assert derivations(model, ["x", "y", "z"], "percentile") == []  # a copy's samples sit elsewhere
 
 
+@pytest.mark.parametrize("opset", [17, 18])  # from 18, a reduction's axes are an input
+def test_minmax_reduces_rows_and_still_gets_every_tensors_exact_range(tmp_path, opset):
+    """minmax reduces all axes but batch and channel (rows run on every core), then takes
+    the max and min of the rows: the same numbers as reducing everything."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Flatten", ["c"], ["f"], axis=2), helper.make_node("Neg", ["f"], ["y"])],
+        "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "rows.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    statistics = Statistics(path, "minmax", "x")
+    # f holds c's values (derived); y, rank 2, is reduced whole
+    assert statistics.plan.ranks == {"x": 4, "c": 4, "y": 2}
+    batches = [rng.normal(size=(2, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+    for batch in batches:
+        statistics.add(batch)
+    ranges, left_out = statistics.ranges(99.99)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    conv = np.concatenate([session.run(None, {"x": b})[0] for b in batches])
+    assert not left_out
+    assert ranges["x"] == pytest.approx(float(np.abs(np.concatenate(batches)).max()), rel=1e-6)
+    assert ranges["c"] == ranges["f"] == ranges["y"] == pytest.approx(float(np.abs(conv).max()), rel=1e-6)
+
+
 def test_silu_range_across_its_turning_point_is_never_clipped():
     silu = Derivation("y", "silu", ("x",))
     x = np.float32([-3.0, -2.0, -0.5, 0.1])  # spans x* = -1.2785, where SiLU is lowest

@@ -4,8 +4,8 @@ stage need not observe those tensors.
 Every observed tensor costs a pass over it, and its extra consumer blocks ONNX Runtime's
 fusions (Sigmoid*Mul into QuickGelu). On YOLOv8n at 640 px, observing all 242 float
 tensors took 1.6x a plain forward pass; observing the 99 whose ranges do not follow from
-others, 1.1x to 1.4x as the host's memory bandwidth goes (bench/calibration.py: the cost is
-two reductions per observed tensor). The cache still holds a scale for every float tensor,
+others, 1.2x (bench/calibration.py; the cost is two reductions per observed tensor). The
+cache still holds a scale for every float tensor,
 because TensorRT's implicit INT8 runs any layer that consumes or produces a tensor without
 one above INT8 (DESIGN.md), and whether it asks before or after its own fusions cannot be
 checked here: nothing is left out, only computed instead of measured.

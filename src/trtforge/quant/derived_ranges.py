@@ -1,14 +1,13 @@
 """Calibration ranges that follow exactly from other tensors' statistics, so the calib
 stage need not observe those tensors.
 
-Every observed tensor costs a pass over it, and its extra consumer blocks ONNX Runtime's
-fusions (Sigmoid*Mul into QuickGelu). On YOLOv8n at 640 px, observing all 242 float
-tensors took 1.6x a plain forward pass; observing the 99 whose ranges do not follow from
-others, 1.2x (bench/calibration.py; the cost is two reductions per observed tensor). The
-cache still holds a scale for every float tensor,
-because TensorRT's implicit INT8 runs any layer that consumes or produces a tensor without
-one above INT8 (DESIGN.md), and whether it asks before or after its own fusions cannot be
-checked here: nothing is left out, only computed instead of measured.
+Every observed tensor costs two passes over it (its max and its min), and observing a
+Sigmoid output blocks ONNX Runtime's fusion of Sigmoid*Mul into QuickGelu. On YOLOv8n at
+640 px, observing all 242 float tensors took 1.6x a plain forward pass; observing the 99
+whose ranges do not follow from others, 1.2x (bench/calibration.py). The cache still holds
+a scale for every float tensor, because TensorRT's implicit INT8 runs any layer that consumes
+or produces a tensor without one above INT8 (DESIGN.md), and whether it asks before or after
+its own fusions cannot be checked here: nothing is left out, only computed instead of measured.
 
 The rules, each exact (tests/test_calibration.py holds derived ranges to observed ones):
 

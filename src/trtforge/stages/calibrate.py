@@ -7,7 +7,8 @@ such tensor gets a range; those that follow exactly from others' statistics (a S
 Relu or SiLU output, a Concat of observed tensors) are computed rather than measured
 (trtforge.quant.derived_ranges), which keeps ONNX Runtime's fusions and halves the work.
 
-- minmax: in-graph ReduceMax/ReduceMin per tensor, exact over every element;
+- minmax: in-graph ReduceMax/ReduceMin per tensor (per batch-and-channel row, which ONNX
+  Runtime spreads over the cores), exact over every element;
 - entropy and percentile: in-graph strided samples per tensor and image (a prime stride,
   so the sample does not alias with rows or channels), folded into a fixed-size histogram
   of |x| per tensor; the threshold comes from the histogram (KL divergence as TensorRT's
@@ -288,7 +289,8 @@ def float_tensors(model) -> list[tuple[str, int | None]]:
 
 
 def _float_tensor_dims(model) -> list[tuple[str, list[int | None] | None]]:
-    """(name, dims, None where unknown; None when even the rank is) of every float activation."""
+    """(name, dims) of every float activation: a dim is None where it is unknown, the dims are
+    None where even the rank is."""
     onnx = require("onnx", "core")
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = inferred.graph

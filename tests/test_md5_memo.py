@@ -34,3 +34,16 @@ def test_a_touched_input_is_hashed_once_and_a_changed_one_still_reruns(project, 
     assert source.stat().st_size == memo["models/m.onnx"][1]  # the same size: only the content tells
     again = run_doit(project, "export:m", env=env)
     assert again.returncode == 0 and "export:m" in executed(again)
+
+
+def test_a_damaged_memo_entry_costs_a_hash_not_the_command(project, env):  # noqa: F811
+    """An entry cut short (three of its four fields) whose evidence still matches is hashed
+    again, as a missing one is."""
+    source = project / "models" / "m.onnx"
+    assert run_doit(project, "export:m", env=env).returncode == 0
+    os.utime(source)
+    st = source.stat()
+    (project / MEMO).write_text(json.dumps({"models/m.onnx": [st.st_mtime_ns, st.st_size, st.st_ino]}))
+    again = run_doit(project, "export:m", env=env)
+    assert again.returncode == 0 and executed(again) == []
+    assert len(json.loads((project / MEMO).read_text())["models/m.onnx"]) == 4

@@ -108,7 +108,7 @@ class _Md5Memo:
             atexit.register(self.save)
         evidence = [st.st_mtime_ns, st.st_size, st.st_ino]
         entry = self.known.get(path)
-        if not (isinstance(entry, list) and entry[:3] == evidence):
+        if not (isinstance(entry, list) and len(entry) == 4 and entry[:3] == evidence):
             entry, self.added = [*evidence, get_file_md5(path)], True
         self.used[path] = entry
         return entry[3]

@@ -382,8 +382,8 @@ def _reads_build_outputs(log: ReadLog, artifacts: Path) -> bool:
     Tasks write there, so such a graph could differ from the one a stored task is checked
     against mid-build (the project would seem to change under every build): it is not kept.
     No generator does so today; this keeps one that starts to from failing builds."""
-    inside = (f"{artifacts}{os.sep}", str(artifacts / "cache") + os.sep)
-    return any(subject.startswith(inside[0]) and not subject.startswith(inside[1]) for _, subject in log.reads)
+    outputs, cache = f"{artifacts}{os.sep}", f"{artifacts / 'cache'}{os.sep}"
+    return any(subject.startswith(outputs) and not subject.startswith(cache) for _, subject in log.reads)
 
 
 def _creators(graph: dict[str, list[dict]], docs: dict[str, str]) -> dict[str, Callable]:

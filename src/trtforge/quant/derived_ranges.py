@@ -54,12 +54,11 @@ def derivations(model, candidates: list[str], method: str) -> list[Derivation]:
     method only the elementwise rules apply (their samples are computed from the source's)."""
     known = set(candidates)
     producers = {out: node for node in model.graph.node for out in node.output}
-    constants = _constants(model)
     derived: list[Derivation] = []
     for node in model.graph.node:
         if not node.output or node.output[0] not in known:
             continue
-        rule = _rule(node, producers, constants)
+        rule = _rule(node, producers, model)
         if rule is None or (rule in MINMAX_ONLY and method != "minmax"):
             continue
         sources = tuple(node.input) if rule == "concat" else (_silu_input(node, producers) or node.input[0],)
@@ -68,40 +67,42 @@ def derivations(model, candidates: list[str], method: str) -> list[Derivation]:
     return derived
 
 
-def _rule(node, producers, constants: dict) -> str | None:
+def _rule(node, producers, model) -> str | None:
     if node.op_type in ("Sigmoid", "Relu") and len(node.output) == 1:
         return node.op_type.lower()
     if node.op_type == "Mul" and _silu_input(node, producers) is not None:
         return "silu"
     if node.op_type == "Concat" and len(node.output) == 1 and node.input:
         return "concat"
-    if (node.op_type in SAME_VALUES and len(node.output) == 1) or _upsamples_nearest(node, constants):
+    if (node.op_type in SAME_VALUES and len(node.output) == 1) or _upsamples_nearest(node, model):
         return "copy"
     return None
 
 
-def _upsamples_nearest(node, constants: dict) -> bool:
+def _upsamples_nearest(node, model) -> bool:
     """Whether `node` is a Resize that repeats every input value: nearest mode, and constant
     scales that are whole numbers >= 1 (given as sizes instead, the ratio is not known here)."""
     if node.op_type != "Resize" or len(node.input) < 3:
         return False
     mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
-    scales = constants.get(node.input[2])
+    scales = _constant(model, node.input[2])
     return (mode == b"nearest" and scales is not None and scales.size > 0
             and bool(((scales >= 1) & (scales == scales.round())).all()))
 
 
-def _constants(model) -> dict:
-    """{name: array} of the initializers and Constant node outputs of `model`."""
+def _constant(model, name: str):
+    """The array an initializer or Constant node of `model` holds under `name`, else None.
+    Looked up one name at a time: only a Resize's scales are wanted, not every weight."""
     from onnx import numpy_helper
 
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
     for node in model.graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.output[0] == name:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value)
-    return values
+            return None if value is None else numpy_helper.to_array(value)
+    return None
 
 
 def _silu_input(node, producers) -> str | None:

@@ -349,12 +349,13 @@ def augmented_model(onnx_path: Path, method: str):
     graph = model.graph
     del graph.output[:]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    axes_inputs: set[str] = set()  # the axes initializers added so far (opset 18+)
     for i, (name, per_image) in enumerate(plan.observed):
         if method == "minmax":
             axes = _row_axes(plan.ranks.get(name))
             for op in ("ReduceMax", "ReduceMin"):
                 out = f"trtforge_{op.lower()}_{i}"
-                graph.node.append(_reduction(graph, op, name, out, axes, opset))
+                graph.node.append(_reduction(graph, op, name, out, axes, opset, axes_inputs))
                 graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
             continue
         stride = next_prime(max(1, (per_image or 0) // SAMPLES_PER_IMAGE)) if per_image else 101
@@ -378,9 +379,10 @@ def _row_axes(rank: int | None) -> list[int] | None:
     return list(range(2, rank)) if rank is not None and rank >= 3 else None
 
 
-def _reduction(graph, op: str, source: str, out: str, axes: list[int] | None, opset: int):
+def _reduction(graph, op: str, source: str, out: str, axes: list[int] | None, opset: int, axes_inputs: set[str]):
     """`op` over `axes` of `source` (every axis when None) with keepdims=0; from opset 18 the
-    axes are an input, before it an attribute."""
+    axes are an input (one initializer per distinct axes, named in `axes_inputs`), before it
+    an attribute."""
     from onnx import helper, numpy_helper
 
     if axes is None:
@@ -388,9 +390,10 @@ def _reduction(graph, op: str, source: str, out: str, axes: list[int] | None, op
     if opset < 18:
         return helper.make_node(op, [source], [out], keepdims=0, axes=axes, name=out)
     name = f"trtforge_axes_{'_'.join(map(str, axes))}"
-    if not any(init.name == name for init in graph.initializer):
+    if name not in axes_inputs:
         np = require("numpy", "core")
         graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), name))
+        axes_inputs.add(name)
     return helper.make_node(op, [source, name], [out], keepdims=0, name=out)
 
 

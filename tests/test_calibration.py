@@ -22,9 +22,9 @@ from trtforge.errors import StageError
 from trtforge.images import ImageRef, decode_image, letterbox, list_image_set, preprocess, select_images
 from trtforge.recipe import InputSpec, ModelSource
 from trtforge.quant.derived_ranges import Derivation, derivations, derive_bounds, derive_samples
-from trtforge.stages.calibrate import (AbsHistogram, CalibrationJob, Statistics, calibrate, calibration_key,
-                                      entropy_bin, entropy_threshold, float_tensors, observation_plan,
-                                      percentile_threshold)
+from trtforge.stages.calibrate import (CPU_IMAGES_PER_RUN, SMALL_MODEL_BYTES, AbsHistogram, CalibrationJob,
+                                      Statistics, calibrate, calibration_key, entropy_bin, entropy_threshold,
+                                      float_tensors, observation_plan, percentile_threshold)
 from trtforge.stages.export import export_onnx
 from trtforge.stages.qdq import quantize_int8
 from trtforge.stages.surgery import run_surgery
@@ -269,22 +269,42 @@ def test_silu_range_across_its_turning_point_is_never_clipped():
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
-def test_ranges_are_the_same_whether_a_batch_runs_whole_or_one_image_at_a_time(model_160, method):
-    """CPU runs a batch's images one at a time (memory of one image's activations, not the
-    batch's); a GPU host runs it whole. Both must give the cache the same ranges."""
+def test_ranges_are_the_same_however_many_images_of_a_batch_run_together(model_160, method):
+    """CPU runs a batch's images two at a time (memory of two images' activations, not the
+    batch's); a GPU host runs it whole. All must give the cache the same ranges (a batch of
+    5 leaves a run of one image at the end)."""
     batches = [np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), SIZE, SIZE) for r in group])
-               for group in (demo_images()[:4], demo_images()[4:8])]
+               for group in (demo_images()[:5], demo_images()[5:8])]
     ranges = []
-    for one_at_a_time in (True, False):
+    for images_per_run in (CPU_IMAGES_PER_RUN, 1, None):
         statistics = Statistics(model_160, method, "images")
-        assert statistics.one_at_a_time  # CPU, dynamic batch axis: the default here
-        statistics.one_at_a_time = one_at_a_time
+        assert statistics.images_per_run == CPU_IMAGES_PER_RUN  # CPU, dynamic batch axis: the default here
+        statistics.images_per_run = images_per_run
         for batch in batches:
             statistics.add(batch)
         ranges.append(statistics.ranges(99.99)[0])
-    single, whole = ranges
-    assert list(single) == list(whole)
-    assert all(single[name] == pytest.approx(whole[name], rel=1e-4) for name in single)
+    default, *others = ranges
+    for other in others:
+        assert list(default) == list(other)
+        assert all(default[name] == pytest.approx(other[name], rel=1e-4) for name in default)
+
+
+def test_only_a_small_model_runs_two_images_at_a_time_on_cpu(model_160, tmp_path):
+    """Two images per run is faster only where one image's layers are too small to spread
+    over the cores; a larger model runs one at a time, so memory stays one image's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((8, SMALL_MODEL_BYTES // 32 + 1), np.float32), "w")  # > the bound
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "large",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    large = tmp_path / "large.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(large))
+    assert Statistics(model_160, "minmax", "images").images_per_run == CPU_IMAGES_PER_RUN == 2
+    statistics = Statistics(large, "minmax", "x")
+    assert statistics.images_per_run == 1
+    statistics.add(np.full((3, 8), -2.0, np.float32))
+    assert statistics.ranges(99.99)[0] == {"x": pytest.approx(2.0), "y": pytest.approx(16.0)}
 
 
 def masked_model(path: Path) -> Path:

@@ -16,7 +16,7 @@ Relu or SiLU output, a Concat of observed tensors) are computed rather than meas
 
 Reading statistics in the graph instead of making every activation a graph output is
 what keeps calibration close to the cost of plain inference (bench/calibration.py), and
-memory is fixed: a histogram per tensor, never per image, and on CPU one image's
+memory is fixed: a histogram per tensor, never per image, and on CPU one or two images'
 activations at a time (Statistics).
 
 The result is keyed by the content of the images, the preprocessing, the batch, the
@@ -194,10 +194,13 @@ def _add_batch(job: CalibrationJob, statistics: Statistics, batch) -> None:
     except Exception as exc:  # onnxruntime's own exception types are not importable lazily
         if not (isinstance(exc, MemoryError) or "allocat" in str(exc).lower()):
             raise
-        remedy = ("one image does not fit: free memory, or calibrate at a smaller input size"
-                  if statistics.one_at_a_time or len(batch) == 1 else
-                  f"lower {job.recipe_field}.batch (now {job.batch}), or export with a dynamic batch axis "
-                  "(input.dynamic_axes: [0]) so that CPU calibration runs one image at a time")
+        if len(batch) == 1 or statistics.images_per_run == 1:
+            remedy = "one image does not fit: free memory, or calibrate at a smaller input size"
+        elif statistics.images_per_run:
+            remedy = f"set {job.recipe_field}.batch: 1 (now {job.batch}) so that CPU calibration runs one image at a time"
+        else:
+            remedy = (f"lower {job.recipe_field}.batch (now {job.batch}), or export with a dynamic batch axis "
+                      "(input.dynamic_axes: [0]) so that CPU calibration runs one or two images at a time")
         raise StageError(f"{job.task}: ran out of memory calibrating a batch of {len(batch)} images; {remedy}") from None
 
 
@@ -404,26 +407,35 @@ def next_prime(n: int) -> int:
     return candidate
 
 
+# Images per ONNX Runtime run on CPU for a small model (weights under SMALL_MODEL_BYTES), and
+# one for the others. On 2 cores at 640 px, two images per run took 0.91x to 0.94x the time
+# of one for YOLOv8n (12 MB; its small layers spread one image poorly over the cores), 0.98x
+# for YOLOv8s (44 MB) and 1.0x for RT-DETR-l (130 MB), each with 40-80% more memory
+# (RT-DETR-l: 3.4 against 1.9 GB), so only small models run two.
+CPU_IMAGES_PER_RUN = 2
+SMALL_MODEL_BYTES = 25 << 20
+
+
 class Statistics:
     """The statistics model of one ONNX in an ONNX Runtime session, and the collector that
     folds what each run returns into ranges.
 
-    On CPU, with a dynamic batch axis, the images of a batch run one at a time and their
-    outputs are joined into what one run of the whole batch returns (every statistic is per
-    image), so the ranges are the same on a GPU host that runs whole batches. Throughput on
-    CPU measured the same at batch 1 and 8, and peak memory is then what one image's
-    activations need, not the batch's (YOLOv8n at 640 px, batch 8: 0.4 GB against 1.8 GB;
-    RT-DETR-l: 2.0 GB against 11 GB, where the OOM killer used to end the build)."""
+    On CPU, with a dynamic batch axis, the images of a batch run one or two at a time
+    (_images_per_run) and their outputs are joined into what one run of the whole batch
+    returns (every statistic is per image), so the ranges are the same on a GPU host that
+    runs whole batches. Peak memory is then what one or two images' activations need, not
+    the batch's (at 640 px, batch 8: YOLOv8n 0.55 GB against 1.8 GB; RT-DETR-l 1.9 GB
+    against 11 GB, where the OOM killer used to end the build)."""
 
     def __init__(self, onnx_path: Path, method: str, input_name: str) -> None:
         model, self.plan = augmented_model(onnx_path, method)
         self.session, on_cpu = _session(model)
         self.collector = _collector(method, self.plan)
         self.input_name = input_name
-        self.one_at_a_time = on_cpu and not _static_batch(model, input_name)
+        self.images_per_run = _images_per_run(model, input_name) if on_cpu else None  # None: whole batches
 
     def add(self, batch) -> None:
-        step = 1 if self.one_at_a_time else len(batch)
+        step = self.images_per_run or len(batch)
         runs = [self.session.run(self.collector.outputs, {self.input_name: batch[start:start + step]})
                 for start in range(0, len(batch), step)]
         self.collector.add(runs[0] if len(runs) == 1 else self.collector.join(runs))
@@ -436,6 +448,14 @@ class Statistics:
         ranges = self.collector.ranges(percentile)
         left_out = [name for name, value in ranges.items() if not math.isfinite(value)]
         return {name: value for name, value in ranges.items() if math.isfinite(value)}, left_out
+
+
+def _images_per_run(model, input_name: str) -> int | None:
+    """How many of a batch's images one CPU run takes (None: the whole batch, when its size
+    is fixed in the graph)."""
+    if _static_batch(model, input_name):
+        return None
+    return CPU_IMAGES_PER_RUN if model.ByteSize() < SMALL_MODEL_BYTES else 1
 
 
 def _static_batch(model, input_name: str) -> bool:

@@ -81,6 +81,19 @@ def test_reverting_a_node_bypasses_only_its_own_input_and_drops_what_nobody_read
     assert all(np.allclose(o["y"], r["y"], atol=0.1) for o, r in zip(outputs, float_reference()))
 
 
+def test_a_reverted_conv_reads_its_original_float_weight_too():
+    """ModelOpt quantizes a float weight with a Q/DQ pair in the file: a revert bypasses it
+    with the activation's, so TensorRT runs the node in float with its original weights."""
+    nodes, inits = [], [numpy_helper.from_array(RNG.normal(0, 1, (4, 2, 3, 3)).astype(np.float32), "w")]
+    nodes.append(helper.make_node("Conv", [qdq("x", 4 / 127, nodes, inits), qdq("w", 0.02, nodes, inits)], ["y"],
+                                  name="conv", pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    result = reverted(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), ["conv"])
+    assert [(n.op_type, list(n.input)) for n in result.graph.node] == [("Conv", ["x", "w"])]
+    assert {i.name for i in result.graph.initializer} == {"w"}
+
+
 def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):
     model = chain()
     result, report = run_control(model)

@@ -7,7 +7,7 @@ on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
 1. score the Q/DQ model with the variant's task gate on the verification images (in the
    check's CPU form, trtforge.quant.cpu_form); if it holds, nothing changes;
 2. rank the quantized nodes by how much reverting them (bypassing the Q/DQ pairs on their
-   activation inputs) brings the outputs back towards FP32 on a few ranking images: runs
+   inputs) brings the outputs back towards FP32 on a few ranking images: runs
    of neighbouring nodes first, then each node of the best runs alone (`rank_nodes`). A
    continuous distance in what the gate reads ranks (`gates.ranking_distance`: class scores
    and boxes of the anchors that hold objects, for a detector), because a gate figure on a
@@ -15,9 +15,9 @@ on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
 3. revert nodes in rank order, the fewest that make the gate hold: counts 1, 2, 4, ... are
    tried until one holds, then bisected, so a search costs a handful of gate runs.
 
-Reverting bypasses a node's activation Q/DQ only: its weights stay quantized in the file,
-which TensorRT then runs with the node in float (a weight DQ without an activation Q/DQ is
-not fused into an INT8 kernel). The report lists what was reverted and the gate's figure
+Reverting bypasses every Q/DQ pair a node reads: its activation's and its weight's (ModelOpt
+quantizes a float weight with a Q/DQ pair in the file), so TensorRT runs the node in float
+with its original weights. The report lists what was reverted and the gate's figure
 after each tried count; a bound on time ends the search in one line.
 """
 
@@ -51,8 +51,9 @@ class Control:
 
 
 def activation_quantized_nodes(model) -> list[str]:
-    """Names of the nodes that read an activation through a QuantizeLinear -> DequantizeLinear
-    pair, in graph order: the nodes whose INT8 can be reverted."""
+    """Names of the nodes that read an input (an activation, and with it a weight) through a
+    QuantizeLinear -> DequantizeLinear pair, in graph order: the nodes whose INT8 can be
+    reverted."""
     producer = {out: node for node in model.graph.node for out in node.output}
     names = []
     for node in model.graph.node:
@@ -73,8 +74,9 @@ def _qdq_source(producer: dict, tensor: str) -> str | None:
 
 
 def reverted(model, names: list[str]):
-    """A copy of `model` in which the nodes `names` read their activations unquantized. Other
-    readers of the same Q/DQ pair keep it; pairs nobody reads any more are removed."""
+    """A copy of `model` in which the nodes `names` read their inputs (activations and weights)
+    unquantized. Other readers of the same Q/DQ pair keep it; pairs nobody reads any more are
+    removed."""
     onnx = require("onnx", "core")
     result = onnx.ModelProto()
     result.CopyFrom(model)

@@ -314,12 +314,10 @@ def _float_tensor_dims(model) -> list[tuple[str, list[int | None] | None]]:
 
 
 def _per_image(dims: list[int | None] | None) -> int | None:
+    """Elements per image: the product of every dim but the batch, when all are known."""
     if not dims or len(dims) < 2 or not all(dims[1:]):
         return None
-    per_image = 1
-    for d in dims[1:]:
-        per_image *= d
-    return per_image
+    return math.prod(dims[1:])
 
 
 @dataclass(frozen=True)

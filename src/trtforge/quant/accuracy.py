@@ -8,7 +8,7 @@ on the Q/DQ ONNX that TensorRT builds from, so it runs on CPU without TensorRT:
    check's CPU form, trtforge.quant.cpu_form); if it holds, nothing changes;
 2. rank the quantized nodes by how much reverting them (bypassing the Q/DQ pairs on their
    inputs) brings the outputs back towards FP32 on a few ranking images: runs
-   of neighbouring nodes first, then each node of the best runs alone (`rank_nodes`). A
+   of neighbouring nodes first, then each node of the best run alone (`rank_nodes`). A
    continuous distance in what the gate reads ranks (`gates.ranking_distance`: class scores
    and boxes of the anchors that hold objects, for a detector), because a gate figure on a
    few images cannot tell most single reverts apart;
@@ -37,7 +37,7 @@ from ..errors import StageError, require
 from ..gates import output_distance
 from .cpu_form import float16_tensors, with_float32_quantize_inputs
 
-ALGORITHM_VERSION = 4  # bump when the search changes, so stored exclusion lists are not reused
+ALGORITHM_VERSION = 5  # bump when the search changes, so stored exclusion lists are not reused
 
 
 @dataclass(frozen=True)
@@ -186,15 +186,18 @@ def _fewest(model, ranked: list[str], gate, holds, steps: list, task: str) -> tu
     return high, tried[high]
 
 
-def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, distance: Distance = output_distance,
-               expand: int = 3) -> list[str]:
+def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run,
+               distance: Distance = output_distance) -> list[str]:
     """Quantized nodes, the ones whose revert brings the outputs closest to FP32 first.
 
-    Each try costs a model, a session and an inference per ranking image (about 0.5 s for a
-    320 px YOLOv8s on 2 cores), so trying every node alone cost most of the search. Instead
+    Each try costs a model, a session and an inference per ranking image (about 1 s for a
+    640 px YOLOv8s on 2 cores), so trying every node alone cost most of the search. Instead
     the nodes, in graph order, are tried in about sqrt(n) runs of about sqrt(n) neighbours;
-    only the nodes of the `expand` best runs are then tried alone and lead the ranking, the
-    other runs follow in their order. About 4 sqrt(n) tries (37 for YOLOv8's 88 nodes)."""
+    only the nodes of the best run are then tried alone and lead the ranking, the other runs
+    follow in their order: about 2 sqrt(n) tries (19 for YOLOv8's 88 nodes). Trying the
+    nodes of the 3 best runs alone (37 tries) reverted as many nodes on the people demo: 1 at
+    640 px from `percentile: 99.999` (search 66 s against 48), 2 at 320 px from `minmax` (38 s
+    against 25), 27 at 640 px from `minmax` (where ten gate runs take most of the time)."""
     names = activation_quantized_nodes(model)
 
     def distance_with(nodes: list[str]) -> float:
@@ -204,12 +207,11 @@ def rank_nodes(model, feeds: list[dict], reference: list[dict], task: str, run, 
     runs = [names[i:i + size] for i in range(0, len(names), size)]
     info(f"{task}: ranking {len(names)} quantized nodes in {len(runs)} runs of {size} on {len(feeds)} images")
     run_scores = _scored(runs, distance_with, f"{task}: ranking runs of nodes")
-    order = sorted(range(len(runs)), key=lambda i: (run_scores[i], i))
-    leading = [name for i in order[:expand] for name in runs[i]]
-    alone = _scored([[name] for name in leading], distance_with, f"{task}: ranking the best runs' nodes alone")
-    scores = dict(zip(leading, alone))
-    return sorted(leading, key=lambda name: (scores[name], names.index(name))) + [
-        name for i in order[expand:] for name in runs[i]]
+    best, *others = sorted(range(len(runs)), key=lambda i: (run_scores[i], i))
+    alone = dict(zip(runs[best], _scored([[name] for name in runs[best]], distance_with,
+                                         f"{task}: ranking the best run's nodes alone")))
+    return sorted(runs[best], key=lambda name: (alone[name], names.index(name))) + [
+        name for i in others for name in runs[i]]
 
 
 def _scored(tries: list[list[str]], score: Callable[[list[str]], float], description: str) -> list[float]:

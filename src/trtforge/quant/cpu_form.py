@@ -119,8 +119,8 @@ def with_fed_weights(model, weights: dict) -> tuple[object, dict]:
     reading a fed weight runs the same kernel as one reading a DequantizeLinear output, whereas
     constant weights would switch it to ONNX Runtime's blocked layout, which sums in another
     order (about 0.4% of a detector's outputs after INT8 rounding). Saves the weights'
-    Quantize/Dequantize on every inference and most of a session's set-up: 0.20 s against
-    0.21 per 640 px YOLOv8s image on 2 cores, sessions 0.13 s against 0.19."""
+    Quantize/Dequantize on every inference and half a session's set-up: 0.19-0.20 s against
+    0.21 per 640 px YOLOv8s image on 2 cores, sessions 0.09-0.13 s against 0.18-0.21."""
     onnx = require("onnx", "core")
     from onnx import helper
 

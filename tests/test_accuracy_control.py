@@ -8,6 +8,8 @@ runs the whole quantize stage through doit on the trained person detector at 320
 from __future__ import annotations
 
 import json
+import re
+import tarfile
 
 import numpy as np
 import onnx
@@ -251,3 +253,14 @@ def test_accuracy_needs_a_gate_and_is_refused_where_int8_comes_from_a_cache(tmp_
     line = next(line for line in (built.stdout + built.stderr).splitlines() if "calibration.accuracy" in line)
     assert "TensorRT 8.6" in line and "set build.precision_mode: explicit" in line
     assert not (implicit / "artifacts/people/int8/engine.plan").exists()
+
+    # the kit renders every generation: on 8.x its build.sh says the same line instead of building
+    # the calibration cache without the reverts; 10.x and 11.x build the Q/DQ ONNX
+    kit = run_doit(implicit, "kit:people-int8")
+    assert kit.returncode == 0, kit.stderr[-2000:]
+    with tarfile.open(implicit / "artifacts/kit/people-int8-kit.tar.gz") as archive:
+        script = archive.extractfile("people-int8-kit/build.sh").read().decode()
+    branches = dict(re.findall(r"^  (8\.2|8\.5|8\.6|10|11)\)\n(.*)$", script, re.MULTILINE))
+    assert all("set build.precision_mode: explicit" in branches[g] and "exit 1" in branches[g]
+               for g in ("8.2", "8.5", "8.6")), branches
+    assert all("--onnx=qdq.onnx" in branches[g] for g in ("10", "11")), branches

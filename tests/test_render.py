@@ -57,6 +57,23 @@ def test_explicit_fp16_is_refused_before_10(version, refused):
         check_intent("fp16", replace(BUILD, precision_mode="explicit"), version)
 
 
+@pytest.mark.parametrize("version, requested, mode", [
+    (V82, "auto", None), (V86, "auto", None), (V10, "auto", "explicit"), (V11, "auto", "explicit"),
+    (V86, "implicit", None), (V10, "implicit", None),
+    (V82, "explicit", "explicit"), (V86, "explicit", "explicit"), (V10, "explicit", "explicit")])
+def test_accuracy_controlled_int8_builds_only_from_its_q_dq_onnx(version, requested, mode):
+    """Accuracy control's reverts live in the Q/DQ ONNX: where INT8 would come from a calibration
+    cache (auto on 8.x, or implicit asked for) the variant is refused in one line, not built
+    without them (mode None); the same build without reverts stays implicit."""
+    build = replace(BUILD, precision_mode=requested)
+    if mode is None:
+        with pytest.raises(RenderError, match="calibration.accuracy reverts nodes; set build.precision_mode: explicit"):
+            check_intent("int8", build, version, reverted=True)
+        assert check_intent("int8", build, version) == "implicit"
+    else:
+        assert check_intent("int8", build, version, reverted=True) == mode
+
+
 def test_implicit_fp16_is_refused_on_11():
     with pytest.raises(RenderError, match="TensorRT 11 removed --fp16"):
         check_intent("fp16", replace(BUILD, precision_mode="implicit"), V11)

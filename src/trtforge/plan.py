@@ -140,7 +140,7 @@ def _short(item) -> str:
 def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[str, dict | str]:
     """{variant: {"argv", "model.onnx"}} for the project's TensorRT, or the renderer's refusal."""
     from .render import RenderError, check_intent
-    from .tasks import engine_job
+    from .tasks import engine_job, reverts_nodes
 
     if recipe.targets:
         return _fleet_commands(project, recipe, variants)
@@ -149,7 +149,8 @@ def trtexec_commands(project, recipe: Recipe, variants: list[Variant]) -> dict[s
     commands: dict[str, dict | str] = {}
     for variant in variants:
         try:
-            mode = check_intent(variant.precision, variant.build, project.trtexec.version, recipe.surgery)
+            mode = check_intent(variant.precision, variant.build, project.trtexec.version, recipe.surgery,
+                                reverts_nodes(variant))
         except RenderError as exc:
             commands[variant.name] = f"refused: {exc}"
             continue

@@ -146,15 +146,20 @@ def resolve_mode(precision: str, requested: str, generation: str) -> str:
 
 
 def check_intent(precision: str, build: BuildOptions, version: TrtVersion,
-                 passes: tuple[PassSpec, ...] = ()) -> str:
+                 passes: tuple[PassSpec, ...] = (), reverted: bool = False) -> str:
     """Refuse, before any work, what `version` cannot build; return the resolved mode.
 
     `passes` are the recipe's surgery passes: some produce graphs only newer parsers take.
+    `reverted`: the INT8 variant's accuracy control reverts nodes in its Q/DQ ONNX, which an
+    implicit build (a calibration cache) never reads, so it would silently lose the reverts.
     """
     generation = version.generation
     grammar = GRAMMARS[generation]
     mode = resolve_mode(precision, build.precision_mode, generation)
     where = f"TensorRT {version}"
+    if reverted and precision == "int8" and mode == "implicit":
+        raise RenderError(f"{where} builds this INT8 variant from a calibration cache, not the Q/DQ ONNX in which "
+                          "calibration.accuracy reverts nodes; set build.precision_mode: explicit")
     _check_passes(passes, version)
     if len(build.profiles) > 1 and not grammar.several_profiles:
         raise RenderError(f"{where} builds one optimization profile; build.profiles lists "

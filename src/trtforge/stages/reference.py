@@ -47,8 +47,8 @@ def _preprocessed(name: str, data: bytes, height: int, width: int, how: Preproce
 def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
     """Outputs {name: array} per feed, on CPU, of an ONNX file or serialized model.
 
-    Feeds run two at a time, each on half the cores (concurrent_feeds), rather than one after
-    another on every core, and come back in order."""
+    Feeds run concurrently, each on its share of the cores (concurrent_feeds: one thread each
+    on up to 4 cores), rather than one after another on every core, and come back in order."""
     ort = require("onnxruntime", "core")
     workers = concurrent_feeds(len(feeds))
     options = ort.SessionOptions()
@@ -66,13 +66,12 @@ def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
         return list(pool.map(outputs, feeds))
 
 
-# At most this many feeds run at once, each with its activations in memory: two, as measured
-# (below); a 6-core Jetson running four RT-DETR images at once would hold four images' worth.
-MAX_CONCURRENT_FEEDS = 2
+# At most this many feeds run at once, each with its activations in memory.
+MAX_CONCURRENT_FEEDS = 4
 
 
 def concurrent_feeds(count: int) -> int:
-    """How many of `count` feeds run at once on this machine's cores.
+    """How many of `count` feeds run at once on this machine's cores, one thread each.
     Measured on 2 cores (bench/cpu_runs.py, 2026-12-07, 8 images at 640 px): 1.00x-1.15x
     faster than one at a time on both cores when the machine is otherwise idle (YOLOv8n and
     the people demo's YOLOv8s, FP32 and Q/DQ in the check's form), 1.6x with one other busy

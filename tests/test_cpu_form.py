@@ -142,20 +142,3 @@ def test_fed_weights_give_the_check_forms_outputs_bit_for_bit(reverted_nodes):
                        if init.name == name.removesuffix("_dq")}
         other = run_onnxruntime(fed_form.SerializeToString(), [{**feeds[0], **unquantized}])
         assert not np.array_equal(expected[0]["output0"], other[0]["output0"])
-
-
-def test_feeds_run_at_once_come_back_in_order_with_the_bits_of_one_at_a_time(monkeypatch):
-    """run_onnxruntime runs feeds concurrently (one thread each on 2 cores): each feed must get
-    its own outputs, in order, the same bits as one at a time on every core."""
-    from trtforge.stages import reference
-
-    model = with_float32_quantize_inputs(qdq_convolutions())[0].SerializeToString()
-    feeds = [{"images": np.random.default_rng(seed).normal(0, 0.5, (1, 16, 24, 24)).astype(np.float32)}
-             for seed in range(7)]
-    monkeypatch.setattr(reference, "available_cores", lambda: 2)
-    assert reference.concurrent_feeds(len(feeds)) == 2
-    at_once = run_onnxruntime(model, feeds)
-    monkeypatch.setattr(reference, "concurrent_feeds", lambda count: 1)
-    one_by_one = run_onnxruntime(model, feeds)
-    assert all(np.array_equal(a["output0"], b["output0"]) for a, b in zip(at_once, one_by_one))
-    assert len({a["output0"].tobytes() for a in at_once}) == len(feeds)  # distinct feeds, distinct outputs

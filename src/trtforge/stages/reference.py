@@ -12,8 +12,6 @@ then covers the surgery passes too.
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..atomic import atomic_output, write_text_atomic
@@ -45,48 +43,12 @@ def _preprocessed(name: str, data: bytes, height: int, width: int, how: Preproce
 
 
 def run_onnxruntime(model: Path | bytes, feeds: list[dict]) -> list[dict]:
-    """Outputs {name: array} per feed, on CPU, of an ONNX file or serialized model.
-
-    Feeds run concurrently, each on its share of the cores (concurrent_feeds: one thread each
-    on up to 4 cores), rather than one after another on every core, and come back in order."""
+    """Outputs {name: array} per feed, on CPU, of an ONNX file or serialized model."""
     ort = require("onnxruntime", "core")
-    workers = concurrent_feeds(len(feeds))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, available_cores() // workers)
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
                                    providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-
-    def outputs(feed: dict) -> dict:
-        return dict(zip(names, map(as_float32, session.run(names, typed_feed(session, feed)))))
-
-    if workers == 1:
-        return [outputs(feed) for feed in feeds]
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # onnxruntime releases the GIL while it runs
-        return list(pool.map(outputs, feeds))
-
-
-# At most this many feeds run at once, each with its activations in memory.
-MAX_CONCURRENT_FEEDS = 4
-
-
-def concurrent_feeds(count: int) -> int:
-    """How many of `count` feeds run at once on this machine's cores, one thread each.
-    Measured on 2 cores (bench/cpu_runs.py, 2026-12-07, 8 images at 640 px): 1.00x-1.15x
-    faster than one at a time on both cores when the machine is otherwise idle (YOLOv8n and
-    the people demo's YOLOv8s, FP32 and Q/DQ in the check's form), 1.6x with one other busy
-    process (pytest workers, a second build): onnxruntime's threads wait for each other
-    spinning, one thread per image never waits. The outputs are the same bits: each image runs
-    the same kernels, only how the work is split over threads changes."""
-    return max(1, min(count, available_cores(), MAX_CONCURRENT_FEEDS))
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return [dict(zip(names, map(as_float32, session.run(names, typed_feed(session, feed))))) for feed in feeds]
 
 
 # numpy dtypes of the float bindings an engine or ONNX may declare (build.io: fp16 declares float16)

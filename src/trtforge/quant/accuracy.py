@@ -142,7 +142,7 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
     info(f"{spec.task}: reverted {count} of {len(ranked)} quantized nodes to float: {result['value']:.3f} >= {floor:g}")
     if report["largest_fall"] >= spec.max_drop / 2:
         warn(f"{spec.task}: the gate's figure fell by {report['largest_fall']:.3f} when more nodes were reverted: on "
-             f"these verification images the floor is within the figure's noise, so which count holds is partly "
+             "these verification images the floor is within the figure's noise, so which count holds is partly "
              "chance; more verification images (verify.images) or a larger max_drop make it stable")
     if 2 * count > len(ranked):
         warn(f"{spec.task}: most of the model now runs in float; another calibration.method, more calibration "
@@ -153,8 +153,8 @@ def control(model, feeds: list[dict], reference: list[dict], judge: Callable[[li
 def largest_fall(report: dict) -> float:
     """How far the gate's figure fell, at most, when more nodes were reverted. Reverting brings a
     model closer to FP32, so with a noiseless gate the figure would not fall; on ~100
-    detections it moves by a person or two either way (about 0.01 at 640 px on the people
-    demo), and a fall that large means the floor is decided by that noise."""
+    detections it moves by a person or two either way (0.01 to 0.02 at 640 px on both people
+    sets, docs/int8.md), and a fall that large means the floor is decided by that noise."""
     points = sorted([(0, report["before"]["value"])] + [(step["reverted"], step["value"]) for step in report["steps"]
                                                          if step["value"] is not None])
     fall, best = 0.0, -math.inf

@@ -4,8 +4,9 @@ target: mAP50 >= 0.95 against FP32), the demo's people verification set (calib/d
 disjoint from calibration), the demo calibration set.
 
 Accuracy control is held to its target there too (mAP50 >= 0.99 with >= 80% of Conv layers
-INT8), on the same Q/DQ model. It also proves the check's CPU form matters: the same Q/DQ model as onnxruntime 1.24 runs it
-as built (float16 QuantizeLinear truncated) is scored far lower."""
+INT8), on the same Q/DQ model. It also proves the check's CPU form matters: the same Q/DQ
+model as onnxruntime 1.24 runs it as built (float16 QuantizeLinear truncated) is scored far
+lower."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_the_default_int8_meets_the_reduced_size_target_on_disjoint_photos(defau
 
 def test_accuracy_control_holds_the_floor_with_most_convolutions_int8(default_int8, tmp_path):
     """The accuracy-controlled target at the reduced size, the search's result re-scored in the
-    check's form. (Its time, 2.4x plain calibration + Q/DQ here, is the bench's to print.)"""
+    check's form. (Its time, 3.03x plain calibration + Q/DQ on 2 idle cores, is the bench's to
+    print: `bench/int8_quality.py --size 320 --methods minmax accuracy`.)"""
     from trtforge.quant.cpu_form import cpu_session_model
     from trtforge.stages.reference import run_onnxruntime
 
